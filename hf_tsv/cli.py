@@ -1,0 +1,228 @@
+"""The ``hf-tsv`` command line: parse, call the public API, print. Every bad input exits non-zero with a
+one-line reason."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+
+
+def _configure_threads(threads: int | None) -> None:
+    """Avoid busy-waiting OpenMP threads (measured 5-10x slower when another core is busy) and honour
+    --threads. OMP_WAIT_POLICY only takes effect if set before torch loads, so it is set here first."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _add_inputs(p: argparse.ArgumentParser, what: str = "fine-tuned models") -> None:
+    p.add_argument("base", help="pretrained base: local folder or Hub id (ns/name or ns/name@revision)")
+    p.add_argument("models", nargs="+", metavar="MODEL", help=f"{what}: local folders or Hub ids")
+    p.add_argument("--revision", help="revision of the base on the Hub (or write BASE@REVISION)")
+    p.add_argument("--fuse-qkv", action="store_true",
+                   help="stack q/k/v projections into one matrix before the SVD (the paper's open_clip layout)")
+    p.add_argument("--exclude", metavar="REGEX",
+                   help="matrix keys matching this regex are averaged instead of SVD-merged")
+    p.add_argument("--token", help="Hub token for private models (default: HF_TOKEN or the stored login)")
+
+
+def _add_compute(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
+    p.add_argument("--svd-dtype", default="float32", choices=["float32", "float64"],
+                   help="precision of the SVDs, whatever the checkpoint dtype")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .methods import METHODS
+
+    parser = argparse.ArgumentParser(prog="hf-tsv", description="Task Singular Vectors model merging "
+                                     "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
+    parser.add_argument("--version", action="version", version=f"hf-tsv {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("merge", help="merge fine-tuned models into one",
+                       description="Merge fine-tuned models of one base. Output: a folder that "
+                       "CLIPVisionModel.from_pretrained loads, with merge_report.json.")
+    _add_inputs(p)
+    p.add_argument("-o", "--output", help="output folder (written atomically)")
+    p.add_argument("--method", default="tsv-m", choices=list(METHODS), help="merge method (default tsv-m)")
+    p.add_argument("--alpha", type=float,
+                   help="scaling α of the merged delta (default 1.0 for tsv-m/iso-*, 0.3 for ta/ties; avg ignores it)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="output dtype (default: the base's)")
+    p.add_argument("--ties-density", type=float, default=0.2, help="TIES: fraction of entries kept per task")
+    p.add_argument("--iso-common-fraction", type=float, default=0.8, help="Iso-CTS: common-subspace share of r")
+    p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors past this size (e.g. 2GB)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    p.add_argument("--dry-run", action="store_true", help="run the preflight only (same as `hf-tsv plan`)")
+    _add_compute(p)
+
+    p = sub.add_parser("sti", help="Singular Task Interference per layer, without merging")
+    _add_inputs(p)
+    p.add_argument("--json", metavar="FILE", help='write {"k", "keys", "total"} to FILE')
+    _add_compute(p)
+
+    p = sub.add_parser("compress", help="TSV-C: store each task's top singular triplets")
+    _add_inputs(p, "fine-tuned models (tasks)")
+    p.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
+    p.add_argument("--rank-fraction", type=float,
+                   help="keep floor(F*r) triplets per task and key (default: k = floor(r/T))")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the stored factors (default float32)")
+    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--overwrite", action="store_true")
+    _add_compute(p)
+
+    p = sub.add_parser("expand", help="rebuild one task's full checkpoint from a TSV-C folder")
+    p.add_argument("compressed", help="folder written by `hf-tsv compress`")
+    p.add_argument("--task", required=True, help="task name (as listed in tsv_c.json) or index")
+    p.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
+    p.add_argument("--base", help="the base checkpoint, if not where compression found it")
+    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--token")
+
+    p = sub.add_parser("plan", help="preflight only: key counts, memory and time estimates")
+    _add_inputs(p)
+    p.add_argument("--method", default="tsv-m", choices=list(METHODS))
+    p.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
+
+    p = sub.add_parser("example", help="merge tiny generated checkpoints and print the STI summary")
+    p.add_argument("-o", "--output", default="example-output", help="working folder (default ./example-output)")
+    p.add_argument("--num-tasks", type=int, default=4)
+    p.add_argument("--preset", default="tiny", help="synthetic model size: tiny, small, vit-b-32, vit-l-14")
+    return parser
+
+
+def _print_plan(info: dict) -> None:
+    print(f"plan: {info['method']} over {info['num_tasks']} models, output {info['output_class']}")
+    for name, count in info["keys"].items():
+        print(f"  {name:>18}: {count}")
+    for note in info["notes"]:
+        print(f"  note: {note}")
+    print(f"  model size: {info['model_bytes'] / 2**20:.1f} MiB; estimated peak memory "
+          f"{info['estimated_peak_memory_bytes'] / 2**20:.0f} MiB; estimated time {info['estimated_seconds']:.1f} s")
+
+
+def _run(args: argparse.Namespace) -> int:
+    import hf_tsv
+
+    if args.command in ("merge", "plan") and (args.command == "plan" or args.dry_run):
+        info = hf_tsv.plan(args.base, args.models, method=args.method, fuse_qkv=args.fuse_qkv,
+                           exclude=args.exclude, revision=args.revision, token=args.token)
+        _print_plan(info)
+        if getattr(args, "json", None):
+            with open(args.json, "w") as f:
+                json.dump(info, f, indent=2)
+        return 0
+    if args.command == "merge":
+        if not args.output:
+            raise hf_tsv.MergeInputError("merge needs -o/--output (or --dry-run)")
+        if args.method == "avg" and args.alpha is not None:
+            print("note: avg ignores --alpha", file=sys.stderr)
+        result = hf_tsv.merge(args.base, args.models, method=args.method, alpha=args.alpha,
+                              fuse_qkv=args.fuse_qkv, exclude=args.exclude, device=args.device, dtype=args.dtype,
+                              compute_dtype=args.svd_dtype, ties_density=args.ties_density,
+                              iso_common_fraction=args.iso_common_fraction, output_dir=args.output,
+                              overwrite=args.overwrite, max_shard_size=args.max_shard_size,
+                              revision=args.revision, token=args.token, command=_command_line())
+        r = result.report
+        print(f"merged {r['num_tasks']} models with {r['method']} (alpha={r['alpha']}) into {args.output} "
+              f"in {r['timings']['total_s']:.2f} s")
+        if "sti" in r:
+            print(f"STI total: {r['sti']['total']:.6g} over {len(r['sti']['keys'])} matrix keys")
+        return 0
+    if args.command == "sti":
+        report = hf_tsv.sti(args.base, args.models, fuse_qkv=args.fuse_qkv, exclude=args.exclude,
+                            device=args.device, compute_dtype=args.svd_dtype, revision=args.revision,
+                            token=args.token)
+        print(report.table())
+        if args.json:
+            report.to_json(args.json)
+        return 0
+    if args.command == "compress":
+        res = hf_tsv.compress(args.base, args.models, args.output, rank_fraction=args.rank_fraction,
+                              fuse_qkv=args.fuse_qkv, exclude=args.exclude, device=args.device,
+                              dtype=args.dtype, compute_dtype=args.svd_dtype, overwrite=args.overwrite,
+                              max_shard_size=args.max_shard_size, token=args.token)
+        print(res.summary())
+        print(f"written to {args.output}; rebuild a task with: hf-tsv expand {args.output} --task NAME -o DIR")
+        return 0
+    if args.command == "expand":
+        out = hf_tsv.expand(args.compressed, args.task, args.output, base=args.base, overwrite=args.overwrite,
+                            device=args.device, max_shard_size=args.max_shard_size, token=args.token)
+        print(f"rebuilt task {args.task!r} into {out}")
+        return 0
+    if args.command == "example":
+        return _example(args)
+    raise AssertionError(args.command)
+
+
+def _example(args: argparse.Namespace) -> int:
+    """The README's first command: generate tiny checkpoints, print their STI, merge them, load the result."""
+    from pathlib import Path
+
+    import hf_tsv
+    from hf_tsv.synthetic import make_checkpoints
+
+    work = Path(args.output)
+    paths = make_checkpoints(work / "checkpoints", preset=args.preset, num_tasks=args.num_tasks)
+    print(f"generated a base and {args.num_tasks} fine-tuned CLIPVisionModel checkpoints in {work / 'checkpoints'}")
+    report = hf_tsv.sti(paths["base"], paths["tasks"])
+    print("\nSingular Task Interference per layer (k = floor(r/T)):")
+    print(report.table())
+    result = hf_tsv.merge(paths["base"], paths["tasks"], method="tsv-m", output_dir=work / "merged",
+                          overwrite=True, command=_command_line())
+    from transformers import CLIPVisionModel
+
+    model = CLIPVisionModel.from_pretrained(str(work / "merged"))
+    print(f"\nTSV-M merge written to {work / 'merged'} in {result.report['timings']['total_s']:.2f} s; "
+          f"CLIPVisionModel.from_pretrained loads it ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    return 0
+
+
+def _command_line() -> str:
+    """The command as typed, with any --token value masked."""
+    argv = ["hf-tsv"] + sys.argv[1:]
+    masked = []
+    hide = False
+    for a in argv:
+        if hide:
+            masked.append("***")
+            hide = False
+        elif a == "--token":
+            masked.append(a)
+            hide = True
+        elif a.startswith("--token="):
+            masked.append("--token=***")
+        else:
+            masked.append(a)
+    return shlex.join(masked)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_threads(getattr(args, "threads", None))
+    from .errors import HFTSVError
+
+    try:
+        return _run(args)
+    except HFTSVError as exc:
+        print(f"hf-tsv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hf-tsv: interrupted; no partial output was left", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

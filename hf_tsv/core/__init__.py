@@ -1,0 +1,28 @@
+"""The maths of hf_tsv: small torch functions on tensors, no I/O, no Hub."""
+
+from .baselines import iso_c, iso_cts, task_arithmetic, ties, weight_average
+from .svd import batched_svd, polar_factor
+from .tsv import (
+    TaskFactors,
+    singular_task_interference,
+    tasks_rank,
+    truncated_task_factors,
+    tsv_merge,
+    tsv_merge_factors,
+)
+
+__all__ = [
+    "TaskFactors",
+    "batched_svd",
+    "iso_c",
+    "iso_cts",
+    "polar_factor",
+    "singular_task_interference",
+    "task_arithmetic",
+    "tasks_rank",
+    "ties",
+    "truncated_task_factors",
+    "tsv_merge",
+    "tsv_merge_factors",
+    "weight_average",
+]

@@ -1,0 +1,135 @@
+"""Task Singular Vectors: TSV-C truncation, TSV-M merging and Singular Task Interference (STI).
+
+Pure torch functions on one matrix key: ``task_matrices`` is a tensor ``(T, m, n)`` holding the T task
+matrices Δ_t = W_t − W_0 of that key. See ``method.md`` for the maths (arXiv 2412.00081).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .svd import batched_svd, polar_factor
+
+
+def tasks_rank(shape: tuple[int, int] | torch.Size, num_tasks: int) -> int:
+    """k = ⌊min(m, n) / T⌋, the number of singular triplets each task keeps (0 when T > r).
+
+    Example:
+        >>> tasks_rank((768, 3072), 8)
+        96
+    """
+    if num_tasks < 1:
+        raise ValueError("num_tasks must be at least 1")
+    return min(int(shape[-2]), int(shape[-1])) // num_tasks
+
+
+@dataclass
+class TaskFactors:
+    """The top-k singular triplets of every task: ``u (T, m, k)``, ``s (T, k)``, ``v (T, n, k)``."""
+
+    u: torch.Tensor
+    s: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def k(self) -> int:
+        return self.s.shape[-1]
+
+    def concatenated(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Û (m, T·k), σ̂ (T·k) and V̂ (n, T·k): task t's block occupies columns [t·k, (t+1)·k)."""
+        num_tasks, m, k = self.u.shape
+        n = self.v.shape[1]
+        u_hat = self.u.permute(1, 0, 2).reshape(m, num_tasks * k)
+        v_hat = self.v.permute(1, 0, 2).reshape(n, num_tasks * k)
+        return u_hat, self.s.reshape(num_tasks * k), v_hat
+
+    def reconstruct(self) -> torch.Tensor:
+        """Each task's rank-k approximation U_k diag(σ_k) V_kᵀ, shape ``(T, m, n)``."""
+        return (self.u * self.s[:, None, :]) @ self.v.mT
+
+
+def truncated_task_factors(
+    task_matrices: torch.Tensor, k: int | None = None, *, compute_dtype: torch.dtype = torch.float32
+) -> TaskFactors:
+    """TSV-C: each task's top-k singular triplets (default k = ⌊r/T⌋), computed in one batched SVD.
+
+    Triplets whose singular value is numerically zero (a task of rank < k) are returned as zero vectors.
+
+    Example:
+        >>> f = truncated_task_factors(torch.randn(4, 12, 10))
+        >>> f.u.shape, f.s.shape, f.v.shape
+        (torch.Size([4, 12, 2]), torch.Size([4, 2]), torch.Size([4, 10, 2]))
+    """
+    if task_matrices.ndim != 3:
+        raise ValueError(f"task_matrices must be (T, m, n), got shape {tuple(task_matrices.shape)}")
+    num_tasks, m, n = task_matrices.shape
+    k = tasks_rank((m, n), num_tasks) if k is None else int(k)
+    if not 0 <= k <= min(m, n):
+        raise ValueError(f"k must be in [0, {min(m, n)}], got {k}")
+    if k == 0:
+        z = task_matrices.new_zeros((), dtype=compute_dtype)
+        return TaskFactors(z.expand(num_tasks, m, 0), z.expand(num_tasks, 0), z.expand(num_tasks, n, 0))
+    u, s, v = batched_svd(task_matrices, compute_dtype)
+    u, s, v = u[..., :k], s[..., :k], v[..., :k]
+    # A task of rank < k has kept triplets with σ = 0 whose vectors LAPACK picks arbitrarily; they are not
+    # task directions, yet they would steer the polar step and STI. Zero them, as numpy's matrix_rank
+    # decides rank: σ ≤ max(m, n)·eps·σ_max.
+    tol = max(m, n) * torch.finfo(compute_dtype).eps * s[..., :1]
+    null = s <= tol
+    if bool(null.any()):
+        keep = (~null).to(s.dtype)
+        u, s, v = u * keep[:, None, :], s * keep, v * keep[:, None, :]
+    return TaskFactors(u.contiguous(), s.contiguous(), v.contiguous())
+
+
+def tsv_merge_factors(factors: TaskFactors) -> torch.Tensor:
+    """TSV-M from truncated factors: Δ = U⊥ diag(σ̂) V⊥ᵀ with U⊥, V⊥ the polar factors of Û and V̂.
+
+    The polar factor is taken of the compact (m, T·k) block. It equals the first T·k columns of the polar
+    factor of the zero-padded (m, r) block of the paper whenever Û has full column rank; the padded slots
+    carry σ = 0 and add nothing to Δ.
+    """
+    m, n = factors.u.shape[1], factors.v.shape[1]
+    if factors.k == 0:
+        return factors.u.new_zeros((m, n))
+    u_hat, s_hat, v_hat = factors.concatenated()
+    u_perp = polar_factor(u_hat)
+    v_perp = polar_factor(v_hat)
+    return (u_perp * s_hat) @ v_perp.T
+
+
+def tsv_merge(
+    task_matrices: torch.Tensor, k: int | None = None, *, compute_dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """TSV-M merged delta of one matrix key (before α): returns Δ in ``compute_dtype``, shape (m, n).
+
+    Example:
+        >>> tau = torch.randn(1, 6, 5, dtype=torch.float64)
+        >>> torch.allclose(tsv_merge(tau, compute_dtype=torch.float64), tau[0])  # T = 1: the task itself
+        True
+    """
+    return tsv_merge_factors(truncated_task_factors(task_matrices, k, compute_dtype=compute_dtype))
+
+
+def singular_task_interference(factors: TaskFactors) -> float:
+    """STI = Σ |(ÛᵀÛ − I) Σ̂ (V̂ᵀV̂ − I)| (entrywise L1) on the truncated, concatenated factors.
+
+    Only cross-task blocks contribute: within a task the singular vectors are orthonormal.
+
+    Example:
+        >>> singular_task_interference(truncated_task_factors(torch.randn(1, 8, 8)))  # one task: none
+        0.0
+    """
+    if factors.k == 0:
+        return 0.0
+    u_hat, s_hat, v_hat = factors.concatenated()
+    num_tasks = factors.s.shape[0]
+    # Within a task the vectors are orthonormal by construction, so the diagonal blocks of ÛᵀÛ − I and
+    # V̂ᵀV̂ − I are exactly zero; setting them so drops the rounding noise of the SVD.
+    same_task = torch.block_diag(*[torch.ones(factors.k, factors.k, dtype=torch.bool)] * num_tasks)
+    same_task = same_task.to(u_hat.device)
+    left = (u_hat.T @ u_hat).masked_fill(same_task, 0.0)
+    right = (v_hat.T @ v_hat).masked_fill(same_task, 0.0)
+    return float(((left * s_hat) @ right).abs().sum())

@@ -1,0 +1,19 @@
+"""Exceptions raised by hf_tsv.
+
+Every error that comes from bad input is a :class:`MergeInputError`; its message names the model, the file
+and the key where the problem was first seen, and says what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class HFTSVError(Exception):
+    """Base class of every error hf_tsv raises on purpose."""
+
+
+class MergeInputError(HFTSVError, ValueError):
+    """The inputs cannot be merged as given (mismatched checkpoints, missing files, bad options...)."""
+
+
+class OutputExistsError(HFTSVError, FileExistsError):
+    """The output folder exists and is not empty, and overwriting was not asked for."""

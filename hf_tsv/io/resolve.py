@@ -1,0 +1,117 @@
+"""Model references: a local folder, a Hub id (``ns/name`` or ``ns/name@revision``) or an in-memory model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import MergeInputError
+from .reader import CheckpointReader, InMemoryReader
+
+ModelReference = "str | os.PathLike | torch.nn.Module"
+
+
+@dataclass
+class ResolvedModel:
+    """A model ready to read, with the provenance that goes into reports and cards.
+
+    ``hub_id``/``revision`` are set for Hub models (revision = the resolved commit sha). Local folders are
+    recorded by folder name and a fingerprint of their headers, never by their full path.
+    """
+
+    name: str
+    reader: CheckpointReader | InMemoryReader
+    hub_id: str | None = None
+    revision: str | None = None
+    fingerprint: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return "hub" if self.hub_id else ("memory" if self.reader.folder is None else "local")
+
+    def provenance(self) -> dict:
+        info = {"name": self.name, "source": self.source}
+        if self.hub_id:
+            info.update(repo_id=self.hub_id, revision=self.revision)
+        if self.fingerprint:
+            info["fingerprint"] = self.fingerprint
+        return info
+
+
+def _fingerprint(reader: CheckpointReader) -> str:
+    """A cheap identity of a local checkpoint: sha256 over its tensor names, dtypes, shapes and file sizes."""
+    digest = hashlib.sha256()
+    for key in sorted(reader.infos):
+        info = reader.infos[key]
+        digest.update(f"{key}|{info.dtype}|{info.shape};".encode())
+    for file in sorted({info.file for info in reader.infos.values()}):
+        digest.update(f"{file.name}:{file.stat().st_size};".encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def split_revision(reference: str, revision: str | None) -> tuple[str, str | None]:
+    """``"ns/name@rev"`` → ``("ns/name", "rev")``; an explicit ``revision`` wins."""
+    if "@" in reference and not os.path.exists(reference):
+        reference, _, rev = reference.partition("@")
+        return reference, revision or rev
+    return reference, revision
+
+
+def _download(repo_id: str, revision: str | None, token: str | bool | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = (["config.json", "*.safetensors", "model.safetensors.index.json"],
+                ["config.json", "pytorch_model*.bin", "pytorch_model.bin.index.json"])
+    folder = None
+    for allow in patterns:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow, token=token))
+        if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
+            break
+    return folder
+
+
+def resolve_model(reference, *, name: str | None = None, revision: str | None = None,
+                  token: str | bool | None = None) -> ResolvedModel:
+    """Turn a reference into a :class:`ResolvedModel` (downloading Hub files unless HF_HUB_OFFLINE=1).
+
+    Example:
+        >>> resolve_model("openai/clip-vit-base-patch32@main").revision  # doctest: +SKIP
+        '3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268'
+    """
+    if isinstance(reference, torch.nn.Module):
+        label = name or Path(getattr(getattr(reference, "config", None), "name_or_path", "") or "model").name
+        return ResolvedModel(label or "model", InMemoryReader(reference, label or "model"))
+    if not isinstance(reference, (str, os.PathLike)):
+        raise MergeInputError(f"cannot use {type(reference).__name__} as a model; pass a folder, a Hub id "
+                              "or a transformers model")
+    ref, rev = split_revision(os.fspath(reference), revision)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        label = name or path.resolve().name
+        reader = CheckpointReader(path, label)
+        return ResolvedModel(label, reader, fingerprint=_fingerprint(reader))
+    if path.exists():
+        raise MergeInputError(f"model {ref!r} is a file; pass the checkpoint folder that holds config.json")
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise MergeInputError(f"model {ref!r}: no such local folder, and not a valid Hub id "
+                              "(expected a folder path or 'namespace/name')") from None
+    try:
+        folder = _download(ref, rev, token)
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types; all mean the same here
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        hint = ("HF_HUB_OFFLINE is set and it is not in the local cache" if offline
+                else "check the id, the revision, your token and the network")
+        raise MergeInputError(f"model {ref!r}: no local folder of that name and the Hub download failed "
+                              f"({hint}): {type(exc).__name__}: {exc}") from exc
+    label = name or ref
+    return ResolvedModel(label, CheckpointReader(folder, label), hub_id=ref, revision=folder.name)

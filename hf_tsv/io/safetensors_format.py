@@ -1,0 +1,139 @@
+"""The safetensors file layout, read and written directly so headers can be checked without loading
+tensors and outputs can be written one tensor at a time.
+
+Format: 8-byte little-endian header length N, N bytes of JSON ``{key: {"dtype", "shape",
+"data_offsets": [begin, end]}, "__metadata__": {...}}``, then the tensor bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import MergeInputError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+if hasattr(torch, "float8_e4m3fn"):
+    DTYPES["F8_E4M3"] = torch.float8_e4m3fn
+    DTYPES["F8_E5M2"] = torch.float8_e5m2
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where a tensor lives and what it is, known from a header alone."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    file: Path
+    offset: int = -1  # where the tensor's bytes start in ``file`` (safetensors only)
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for d in self.shape:
+            count *= d
+        return count * torch.empty((), dtype=self.dtype).element_size()
+
+
+def read_header(path: Path, who: str) -> dict[str, TensorInfo]:
+    """Parse and validate a safetensors header; raise a clear error for a truncated or corrupt file."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise MergeInputError(f"{who}: {path} is truncated or not a safetensors file ({size} bytes)")
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > min(MAX_HEADER_BYTES, size - 8):
+            raise MergeInputError(f"{who}: {path} is truncated or not a safetensors file "
+                                  f"(header claims {header_len} bytes, file has {size}); re-download or re-save it")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MergeInputError(f"{who}: {path} has a corrupt safetensors header ({exc})") from exc
+    header.pop("__metadata__", None)
+    infos: dict[str, TensorInfo] = {}
+    data_end = 0
+    for key, entry in header.items():
+        dtype = DTYPES.get(entry.get("dtype"))
+        if dtype is None:
+            raise MergeInputError(f"{who}: {path} key {key!r} has unsupported dtype {entry.get('dtype')!r}")
+        begin, end = entry["data_offsets"]
+        infos[key] = TensorInfo(dtype, tuple(int(d) for d in entry["shape"]), path, 8 + header_len + begin)
+        if end - begin != infos[key].nbytes:
+            raise MergeInputError(f"{who}: {path} key {key!r} is corrupt (offsets do not match its shape)")
+        data_end = max(data_end, end)
+    if size != 8 + header_len + data_end:
+        raise MergeInputError(
+            f"{who}: {path} is truncated or corrupt: the header describes {8 + header_len + data_end} bytes "
+            f"but the file has {size}; re-download or re-save it")
+    return infos
+
+
+def read_tensor(info: TensorInfo) -> torch.Tensor:
+    """Read one tensor's bytes with a plain file read (no mmap, so untouched files add nothing to RSS)."""
+    buffer = bytearray(info.nbytes)
+    with open(info.file, "rb") as f:
+        f.seek(info.offset)
+        if f.readinto(buffer) != info.nbytes:
+            raise MergeInputError(f"{info.file} ended early while reading a tensor; the file is truncated")
+    if not buffer:
+        return torch.empty(info.shape, dtype=info.dtype)
+    return torch.frombuffer(buffer, dtype=info.dtype).reshape(info.shape)
+
+
+class SafetensorsFileWriter:
+    """Writes one safetensors file whose keys, dtypes and shapes are known in advance, one tensor at a
+    time, in any order. Nothing is held in memory beyond the tensor being written.
+
+    Example:
+        >>> w = SafetensorsFileWriter("/tmp/x.safetensors", {"a": (torch.float32, (2, 2))})  # doctest: +SKIP
+        >>> w.write("a", torch.zeros(2, 2)); w.close()  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike, layout: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None):
+        self.path = Path(path)
+        self._layout = layout
+        header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+        offset = 0
+        self._offsets: dict[str, int] = {}
+        for key, (dtype, shape) in layout.items():
+            nbytes = TensorInfo(dtype, tuple(shape), self.path).nbytes
+            header[key] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape),
+                           "data_offsets": [offset, offset + nbytes]}
+            self._offsets[key] = offset
+            offset += nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # keep tensor data 8-byte aligned, as safetensors does
+        self._data_start = 8 + len(encoded)
+        self._file = open(self.path, "wb")
+        self._file.write(struct.pack("<Q", len(encoded)) + encoded)
+        self._file.truncate(self._data_start + offset)
+        self._pending = set(layout)
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        dtype, shape = self._layout[key]
+        if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+            raise ValueError(f"{key}: expected {dtype} {tuple(shape)}, got {tensor.dtype} {tuple(tensor.shape)}")
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._file.seek(self._data_start + self._offsets[key])
+        self._file.write(memoryview(data))
+        self._pending.discard(key)
+
+    def close(self) -> None:
+        if self._pending:
+            self._file.close()
+            raise RuntimeError(f"{self.path}: {len(self._pending)} tensors were never written, "
+                               f"e.g. {sorted(self._pending)[0]!r}")
+        self._file.close()

@@ -1,0 +1,287 @@
+"""The Python API for merging and interference analysis: :func:`merge`, :func:`sti`, :func:`plan`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .engine import MergePlan, Timer, build_plan, iter_units, resolve_device, split_rows
+from .errors import MergeInputError
+from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
+from .methods import MethodOptions, get_method, resolve_alpha
+from .report import device_description, format_sti_table, library_versions
+
+REPORT_NAME = "merge_report.json"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64, "fp64": torch.float64}
+
+
+def as_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` → ``torch.bfloat16``; None stays None."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    try:
+        return DTYPES[str(value).lower().removeprefix("torch.")]
+    except KeyError:
+        raise MergeInputError(f"unknown dtype {value!r}; choose one of {', '.join(DTYPES)}") from None
+
+
+def _set_config_dtype(config, dtype: torch.dtype) -> None:
+    setattr(config, "dtype" if hasattr(config, "dtype") else "torch_dtype", dtype)
+
+
+class MergeResult:
+    """A merged model: its weights (in memory, or in the folder it was streamed to), config and report.
+
+    Example:
+        >>> result = hf_tsv.merge("base", ["ft_a", "ft_b"])  # doctest: +SKIP
+        >>> result.save_pretrained("merged")  # doctest: +SKIP
+        >>> model = result.to_model()  # a CLIPVisionModel  # doctest: +SKIP
+    """
+
+    def __init__(self, report: dict, config, model_class: type, state_dict: dict | None = None,
+                 folder: Path | None = None):
+        self.report = report
+        self.config = config
+        self.model_class = model_class
+        self._state_dict = state_dict
+        self.folder = folder
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The merged weights, keyed as ``model_class`` saves them."""
+        if self._state_dict is None:
+            self._state_dict = _load_folder_weights(self.folder)
+        return self._state_dict
+
+    def to_model(self):
+        """The merged model as an instance of the output transformers class (e.g. CLIPVisionModel)."""
+        model = self.model_class(self.config)
+        model.load_state_dict(self.state_dict(), strict=True)
+        return model.eval()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False,
+                        max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Path:
+        """Write a folder that ``from_pretrained`` loads, atomically (temporary folder, then rename)."""
+        state = self.state_dict()
+        layout = {k: (t.dtype, tuple(t.shape)) for k, t in state.items()}
+        with atomic_output_dir(save_directory, overwrite) as tmp:
+            writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
+            for key, tensor in state.items():
+                writer.write(key, tensor)
+            writer.close()
+            _write_metadata(tmp, self.config, self.report)
+        return Path(save_directory)
+
+    def __repr__(self) -> str:
+        r = self.report
+        return (f"MergeResult(method={r['method']!r}, alpha={r['alpha']}, num_tasks={r['num_tasks']}, "
+                f"model_class={self.model_class.__name__}, folder={str(self.folder) if self.folder else None})")
+
+
+def _load_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    return state
+
+
+def _write_metadata(folder: Path, config, report: dict) -> None:
+    config.save_pretrained(str(folder))
+    (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _output_layout(plan: MergePlan, dtype: torch.dtype | None) -> dict[str, tuple[torch.dtype, tuple]]:
+    layout = {}
+    for canon, saved in plan.output_names.items():
+        info = plan.base_infos[canon]
+        layout[saved] = (dtype or info.dtype, info.shape)
+    return layout
+
+
+def _main_dtype(layout: dict) -> torch.dtype:
+    sizes: dict[torch.dtype, int] = {}
+    for dtype, shape in layout.values():
+        n = 1
+        for d in shape:
+            n *= d
+        sizes[dtype] = sizes.get(dtype, 0) + n
+    return max(sizes, key=sizes.get)
+
+
+def _base_report(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype) -> dict:
+    return {
+        "hf_tsv_version": __version__,
+        "num_tasks": plan.num_tasks,
+        "base": plan.base.provenance(),
+        "models": [m.provenance() for m in plan.models],
+        "options": {"fuse_qkv": plan.fuse_qkv, "excluded_keys": plan.excluded, "compute_dtype":
+                    str(compute_dtype).removeprefix("torch."), "device": device_description(device)},
+        "keys": plan.counts(),
+        "notes": plan.notes,
+        "versions": library_versions(),
+    }
+
+
+def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fuse_qkv: bool = False,
+          exclude: str | None = None, device: str | torch.device = "auto", dtype=None,
+          compute_dtype=torch.float32, ties_density: float = 0.2, iso_common_fraction: float = 0.8,
+          output_dir: str | os.PathLike | None = None, overwrite: bool = False,
+          max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, revision: str | None = None, token=None,
+          command: str | None = None) -> MergeResult:
+    """Merge fine-tuned models of one base with TSV-M (default) or a baseline.
+
+    ``base`` and each of ``models`` is a local folder, a Hub id (``"ns/name"``, ``"ns/name@rev"``) or an
+    in-memory transformers model. The merge streams one key (or fused q/k/v group) at a time. With
+    ``output_dir`` the result is written straight to disk (atomically) and never held whole in memory;
+    without it the merged weights are kept in memory.
+
+    Methods: ``tsv-m`` (α default 1.0), ``iso-c``/``iso-cts`` (1.0), ``ta``/``ties`` (0.3), ``avg``
+    (ignores α). ``dtype`` is the output dtype (default: the base's); SVDs run in ``compute_dtype``
+    (float32, or float64).
+
+    Example:
+        >>> import hf_tsv
+        >>> result = hf_tsv.merge("openai/clip-vit-base-patch32",  # doctest: +SKIP
+        ...                       ["me/clip-cars", "me/clip-dtd", "me/clip-eurosat"], method="tsv-m")
+        >>> result.report["sti"]["total"]  # doctest: +SKIP
+        >>> result.save_pretrained("clip-tsv-merged")  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    merge_method = get_method(method)
+    alpha_used = resolve_alpha(merge_method, alpha)
+    out_dtype = as_dtype(dtype)
+    compute_dtype = as_dtype(compute_dtype)
+    opts = MethodOptions(compute_dtype, ties_density, iso_common_fraction)
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise MergeInputError("compute_dtype must be float32 or float64")
+    if output_dir is not None:
+        check_output_dir(output_dir, overwrite)
+    dev = resolve_device(device)
+    plan = build_plan(base, models, fuse_qkv=fuse_qkv and merge_method.uses_svd, exclude=exclude,
+                      revision=revision, token=token)
+    timer = Timer()
+    timer.totals["preflight_s"] = time.perf_counter() - started
+    layout = _output_layout(plan, out_dtype)
+    config = plan.output_config
+    _set_config_dtype(config, _main_dtype(layout))
+    report = {"method": method, "method_description": merge_method.description, "alpha": alpha_used,
+              **_base_report(plan, dev, compute_dtype)}
+    if merge_method.uses_svd:
+        report["k"] = "floor(r/T)" if method == "tsv-m" else None
+    if method == "ties":
+        report["options"]["ties_density"] = ties_density
+    if method == "iso-cts":
+        report["options"]["iso_common_fraction"] = iso_common_fraction
+    report["output"] = {"class": plan.output_class.__name__, "dtype": str(_main_dtype(layout)).removeprefix("torch.")}
+    if command:
+        report["command"] = command
+
+    def run(write) -> None:
+        sti_keys: dict[str, float] = {}
+        for item in iter_units(plan, dev, compute_dtype, timer, desc=f"{method} merge"):
+            start = time.perf_counter()
+            delta, sti_value = merge_method.key_delta(item.task_vectors, item.unit.is_matrix, opts)
+            merged = item.base + alpha_used * delta
+            if sti_value is not None:
+                sti_keys[plan.base_key(item.unit)] = sti_value
+            start = timer.add("compute_s", start)
+            for canon, tensor in split_rows(item.unit, plan, merged).items():
+                saved = plan.output_names[canon]
+                write(saved, tensor.to(device="cpu", dtype=layout[saved][0]))
+            timer.add("write_s", start)
+        if merge_method.uses_svd and method == "tsv-m":
+            report["sti"] = {"k": "floor(r/T)", "total": sum(sti_keys.values()), "keys": sti_keys}
+
+    def finish() -> None:
+        report["timings"] = {k: round(v, 4) for k, v in timer.totals.items()}
+        report["timings"]["total_s"] = round(time.perf_counter() - started, 4)
+
+    if output_dir is None:
+        state: dict[str, torch.Tensor] = {}
+        run(state.__setitem__)
+        finish()
+        return MergeResult(report, config, plan.output_class, state_dict=state)
+    with atomic_output_dir(output_dir, overwrite) as tmp:
+        writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
+        run(writer.write)
+        writer.close()
+        finish()
+        _write_metadata(tmp, config, report)
+    return MergeResult(report, config, plan.output_class, folder=Path(output_dir))
+
+
+@dataclass
+class STIReport:
+    """Singular Task Interference per matrix key (named as in the base checkpoint) and in total."""
+
+    keys: dict[str, float]
+    total: float
+    num_tasks: int
+    fuse_qkv: bool = False
+
+    def to_dict(self) -> dict:
+        return {"k": "floor(r/T)", "keys": self.keys, "total": self.total, "num_tasks": self.num_tasks,
+                "fuse_qkv": self.fuse_qkv}
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def table(self) -> str:
+        """A per-layer plain-text table (columns: layer types)."""
+        return format_sti_table(self.keys, self.total)
+
+
+def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, device="auto",
+        compute_dtype=torch.float32, revision: str | None = None, token=None) -> STIReport:
+    """Singular Task Interference of fine-tuned models, without merging.
+
+    Example:
+        >>> report = hf_tsv.sti("base", ["ft_a", "ft_b", "ft_c"])  # doctest: +SKIP
+        >>> print(report.table()); report.total  # doctest: +SKIP
+    """
+    from .core import singular_task_interference, truncated_task_factors
+
+    compute_dtype = as_dtype(compute_dtype)
+    dev = resolve_device(device)
+    plan = build_plan(base, models, fuse_qkv=fuse_qkv, exclude=exclude, revision=revision, token=token)
+    matrix_units = [u for u in plan.units if u.is_matrix]
+    keys: dict[str, float] = {}
+    for item in iter_units(plan, dev, compute_dtype, Timer(), units=matrix_units, desc="STI"):
+        factors = truncated_task_factors(item.task_vectors, compute_dtype=compute_dtype)
+        keys[plan.base_key(item.unit)] = singular_task_interference(factors)
+    return STIReport(keys, sum(keys.values()), plan.num_tasks, fuse_qkv)
+
+
+def plan(base, models, *, method: str = "tsv-m", fuse_qkv: bool = False, exclude: str | None = None,
+         revision: str | None = None, token=None) -> dict:
+    """The preflight alone: checks every input and returns key counts and peak-memory/time estimates.
+
+    Example:
+        >>> hf_tsv.plan("base", ["ft_a", "ft_b"])["estimated_peak_memory_bytes"]  # doctest: +SKIP
+    """
+    from .estimate import estimate_seconds
+
+    merge_method = get_method(method)
+    p = build_plan(base, models, fuse_qkv=fuse_qkv and merge_method.uses_svd, exclude=exclude,
+                   revision=revision, token=token)
+    weights_bytes = sum(i.nbytes for i in p.base_infos.values())
+    return {
+        "method": method,
+        "num_tasks": p.num_tasks,
+        "base": p.base.provenance(),
+        "models": [m.provenance() for m in p.models],
+        "output_class": p.output_class.__name__,
+        "keys": p.counts(),
+        "notes": p.notes,
+        "model_bytes": weights_bytes,
+        "estimated_peak_memory_bytes": p.estimate_peak_bytes(),
+        "estimated_seconds": estimate_seconds(p, merge_method.uses_svd),
+    }

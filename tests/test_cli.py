@@ -1,0 +1,119 @@
+"""Every CLI command end to end on tiny checkpoints, run as a user would (a subprocess of `hf-tsv`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import load_state, max_rel_diff
+
+import hf_tsv
+
+HF_TSV = shutil.which("hf-tsv") or ""
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [HF_TSV] if HF_TSV else [sys.executable, "-m", "hf_tsv.cli"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize("command", ["merge", "sti", "compress", "expand", "plan", "example"])
+def test_help(command):
+    out = run(command, "--help").stdout
+    assert "usage: hf-tsv" in out or "usage:" in out
+
+
+def test_merge_command_and_from_pretrained(tiny, tmp_path):
+    from transformers import CLIPVisionModel
+
+    out = run("merge", tiny["base"], *tiny["tasks"], "-o", tmp_path / "m", "--method", "tsv-m", "--alpha", "0.8",
+              "--device", "cpu", "--fuse-qkv", "--exclude", "position_embedding", "--dtype", "bfloat16")
+    assert "STI total" in out.stdout
+    model = CLIPVisionModel.from_pretrained(str(tmp_path / "m"))
+    assert model.dtype == torch.bfloat16
+    report = json.loads((tmp_path / "m" / "merge_report.json").read_text())
+    assert report["alpha"] == 0.8 and report["options"]["fuse_qkv"] is True
+    assert report["command"].startswith("hf-tsv merge")
+    api = hf_tsv.merge(tiny["base"], tiny["tasks"], alpha=0.8, fuse_qkv=True, exclude="position_embedding",
+                       dtype="bfloat16").state_dict()
+    assert all(torch.equal(api[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["ta", "ties", "avg", "iso-c", "iso-cts"])
+def test_merge_baselines(tiny, tmp_path, method):
+    run("merge", tiny["base"], *tiny["tasks"], "-o", tmp_path / method, "--method", method)
+    assert json.loads((tmp_path / method / "merge_report.json").read_text())["method"] == method
+
+
+def test_overwrite(tiny, tmp_path):
+    run("merge", tiny["base"], *tiny["tasks"], "-o", tmp_path / "m")
+    bad = run("merge", tiny["base"], *tiny["tasks"], "-o", tmp_path / "m", "--method", "ta", check=False)
+    assert bad.returncode == 2 and "--overwrite" in bad.stderr
+    run("merge", tiny["base"], *tiny["tasks"], "-o", tmp_path / "m", "--method", "ta", "--overwrite")
+    assert json.loads((tmp_path / "m" / "merge_report.json").read_text())["method"] == "ta"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_sti_command_json(tiny, tmp_path):
+    out = run("sti", tiny["base"], *tiny["tasks"], "--json", tmp_path / "sti.json")
+    data = json.loads((tmp_path / "sti.json").read_text())
+    assert data["k"] == "floor(r/T)"
+    assert set(data["keys"]) == {k for k, v in load_state(tiny["base"]).items() if v.ndim == 2}
+    assert data["total"] == pytest.approx(sum(data["keys"].values()))
+    assert "fc1" in out.stdout and f"{data['total']:.6g}" in out.stdout
+
+
+def test_compress_and_expand(tiny, tmp_path):
+    out = run("compress", tiny["base"], *tiny["tasks"], "-o", tmp_path / "c")
+    assert "TSV-C: 3 tasks" in out.stdout and "% of the" in out.stdout
+    index = json.loads((tmp_path / "c" / "tsv_c.json").read_text())
+    assert index["ranks"]["encoder.layers.0.mlp.fc1.weight"] == 32 // 3
+    run("expand", tmp_path / "c", "--task", "task_01", "-o", tmp_path / "e1")
+    run("expand", tmp_path / "c", "--task", "2", "-o", tmp_path / "e2")
+    # expanded = base + the rank-k truncation of the task vector
+    base, task = load_state(tiny["base"]), load_state(tiny["tasks"][1])
+    rebuilt = load_state(tmp_path / "e1")
+    key = "encoder.layers.1.mlp.fc2.weight"
+    tau = (task[key] - base[key]).double()
+    u, s, vh = torch.linalg.svd(tau)
+    k = index["ranks"][key]
+    truncated = base[key].double() + u[:, :k] @ torch.diag(s[:k]) @ vh[:k]
+    assert max_rel_diff(rebuilt[key], truncated) < 1e-6
+    assert torch.equal(rebuilt["post_layernorm.bias"], task["post_layernorm.bias"])
+
+
+def test_compress_full_rank_fused_round_trip(tiny, tmp_path):
+    """rank fraction 1 keeps every triplet: expand gives the fine-tuned model back (fused q/k/v too)."""
+    from transformers import CLIPVisionModel
+
+    run("compress", tiny["base"], *tiny["tasks"], "-o", tmp_path / "c", "--rank-fraction", "1.0", "--fuse-qkv")
+    index = json.loads((tmp_path / "c" / "tsv_c.json").read_text())
+    assert "encoder.layers.0.self_attn.qkv_proj.weight" in index["ranks"]
+    run("expand", tmp_path / "c", "--task", "task_00", "-o", tmp_path / "e")
+    model = CLIPVisionModel.from_pretrained(str(tmp_path / "e"))
+    original = load_state(tiny["tasks"][0])
+    for key, value in model.state_dict().items():
+        assert max_rel_diff(value, original[key]) < 1e-6, key
+
+
+def test_plan_and_dry_run(tiny, tmp_path):
+    out = run("plan", tiny["base"], *tiny["tasks"], "--fuse-qkv", "--json", tmp_path / "plan.json").stdout
+    assert "matrix_units" in out and "estimated peak memory" in out
+    assert json.loads((tmp_path / "plan.json").read_text())["keys"]["fused_qkv_groups"] == 2
+    dry = run("merge", tiny["base"], *tiny["tasks"], "-o", tmp_path / "never", "--dry-run").stdout
+    assert "estimated time" in dry and not (tmp_path / "never").exists()
+
+
+def test_example_command(tmp_path):
+    out = run("example", "-o", tmp_path / "ex", "--num-tasks", "3").stdout
+    assert "total STI" in out and "from_pretrained loads it" in out
+    assert (tmp_path / "ex" / "merged" / "model.safetensors").is_file()

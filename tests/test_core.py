@@ -1,0 +1,198 @@
+"""The properties of method.md, checked on the pure core functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_tsv import core
+
+F64 = torch.float64
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def padded_reference_tsv_m(tau: torch.Tensor) -> torch.Tensor:
+    """method.md's TSV-M step by step in float64, with the paper's zero-padded r-column layout."""
+    tau = tau.to(F64)
+    num_tasks, m, n = tau.shape
+    r = min(m, n)
+    k = r // num_tasks
+    u_pad = torch.zeros(m, r, dtype=F64)
+    s_pad = torch.zeros(r, dtype=F64)
+    v_pad = torch.zeros(n, r, dtype=F64)
+    for t in range(num_tasks):
+        u, s, vh = torch.linalg.svd(tau[t], full_matrices=False)
+        u_pad[:, t * k:(t + 1) * k] = u[:, :k]
+        s_pad[t * k:(t + 1) * k] = s[:k]
+        v_pad[:, t * k:(t + 1) * k] = vh[:k].T
+    p, _, qh = torch.linalg.svd(u_pad, full_matrices=False)
+    u_perp = p @ qh
+    p, _, qh = torch.linalg.svd(v_pad, full_matrices=False)
+    v_perp = p @ qh
+    return u_perp @ torch.diag(s_pad) @ v_perp.T
+
+
+def literal_sti(tau: torch.Tensor) -> float:
+    """STI exactly as written: Σ|(ÛᵀÛ − I) Σ̂ (V̂ᵀV̂ − I)| on the truncated concatenated factors."""
+    tau = tau.to(F64)
+    num_tasks, m, n = tau.shape
+    k = min(m, n) // num_tasks
+    us, ss, vs = [], [], []
+    for t in range(num_tasks):
+        u, s, vh = torch.linalg.svd(tau[t], full_matrices=False)
+        us.append(u[:, :k])
+        ss.append(s[:k])
+        vs.append(vh[:k].T)
+    u_hat, s_hat, v_hat = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
+    eye = torch.eye(num_tasks * k, dtype=F64)
+    return float(((u_hat.T @ u_hat - eye) @ torch.diag(s_hat) @ (v_hat.T @ v_hat - eye)).abs().sum())
+
+
+@pytest.mark.parametrize("shape", [(24, 14), (14, 24), (18, 18)], ids=["tall", "wide", "square"])
+@pytest.mark.parametrize("num_tasks", [2, 3, 5])
+def test_tsv_m_matches_padded_reference(shape, num_tasks):
+    tau = torch.randn(num_tasks, *shape, generator=torch.Generator().manual_seed(7), dtype=F64)
+    ours = core.tsv_merge(tau, compute_dtype=F64)
+    assert ours.dtype == F64
+    torch.testing.assert_close(ours, padded_reference_tsv_m(tau), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(24, 14), (14, 24)])
+def test_float32_close_to_float64_with_a_spectral_gap(shape):
+    gen = torch.Generator().manual_seed(3)
+    num_tasks, k = 3, min(shape) // 3
+    tau = torch.stack([torch.randn(shape[0], k, generator=gen) @ torch.randn(k, shape[1], generator=gen)
+                       + 1e-5 * torch.randn(*shape, generator=gen) for _ in range(num_tasks)])
+    ours = core.tsv_merge(tau)
+    assert ours.dtype == torch.float32
+    ref = padded_reference_tsv_m(tau)
+    assert float((ours.double() - ref).norm() / ref.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(10, 6), (6, 10), (8, 8)])
+def test_single_task_returns_the_task_vector(shape):
+    tau = torch.randn(1, *shape, dtype=F64)
+    torch.testing.assert_close(core.tsv_merge(tau, compute_dtype=F64), tau[0])
+    torch.testing.assert_close(core.tsv_merge(tau.float()), tau[0].float(), atol=1e-5, rtol=1e-5)
+
+
+def test_invariant_to_singular_vector_sign_flips():
+    gen = torch.Generator().manual_seed(11)
+    tau = torch.randn(3, 16, 12, generator=gen, dtype=F64)
+    f = core.truncated_task_factors(tau, compute_dtype=F64)
+    signs = torch.where(torch.rand(f.s.shape, generator=gen) < 0.5, -1.0, 1.0).to(F64)
+    flipped = core.TaskFactors(f.u * signs[:, None, :], f.s, f.v * signs[:, None, :])
+    torch.testing.assert_close(core.tsv_merge_factors(flipped), core.tsv_merge_factors(f))
+    assert core.singular_task_interference(flipped) == pytest.approx(core.singular_task_interference(f), rel=1e-9)
+
+
+def test_orthogonal_low_rank_tasks_give_task_arithmetic():
+    gen = torch.Generator().manual_seed(5)
+    m, n, num_tasks = 20, 16, 4
+    k = min(m, n) // num_tasks  # 4
+    q_left, _ = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=F64))
+    q_right, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=F64))
+    tasks = []
+    for t in range(num_tasks):
+        rank = k - (t % 2)  # ranks 4 and 3, all ≤ k
+        u = q_left[:, t * k:t * k + rank]
+        v = q_right[:, t * k:t * k + rank]
+        s = torch.rand(rank, generator=gen, dtype=F64) + 0.5
+        tasks.append(u @ torch.diag(s) @ v.T)
+    tau = torch.stack(tasks)
+    torch.testing.assert_close(core.tsv_merge(tau, compute_dtype=F64), core.task_arithmetic(tau))
+    assert core.singular_task_interference(core.truncated_task_factors(tau, compute_dtype=F64)) < 1e-10
+
+
+def test_sti_matches_the_literal_formula_and_vanishes_after_orthogonalisation():
+    tau = torch.randn(3, 15, 12, generator=torch.Generator().manual_seed(2), dtype=F64)
+    f = core.truncated_task_factors(tau, compute_dtype=F64)
+    assert core.singular_task_interference(f) == pytest.approx(literal_sti(tau), rel=1e-9)
+    assert core.singular_task_interference(f) > 0.1
+    u_hat, s_hat, v_hat = f.concatenated()
+    u_perp, v_perp = core.polar_factor(u_hat), core.polar_factor(v_hat)
+    t, k = f.s.shape
+    orth = core.TaskFactors(u_perp.reshape(15, t, k).permute(1, 0, 2), f.s,
+                            v_perp.reshape(12, t, k).permute(1, 0, 2))
+    assert core.singular_task_interference(orth) < 1e-10
+
+
+def test_zero_rank_when_more_tasks_than_rank():
+    tau = torch.randn(5, 3, 4)
+    assert core.tasks_rank((3, 4), 5) == 0
+    delta = core.tsv_merge(tau)
+    assert delta.shape == (3, 4) and torch.count_nonzero(delta) == 0
+    assert core.singular_task_interference(core.truncated_task_factors(tau)) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_are_decomposed_in_float32(dtype):
+    tau = (torch.randn(2, 12, 8) * 1e-3).to(dtype)
+    f = core.truncated_task_factors(tau)
+    assert f.u.dtype == f.s.dtype == f.v.dtype == torch.float32
+    ref = core.truncated_task_factors(tau.float())
+    torch.testing.assert_close(f.s, ref.s)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_svd_wide_and_tall_reconstruct(device):
+    for shape in [(4, 9, 30), (4, 30, 9)]:
+        a = torch.randn(*shape, device=device) * 1e-4
+        u, s, v = core.batched_svd(a)
+        assert u.device.type == device
+        torch.testing.assert_close((u * s[:, None, :]) @ v.mT, a, atol=1e-9, rtol=1e-4)
+        assert torch.all(s[:, :-1] >= s[:, 1:])
+
+
+def test_polar_factor_is_the_nearest_orthonormal_matrix():
+    a = torch.randn(10, 4, dtype=F64)
+    q = core.polar_factor(a)
+    torch.testing.assert_close(q.T @ q, torch.eye(4, dtype=F64))
+    # Whitening a (aᵀa)^-1/2 gives the same matrix when a has full column rank.
+    evals, evecs = torch.linalg.eigh(a.T @ a)
+    torch.testing.assert_close(q, a @ evecs @ torch.diag(evals.rsqrt()) @ evecs.T)
+    # and it stays finite with a zero column (rank deficiency)
+    a[:, 2] = 0
+    assert torch.isfinite(core.polar_factor(a)).all()
+
+
+def test_weight_average_and_task_arithmetic():
+    tau = torch.randn(3, 5, 4)
+    torch.testing.assert_close(core.weight_average(tau), tau.mean(0))
+    torch.testing.assert_close(core.task_arithmetic(tau), tau.sum(0))
+
+
+def test_ties_trim_elect_disjoint_mean():
+    tau = torch.tensor([[0.9, -0.1, 0.5, 0.0, -0.8],
+                        [0.7, 0.2, -0.6, 0.05, -0.1],
+                        [-0.2, 0.3, -0.4, 0.1, 0.9]])
+    # density 0.4 keeps the top 2 |entries| of each task:
+    # t0: 0.9, -0.8   t1: 0.7, -0.6   t2: 0.9, -0.4
+    # sums: [1.6, 0, -1.0, 0, 0.1] -> signs [+, 0, -, 0, +]
+    out = core.ties(tau, density=0.4)
+    expected = torch.tensor([0.8, 0.0, -0.5, 0.0, 0.9])
+    torch.testing.assert_close(out, expected)
+    assert core.ties(tau, density=1.0).shape == (5,)
+    with pytest.raises(ValueError):
+        core.ties(tau, density=0.0)
+
+
+def test_iso_c_and_iso_cts_have_flat_spectra():
+    tau = torch.randn(3, 16, 12, dtype=F64)
+    for delta in (core.iso_c(tau, compute_dtype=F64), core.iso_cts(tau, compute_dtype=F64)):
+        s = torch.linalg.svdvals(delta)
+        s = s[s > 1e-9 * s.max()]
+        torch.testing.assert_close(s, torch.full_like(s, float(s.mean())))
+    u, s, vh = torch.linalg.svd(tau.sum(0), full_matrices=False)
+    torch.testing.assert_close(core.iso_c(tau, compute_dtype=F64), s.mean() * u @ vh)
+    # With the whole rank as common subspace, Iso-CTS is Iso-C.
+    torch.testing.assert_close(core.iso_cts(tau, 1.0, compute_dtype=F64), core.iso_c(tau, compute_dtype=F64))
+
+
+def test_tsv_m_reduces_interference_relative_to_task_arithmetic_energy():
+    """Sanity on the merged delta: TSV-M's delta keeps every task's top singular values (as a multiset)."""
+    tau = torch.randn(2, 12, 12, dtype=F64)
+    f = core.truncated_task_factors(tau, compute_dtype=F64)
+    delta = core.tsv_merge_factors(f)
+    got = torch.sort(torch.linalg.svdvals(delta)[: 2 * f.k]).values
+    torch.testing.assert_close(got, torch.sort(f.s.reshape(-1)).values)
