@@ -26,6 +26,6 @@ setup() {
 case "${1:-}" in
     setup) setup ;;
     example) setup; shift; "$VENV/bin/hf-tsv" example "$@" ;;
-    test) setup; shift; "$VENV/bin/ruff" check hf_tsv tests benchmarks; "$VENV/bin/python" -m pytest -q "$@" ;;
+    test) setup; shift; "$VENV/bin/ruff" check .; "$VENV/bin/python" -m pytest -q "$@" ;;
     *) echo "usage: bash dev.sh {example|test|setup} [args...]" >&2; exit 2 ;;
 esac

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import copy_checkpoint, load_state, max_rel_diff, save_state
+from conftest import copy_checkpoint, load_state, max_rel_diff
 
 import hf_tsv
 from hf_tsv import core
