@@ -35,6 +35,10 @@ def _add_compute(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     p.add_argument("--svd-dtype", default="float32", choices=["float32", "float64"],
                    help="precision of the SVDs, whatever the checkpoint dtype")
+    p.add_argument("--svd", default="exact", choices=["exact", "fast", "lapack"],
+                   help="how each task's top-k singular triplets are computed: exact (default; Gram matrix, "
+                   "float64 eigendecomposition, Rayleigh-Ritz), fast (float32 eigendecomposition) or lapack "
+                   "(a full SVD per task, as the paper's code)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
@@ -130,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
             print("note: avg ignores --alpha", file=sys.stderr)
         result = hf_tsv.merge(args.base, args.models, method=args.method, alpha=args.alpha,
                               fuse_qkv=args.fuse_qkv, exclude=args.exclude, device=args.device, dtype=args.dtype,
-                              compute_dtype=args.svd_dtype, ties_density=args.ties_density,
+                              compute_dtype=args.svd_dtype, svd=args.svd, ties_density=args.ties_density,
                               iso_common_fraction=args.iso_common_fraction, output_dir=args.output,
                               overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                               revision=args.revision, token=args.token, command=_command_line())
@@ -142,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "sti":
         report = hf_tsv.sti(args.base, args.models, fuse_qkv=args.fuse_qkv, exclude=args.exclude,
-                            device=args.device, compute_dtype=args.svd_dtype, revision=args.revision,
+                            device=args.device, compute_dtype=args.svd_dtype, svd=args.svd, revision=args.revision,
                             token=args.token)
         print(report.table())
         if args.json:
@@ -151,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "compress":
         res = hf_tsv.compress(args.base, args.models, args.output, rank_fraction=args.rank_fraction,
                               fuse_qkv=args.fuse_qkv, exclude=args.exclude, device=args.device,
-                              dtype=args.dtype, compute_dtype=args.svd_dtype, overwrite=args.overwrite,
+                              dtype=args.dtype, compute_dtype=args.svd_dtype, svd=args.svd, overwrite=args.overwrite,
                               max_shard_size=args.max_shard_size, token=args.token)
         print(res.summary())
         print(f"written to {args.output}; rebuild a task with: hf-tsv expand {args.output} --task NAME -o DIR")

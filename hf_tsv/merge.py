@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .core.svd import SVD_MODES
 from .engine import MergePlan, Timer, build_plan, iter_units, resolve_device, split_rows
 from .errors import MergeInputError
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
@@ -132,7 +133,7 @@ def _base_report(plan: MergePlan, device: torch.device, compute_dtype: torch.dty
 
 def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fuse_qkv: bool = False,
           exclude: str | None = None, device: str | torch.device = "auto", dtype=None,
-          compute_dtype=torch.float32, ties_density: float = 0.2, iso_common_fraction: float = 0.8,
+          compute_dtype=torch.float32, svd: str = "exact", ties_density: float = 0.2, iso_common_fraction: float = 0.8,
           output_dir: str | os.PathLike | None = None, overwrite: bool = False,
           max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, revision: str | None = None, token=None,
           command: str | None = None) -> MergeResult:
@@ -145,7 +146,9 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
 
     Methods: ``tsv-m`` (α default 1.0), ``iso-c``/``iso-cts`` (1.0), ``ta``/``ties`` (0.3), ``avg``
     (ignores α). ``dtype`` is the output dtype (default: the base's); SVDs run in ``compute_dtype``
-    (float32, or float64).
+    (float32, or float64). ``svd`` chooses how each task's top-k triplets are computed: ``"exact"``
+    (default: Gram matrix + float64 eigendecomposition + Rayleigh-Ritz), ``"fast"`` (float32
+    eigendecomposition) or ``"lapack"`` (a full SVD per task, as the paper's code does).
 
     Example:
         >>> import hf_tsv
@@ -159,7 +162,9 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
     alpha_used = resolve_alpha(merge_method, alpha)
     out_dtype = as_dtype(dtype)
     compute_dtype = as_dtype(compute_dtype)
-    opts = MethodOptions(compute_dtype, ties_density, iso_common_fraction)
+    if svd not in SVD_MODES:
+        raise MergeInputError(f"unknown SVD mode {svd!r}; choose one of {', '.join(SVD_MODES)}")
+    opts = MethodOptions(compute_dtype, svd, ties_density, iso_common_fraction)
     if compute_dtype not in (torch.float32, torch.float64):
         raise MergeInputError("compute_dtype must be float32 or float64")
     if output_dir is not None:
@@ -174,6 +179,8 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
     _set_config_dtype(config, _main_dtype(layout))
     report = {"method": method, "method_description": merge_method.description, "alpha": alpha_used,
               **_base_report(plan, dev, compute_dtype)}
+    if method == "tsv-m":
+        report["options"]["svd"] = svd
     if merge_method.uses_svd:
         report["k"] = "floor(r/T)" if method == "tsv-m" else None
     if method == "ties":
@@ -240,7 +247,7 @@ class STIReport:
 
 
 def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, device="auto",
-        compute_dtype=torch.float32, revision: str | None = None, token=None) -> STIReport:
+        compute_dtype=torch.float32, svd: str = "exact", revision: str | None = None, token=None) -> STIReport:
     """Singular Task Interference of fine-tuned models, without merging.
 
     Example:
@@ -255,7 +262,7 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
     matrix_units = [u for u in plan.units if u.is_matrix]
     keys: dict[str, float] = {}
     for item in iter_units(plan, dev, compute_dtype, Timer(), units=matrix_units, desc="STI"):
-        factors = truncated_task_factors(item.task_vectors, compute_dtype=compute_dtype)
+        factors = truncated_task_factors(item.task_vectors, compute_dtype=compute_dtype, svd=svd)
         keys[plan.base_key(item.unit)] = singular_task_interference(factors)
     return STIReport(keys, sum(keys.values()), plan.num_tasks, fuse_qkv)
 

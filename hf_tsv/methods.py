@@ -21,6 +21,7 @@ class MethodOptions:
     """Method parameters beyond α (all have the defaults of ``method.md``)."""
 
     compute_dtype: torch.dtype = torch.float32
+    svd: str = "exact"  # how per-task top-k triplets are computed: exact, fast or lapack
     ties_density: float = 0.2
     iso_common_fraction: float = 0.8
 
@@ -41,7 +42,7 @@ class MergeMethod:
 
 
 def _tsv_m(tau: torch.Tensor, opts: MethodOptions):
-    factors = core.truncated_task_factors(tau, compute_dtype=opts.compute_dtype)
+    factors = core.truncated_task_factors(tau, compute_dtype=opts.compute_dtype, svd=opts.svd)
     return core.tsv_merge_factors(factors), core.singular_task_interference(factors)
 
 

@@ -54,7 +54,7 @@ def _rank(shape: tuple[int, int], num_tasks: int, rank_fraction: float | None) -
 
 def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: float | None = None,
              fuse_qkv: bool = False, exclude: str | None = None, device="auto", dtype=torch.float32,
-             compute_dtype=torch.float32, overwrite: bool = False,
+             compute_dtype=torch.float32, svd: str = "exact", overwrite: bool = False,
              max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, token=None) -> CompressResult:
     """TSV-C: keep each task's top k = ⌊r/T⌋ singular triplets per matrix key (or ⌊rank_fraction·r⌋).
 
@@ -93,7 +93,8 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
         for item in iter_units(plan, dev, compute_dtype, Timer(), desc="TSV-C"):
             unit = item.unit
             if unit.is_matrix:
-                f = truncated_task_factors(item.task_vectors, ranks[unit.name], compute_dtype=compute_dtype)
+                f = truncated_task_factors(item.task_vectors, ranks[unit.name], compute_dtype=compute_dtype,
+                                           svd=svd)
                 for t in range(t_count):
                     for part, tensor in (("u", f.u[t]), ("s", f.s[t]), ("v", f.v[t])):
                         writer.write(f"tasks.{t}.{unit.name}.{part}", tensor.to("cpu", store_dtype))

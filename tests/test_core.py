@@ -196,3 +196,67 @@ def test_tsv_m_reduces_interference_relative_to_task_arithmetic_energy():
     delta = core.tsv_merge_factors(f)
     got = torch.sort(torch.linalg.svdvals(delta)[: 2 * f.k]).values
     torch.testing.assert_close(got, torch.sort(f.s.reshape(-1)).values)
+
+
+def gapped_tasks(num_tasks: int, m: int, n: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    k = min(m, n) // num_tasks
+    return torch.stack([torch.randn(m, k, generator=gen) @ torch.randn(k, n, generator=gen)
+                        + 1e-4 * torch.randn(m, n, generator=gen) for _ in range(num_tasks)])
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast", "lapack"])
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40), (30, 30)], ids=["tall", "wide", "square"])
+def test_svd_modes_match_float64_on_a_gapped_spectrum(mode, shape):
+    tau = gapped_tasks(3, *shape)
+    ref = core.tsv_merge(tau.double(), compute_dtype=F64)
+    got = core.tsv_merge(tau, svd=mode)
+    assert got.dtype == torch.float32
+    assert float((got.double() - ref).norm() / ref.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_gram_route_triplets_match_lapack(mode):
+    a = torch.randn(4, 50, 20, generator=torch.Generator().manual_seed(1))
+    u, s, v = core.top_k_svd(a, 6, mode=mode)
+    ref_s = torch.linalg.svdvals(a.double())[..., :6]
+    torch.testing.assert_close(s.double(), ref_s, rtol=1e-5, atol=0)
+    eye = torch.eye(6).expand(4, 6, 6)
+    torch.testing.assert_close(u.mT @ u, eye, atol=1e-5, rtol=0)
+    torch.testing.assert_close(v.mT @ v, eye, atol=1e-5, rtol=0)
+    # each triplet is a singular triplet: A v = s u
+    torch.testing.assert_close(a @ v, u * s[:, None, :], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown SVD mode"):
+        core.top_k_svd(a, 2, mode="magic")
+
+
+def test_top_eigenvectors_without_scipy_gives_the_same_subspace(monkeypatch):
+    import builtins
+
+    from hf_tsv.core import svd as svd_module
+
+    g = torch.randn(30, 30, dtype=F64)
+    g = (g @ g.T).expand(2, 30, 30).contiguous()
+    with_scipy = svd_module._top_eigenvectors(g.clone(), 5)
+    real_import = builtins.__import__
+
+    def no_scipy(name, *args, **kwargs):
+        if name.startswith("scipy"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_scipy)
+    without = svd_module._top_eigenvectors(g.clone(), 5)
+    # same vectors up to sign
+    torch.testing.assert_close((with_scipy * without).sum(-2).abs(), torch.ones(2, 5, dtype=F64))
+
+
+def test_rank_deficient_tasks_in_every_mode():
+    """Null triplets are zeroed in every mode, so orthogonal low-rank tasks still give task arithmetic."""
+    gen = torch.Generator().manual_seed(9)
+    q_left, _ = torch.linalg.qr(torch.randn(24, 24, generator=gen))
+    q_right, _ = torch.linalg.qr(torch.randn(16, 16, generator=gen))
+    tau = torch.stack([q_left[:, 4 * t:4 * t + 2] @ torch.diag(torch.tensor([2.0, 1.0])) @ q_right[:, 4 * t:4 * t + 2].T
+                       for t in range(4)])  # rank 2 < k = 4
+    for mode in ("exact", "fast", "lapack"):
+        torch.testing.assert_close(core.tsv_merge(tau, svd=mode), tau.sum(0), atol=1e-5, rtol=1e-4)

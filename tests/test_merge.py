@@ -264,3 +264,16 @@ def test_streaming_peak_memory_stays_below_holding_all_models(tiny, tmp_path):
     growth = after - before
     # Holding the base and 6 models would take 7 x model_bytes; streaming needs a few layers.
     assert growth < 0.5 * model_bytes, (growth, model_bytes)
+
+
+@pytest.mark.parametrize("svd", ["fast", "lapack"])
+def test_svd_modes_through_the_api(tiny_gapped, svd):
+    exact = hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"]).state_dict()
+    other = hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"], svd=svd)
+    assert other.report["options"]["svd"] == svd
+    base = load_state(tiny_gapped["base"])
+    worst = max(max_rel_diff(other.state_dict()[k] - base[k], exact[k] - base[k])
+                for k in exact if base[k].ndim == 2)
+    assert worst < 1e-4, worst
+    with pytest.raises(hf_tsv.MergeInputError, match="unknown SVD mode"):
+        hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"], svd="approximate")

@@ -1,7 +1,7 @@
 """The maths of hf_tsv: small torch functions on tensors, no I/O, no Hub."""
 
 from .baselines import iso_c, iso_cts, task_arithmetic, ties, weight_average
-from .svd import batched_svd, polar_factor
+from .svd import SVD_MODES, batched_svd, polar_factor, top_k_svd
 from .tsv import (
     TaskFactors,
     singular_task_interference,
@@ -13,7 +13,9 @@ from .tsv import (
 
 __all__ = [
     "TaskFactors",
+    "SVD_MODES",
     "batched_svd",
+    "top_k_svd",
     "iso_c",
     "iso_cts",
     "polar_factor",

@@ -57,3 +57,74 @@ def polar_factor(a: torch.Tensor) -> torch.Tensor:
         return polar_factor(a.mT).mT
     p, _, qh = torch.linalg.svd(a, full_matrices=False)
     return p @ qh
+
+
+SVD_MODES = ("exact", "fast", "lapack")
+
+
+def _top_eigenvectors(gram: torch.Tensor, k: int) -> torch.Tensor:
+    """Eigenvectors of the k largest eigenvalues of symmetric ``(..., n, n)`` matrices, largest first.
+
+    On CPU, LAPACK's MRRR driver (syevr, through SciPy) computes only those k, about twice as fast as a
+    full eigendecomposition for k = n/T; elsewhere (or without SciPy) torch's full ``eigh`` is used.
+    """
+    n = gram.shape[-1]
+    if gram.device.type == "cpu" and 0 < k < n:
+        try:
+            import scipy.linalg
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            pass
+        else:
+            flat = gram.reshape(-1, n, n).numpy()
+            out = torch.empty((flat.shape[0], n, k), dtype=gram.dtype)
+            with threadpool_limits(torch.get_num_threads()):
+                for i, g in enumerate(flat):
+                    _, vecs = scipy.linalg.eigh(g, subset_by_index=[n - k, n - 1], driver="evr",
+                                                overwrite_a=True, check_finite=False)
+                    out[i] = torch.from_numpy(vecs[:, ::-1].copy())
+            return out.reshape(*gram.shape[:-1], k)
+    return torch.linalg.eigh(gram).eigenvectors[..., -k:].flip(-1)
+
+
+def top_k_svd(
+    matrices: torch.Tensor, k: int, *, mode: str = "exact", compute_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k singular triplets of a batch ``(..., m, n)``: ``U (..., m, k)``, ``S (..., k)``, ``V (..., n, k)``.
+
+    Modes (``compute_dtype`` float32; float64 always takes the ``"lapack"`` route):
+
+    * ``"lapack"`` — a full thin SVD per matrix (LAPACK gesdd on CPU), keeping k triplets. What the
+      paper's code and FusionBench do; the reference.
+    * ``"exact"`` (default) — the r×r Gram matrix (r = min(m, n)) in float32, its eigendecomposition in
+      float64, then a Rayleigh-Ritz step on the matrix itself (a thin SVD of the m×k product ``A V``), so
+      singular values come from the matrix, not squared ones. Measured closer to a float64 SVD than a float32
+      SVD is, and 2-4x faster on CPU for rectangular matrices.
+    * ``"fast"`` — as ``"exact"`` with a float32 eigendecomposition: faster again, as accurate as
+      ``"exact"`` where the spectrum has a gap after k, less so where k falls in a flat part.
+
+    Example:
+        >>> a = torch.randn(2, 30, 12, dtype=torch.float64)
+        >>> u, s, v = top_k_svd(a, 4, mode="exact")
+        >>> torch.allclose(s, torch.linalg.svdvals(a)[..., :4].float(), rtol=1e-5)
+        True
+    """
+    if mode not in SVD_MODES:
+        raise ValueError(f"unknown SVD mode {mode!r}; choose one of {SVD_MODES}")
+    if mode == "lapack" or compute_dtype == torch.float64:
+        u, s, v = batched_svd(matrices, compute_dtype)
+        return u[..., :k], s[..., :k], v[..., :k]
+    check_compute_dtype(compute_dtype)
+    a = matrices.to(compute_dtype)
+    norms = torch.linalg.matrix_norm(a).clamp_min(torch.finfo(compute_dtype).tiny)
+    a = a / norms[..., None, None]
+    wide = a.shape[-2] < a.shape[-1]
+    if wide:
+        a = a.mT  # now tall: (..., m, n) with m >= n, and the Gram matrix is n×n
+    eigh_dtype = torch.float64 if mode == "exact" else compute_dtype
+    v_top = _top_eigenvectors((a.mT @ a).to(eigh_dtype), k).to(compute_dtype)
+    u, s, wh = torch.linalg.svd(a @ v_top, full_matrices=False)
+    v = v_top @ wh.mT
+    if wide:
+        u, v = v, u
+    return u, s * norms[..., None], v

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .svd import batched_svd, polar_factor
+from .svd import polar_factor, top_k_svd
 
 
 def tasks_rank(shape: tuple[int, int] | torch.Size, num_tasks: int) -> int:
@@ -51,11 +51,17 @@ class TaskFactors:
 
 
 def truncated_task_factors(
-    task_matrices: torch.Tensor, k: int | None = None, *, compute_dtype: torch.dtype = torch.float32
+    task_matrices: torch.Tensor,
+    k: int | None = None,
+    *,
+    compute_dtype: torch.dtype = torch.float32,
+    svd: str = "exact",
 ) -> TaskFactors:
     """TSV-C: each task's top-k singular triplets (default k = ⌊r/T⌋), computed in one batched SVD.
 
     Triplets whose singular value is numerically zero (a task of rank < k) are returned as zero vectors.
+    ``svd`` picks how the triplets are computed (``"exact"``, ``"fast"`` or ``"lapack"``, see
+    :func:`~hf_tsv.core.svd.top_k_svd`).
 
     Example:
         >>> f = truncated_task_factors(torch.randn(4, 12, 10))
@@ -71,8 +77,7 @@ def truncated_task_factors(
     if k == 0:
         z = task_matrices.new_zeros((), dtype=compute_dtype)
         return TaskFactors(z.expand(num_tasks, m, 0), z.expand(num_tasks, 0), z.expand(num_tasks, n, 0))
-    u, s, v = batched_svd(task_matrices, compute_dtype)
-    u, s, v = u[..., :k], s[..., :k], v[..., :k]
+    u, s, v = top_k_svd(task_matrices, k, mode=svd, compute_dtype=compute_dtype)
     # A task of rank < k has kept triplets with σ = 0 whose vectors LAPACK picks arbitrarily; they are not
     # task directions, yet they would steer the polar step and STI. Zero them, as numpy's matrix_rank
     # decides rank: σ ≤ max(m, n)·eps·σ_max.
@@ -101,7 +106,11 @@ def tsv_merge_factors(factors: TaskFactors) -> torch.Tensor:
 
 
 def tsv_merge(
-    task_matrices: torch.Tensor, k: int | None = None, *, compute_dtype: torch.dtype = torch.float32
+    task_matrices: torch.Tensor,
+    k: int | None = None,
+    *,
+    compute_dtype: torch.dtype = torch.float32,
+    svd: str = "exact",
 ) -> torch.Tensor:
     """TSV-M merged delta of one matrix key (before α): returns Δ in ``compute_dtype``, shape (m, n).
 
@@ -110,7 +119,7 @@ def tsv_merge(
         >>> torch.allclose(tsv_merge(tau, compute_dtype=torch.float64), tau[0])  # T = 1: the task itself
         True
     """
-    return tsv_merge_factors(truncated_task_factors(task_matrices, k, compute_dtype=compute_dtype))
+    return tsv_merge_factors(truncated_task_factors(task_matrices, k, compute_dtype=compute_dtype, svd=svd))
 
 
 def singular_task_interference(factors: TaskFactors) -> float:
