@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="preflight only: key counts, memory and time estimates")
     _add_inputs(p)
     p.add_argument("--method", default="tsv-m", choices=list(METHODS))
+    p.add_argument("--svd", default="exact", choices=["exact", "fast", "lapack"], help="as for merge")
+    p.add_argument("--threads", type=int, help="torch CPU threads for the timing probe")
     p.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
 
     p = sub.add_parser("example", help="merge tiny generated checkpoints and print the STI summary")
@@ -120,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     import hf_tsv
 
     if args.command in ("merge", "plan") and (args.command == "plan" or args.dry_run):
-        info = hf_tsv.plan(args.base, args.models, method=args.method, fuse_qkv=args.fuse_qkv,
+        info = hf_tsv.plan(args.base, args.models, method=args.method, svd=args.svd, fuse_qkv=args.fuse_qkv,
                            exclude=args.exclude, revision=args.revision, token=args.token)
         _print_plan(info)
         if getattr(args, "json", None):

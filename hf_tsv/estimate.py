@@ -1,5 +1,6 @@
-"""A rough time estimate for the plan: SVD work modelled as m·n·min(m, n) per decomposition, calibrated by
-timing one SVD on this machine, plus reading every input once."""
+"""A rough time estimate for a plan: one merge of random task matrices of the most common matrix shape is
+timed on this machine, and every key's cost is scaled from it by m·n·min(m, n); reading the inputs is
+added at disk speed."""
 
 from __future__ import annotations
 
@@ -7,30 +8,27 @@ import time
 
 import torch
 
-READ_BYTES_PER_SECOND = 1.0e9
+READ_BYTES_PER_SECOND = 0.5e9
 
 
-def _svd_cost(m: int, n: int) -> float:
+def _cost(shape) -> float:
+    m, n = shape
     return float(m) * n * min(m, n)
 
 
-def seconds_per_svd_cost(size: int = 384, repeats: int = 3) -> float:
-    a = torch.randn(size, size)
-    torch.linalg.svd(a, full_matrices=False)  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        torch.linalg.svd(a, full_matrices=False)
-    return (time.perf_counter() - start) / repeats / _svd_cost(size, size)
-
-
-def estimate_seconds(plan, uses_svd: bool) -> float:
+def estimate_seconds(plan, method, options) -> float:
+    """Seconds the merge of ``plan`` with ``method`` (a :class:`~hf_tsv.methods.MergeMethod`) and ``options``
+    (:class:`~hf_tsv.methods.MethodOptions`) should take on this machine."""
     t = plan.num_tasks
-    cost = 0.0
-    if uses_svd:
-        for unit in plan.units:
-            if unit.is_matrix:
-                m, n = unit.shape
-                k_total = t * (min(m, n) // t)
-                cost += t * _svd_cost(m, n) + _svd_cost(m, k_total) + _svd_cost(n, k_total)
-    read_bytes = sum(info.nbytes for info in plan.base_infos.values()) * (t + 1)
-    return round(cost * seconds_per_svd_cost() + read_bytes / READ_BYTES_PER_SECOND, 1)
+    read = sum(info.nbytes for info in plan.base_infos.values()) * (t + 1) / READ_BYTES_PER_SECOND
+    matrices = [u for u in plan.units if u.is_matrix]
+    if not method.uses_svd or not matrices:
+        return round(read, 1)
+    shapes = [tuple(u.shape) for u in matrices]
+    probe = max(set(shapes), key=shapes.count)
+    tau = torch.randn(t, *probe) * 1e-3
+    method.key_delta(tau[:, :8, :8], True, options)  # warm-up
+    start = time.perf_counter()
+    method.key_delta(tau, True, options)
+    per_cost = (time.perf_counter() - start) / _cost(probe)
+    return round(read + per_cost * sum(_cost(u.shape) for u in matrices), 1)

@@ -267,8 +267,8 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
     return STIReport(keys, sum(keys.values()), plan.num_tasks, fuse_qkv)
 
 
-def plan(base, models, *, method: str = "tsv-m", fuse_qkv: bool = False, exclude: str | None = None,
-         revision: str | None = None, token=None) -> dict:
+def plan(base, models, *, method: str = "tsv-m", svd: str = "exact", fuse_qkv: bool = False,
+         exclude: str | None = None, revision: str | None = None, token=None) -> dict:
     """The preflight alone: checks every input and returns key counts and peak-memory/time estimates.
 
     Example:
@@ -290,5 +290,5 @@ def plan(base, models, *, method: str = "tsv-m", fuse_qkv: bool = False, exclude
         "notes": p.notes,
         "model_bytes": weights_bytes,
         "estimated_peak_memory_bytes": p.estimate_peak_bytes(),
-        "estimated_seconds": estimate_seconds(p, merge_method.uses_svd),
+        "estimated_seconds": estimate_seconds(p, merge_method, MethodOptions(svd=svd)),
     }
