@@ -17,3 +17,12 @@ class MergeInputError(HFTSVError, ValueError):
 
 class OutputExistsError(HFTSVError, FileExistsError):
     """The output folder exists and is not empty, and overwriting was not asked for."""
+
+
+class CardError(HFTSVError, ValueError):
+    """A model card cannot be written for this folder (not an hf-tsv output, or a malformed report file)."""
+
+
+class PushError(HFTSVError, RuntimeError):
+    """Publishing to the Hub failed. The message says which step failed and what was left on the Hub
+    (a repository created by the failed push is deleted); it never contains the token."""

@@ -29,18 +29,25 @@ def batched_svd(
         >>> u.shape, s.shape, v.shape
         (torch.Size([4, 6, 6]), torch.Size([4, 6]), torch.Size([4, 9, 6]))
     """
+    a, norms, wide = _unit_norm_tall(matrices, compute_dtype)
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    v = vh.mT
+    if wide:
+        u, v = v, u
+    return u, s * norms[..., None], v
+
+
+def _unit_norm_tall(matrices: torch.Tensor, compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The batch in ``compute_dtype``, each matrix divided by its Frobenius norm, transposed if wide (so m >= n).
+
+    Returns the matrices, their norms and whether they were transposed.
+    """
     check_compute_dtype(compute_dtype)
     a = matrices.to(compute_dtype)
     norms = torch.linalg.matrix_norm(a).clamp_min(torch.finfo(compute_dtype).tiny)
     a = a / norms[..., None, None]
     wide = a.shape[-2] < a.shape[-1]
-    if wide:
-        v, s, uh = torch.linalg.svd(a.mT, full_matrices=False)
-        u = uh.mT
-    else:
-        u, s, vh = torch.linalg.svd(a, full_matrices=False)
-        v = vh.mT
-    return u, s * norms[..., None], v
+    return (a.mT if wide else a), norms, wide
 
 
 def polar_factor(a: torch.Tensor) -> torch.Tensor:
@@ -114,13 +121,7 @@ def top_k_svd(
     if mode == "lapack" or compute_dtype == torch.float64:
         u, s, v = batched_svd(matrices, compute_dtype)
         return u[..., :k], s[..., :k], v[..., :k]
-    check_compute_dtype(compute_dtype)
-    a = matrices.to(compute_dtype)
-    norms = torch.linalg.matrix_norm(a).clamp_min(torch.finfo(compute_dtype).tiny)
-    a = a / norms[..., None, None]
-    wide = a.shape[-2] < a.shape[-1]
-    if wide:
-        a = a.mT  # now tall: (..., m, n) with m >= n, and the Gram matrix is n×n
+    a, norms, wide = _unit_norm_tall(matrices, compute_dtype)  # tall: the Gram matrix aᵀa is r×r
     eigh_dtype = torch.float64 if mode == "exact" else compute_dtype
     v_top = _top_eigenvectors((a.mT @ a).to(eigh_dtype), k).to(compute_dtype)
     u, s, wh = torch.linalg.svd(a @ v_top, full_matrices=False)
