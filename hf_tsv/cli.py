@@ -42,6 +42,13 @@ def _add_compute(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
+def _add_card_options(p: argparse.ArgumentParser, repo_id: bool = True) -> None:
+    if repo_id:
+        p.add_argument("--repo-id", metavar="NS/NAME", help="Hub id to name in the card (default: the folder name)")
+    p.add_argument("--license", help="license of the result (default: inherited from the merged models' cards)")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login); never printed or stored")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .methods import METHODS
@@ -66,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors past this size (e.g. 2GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     p.add_argument("--dry-run", action="store_true", help="run the preflight only (same as `hf-tsv plan`)")
+    p.add_argument("--push-to-hub", metavar="NS/NAME",
+                   help="then publish the merge to this Hub repository, with a model card (-o is optional)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     _add_compute(p)
 
     p = sub.add_parser("sti", help="Singular Task Interference per layer, without merging")
@@ -93,6 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--token")
+
+    p = sub.add_parser("card", help="write (or refresh) the model card README.md of an output folder",
+                       description="Write OUT/README.md (+ sti_heatmap.png and sti_stats.json for a TSV-M merge) "
+                       "from the files in OUT, without pushing, and print the card.")
+    p.add_argument("folder", metavar="OUT", help="output folder of `hf-tsv merge`, `compress` or `expand`")
+    _add_card_options(p)
+
+    p = sub.add_parser("push", help="publish an output folder to the Hugging Face Hub in one commit",
+                       description="Regenerate the model card and upload weights, config, card, reports, STI "
+                       "heatmap and evaluation files in one commit. Prints the commit (or pull request) URL.")
+    p.add_argument("folder", metavar="OUT", help="output folder of `hf-tsv merge`, `compress` or `expand`")
+    p.add_argument("--repo-id", required=True, metavar="NS/NAME", help="Hub repository (created when missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private (an existing one "
+                   "keeps its visibility)")
+    p.add_argument("--revision", metavar="BRANCH", help="commit to this branch (created from main when missing)")
+    p.add_argument("--create-pr", action="store_true", help="open the commit as a pull request")
+    p.add_argument("--commit-message", help="commit message (default: what was merged, with the hf-tsv version)")
+    _add_card_options(p, repo_id=False)
 
     p = sub.add_parser("plan", help="preflight only: key counts, memory and time estimates")
     _add_inputs(p)
@@ -130,8 +158,10 @@ def _run(args: argparse.Namespace) -> int:
                 json.dump(info, f, indent=2)
         return 0
     if args.command == "merge":
-        if not args.output:
-            raise hf_tsv.MergeInputError("merge needs -o/--output (or --dry-run)")
+        if not args.output and not args.push_to_hub:
+            raise hf_tsv.MergeInputError("merge needs -o/--output (or --dry-run, or --push-to-hub)")
+        if args.private and not args.push_to_hub:
+            raise hf_tsv.MergeInputError("--private only applies with --push-to-hub")
         if args.method == "avg" and args.alpha is not None:
             print("note: avg ignores --alpha", file=sys.stderr)
         result = hf_tsv.merge(args.base, args.models, method=args.method, alpha=args.alpha,
@@ -139,12 +169,26 @@ def _run(args: argparse.Namespace) -> int:
                               compute_dtype=args.svd_dtype, svd=args.svd, ties_density=args.ties_density,
                               iso_common_fraction=args.iso_common_fraction, output_dir=args.output,
                               overwrite=args.overwrite, max_shard_size=args.max_shard_size,
-                              revision=args.revision, token=args.token, command=_command_line())
+                              revision=args.revision, token=args.token, command=_command_line(args.argv))
         r = result.report
-        print(f"merged {r['num_tasks']} models with {r['method']} (alpha={r['alpha']}) into {args.output} "
-              f"in {r['timings']['total_s']:.2f} s")
+        print(f"merged {r['num_tasks']} models with {r['method']} (alpha={r['alpha']}) into "
+              f"{args.output or 'memory'} in {r['timings']['total_s']:.2f} s")
         if "sti" in r:
             print(f"STI total: {r['sti']['total']:.6g} over {len(r['sti']['keys'])} matrix keys")
+        if args.push_to_hub:
+            _print_push(result.push_to_hub(args.push_to_hub, private=args.private or None, token=args.token))
+        return 0
+    if args.command == "card":
+        card = hf_tsv.write_card(args.folder, repo_id=args.repo_id, license=args.license, token=args.token)
+        print(card.text)
+        for warning in card.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"wrote {', '.join(card.files)} in {args.folder}", file=sys.stderr)
+        return 0
+    if args.command == "push":
+        _print_push(hf_tsv.push_to_hub(args.folder, args.repo_id, private=args.private or None,
+                                       revision=args.revision, create_pr=args.create_pr,
+                                       commit_message=args.commit_message, token=args.token, license=args.license))
         return 0
     if args.command == "sti":
         report = hf_tsv.sti(args.base, args.models, fuse_qkv=args.fuse_qkv, exclude=args.exclude,
@@ -172,6 +216,16 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _print_push(result) -> None:
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.unchanged:
+        print(f"{result.repo_id} is up to date, nothing was committed: {result.url}")
+        return
+    what = "opened a pull request" if result.pr_url else f"committed to {result.revision}"
+    print(f"pushed {len(result.files)} files to {result.repo_id} ({what}): {result.url}")
+
+
 def _example(args: argparse.Namespace) -> int:
     """The README's first command: generate tiny checkpoints, print their STI, merge them, load the result."""
     from pathlib import Path
@@ -186,7 +240,7 @@ def _example(args: argparse.Namespace) -> int:
     print("\nSingular Task Interference per layer (k = floor(r/T)):")
     print(report.table())
     result = hf_tsv.merge(paths["base"], paths["tasks"], method="tsv-m", output_dir=work / "merged",
-                          overwrite=True, command=_command_line())
+                          overwrite=True, command=_command_line(args.argv))
     from transformers import CLIPVisionModel
 
     model = CLIPVisionModel.from_pretrained(str(work / "merged"))
@@ -195,9 +249,9 @@ def _example(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line() -> str:
-    """The command as typed, with any --token value masked."""
-    argv = ["hf-tsv"] + sys.argv[1:]
+def _command_line(argv: list[str] | None = None) -> str:
+    """The command as typed (``argv``, default ``sys.argv[1:]``), with any --token value masked."""
+    argv = ["hf-tsv"] + (sys.argv[1:] if argv is None else list(argv))
     masked = []
     hide = False
     for a in argv:
@@ -217,6 +271,7 @@ def _command_line() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     _configure_threads(getattr(args, "threads", None))
     from .errors import HFTSVError
 

@@ -84,6 +84,28 @@ class MergeResult:
         return (f"MergeResult(method={r['method']!r}, alpha={r['alpha']}, num_tasks={r['num_tasks']}, "
                 f"model_class={self.model_class.__name__}, folder={str(self.folder) if self.folder else None})")
 
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,
+                    create_pr: bool = False, commit_message: str | None = None, token: str | None = None,
+                    license: str | None = None, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE):
+        """Publish the merge to the Hub in one commit, with a generated model card (see
+        :func:`hf_tsv.push_to_hub`). A result held in memory is saved to a temporary folder first.
+
+        Example:
+            >>> result = hf_tsv.merge("base", ["ft_a", "ft_b"])  # doctest: +SKIP
+            >>> url = result.push_to_hub("me/clip-tsv-merged", private=True)  # doctest: +SKIP
+        """
+        import tempfile
+
+        from .hub import push_to_hub
+
+        options = dict(private=private, revision=revision, create_pr=create_pr, commit_message=commit_message,
+                       token=token, license=license)
+        if self.folder is not None:
+            return push_to_hub(self.folder, repo_id, **options)
+        with tempfile.TemporaryDirectory(prefix="hf-tsv-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / repo_id.split("/")[-1], max_shard_size=max_shard_size)
+            return push_to_hub(folder, repo_id, **options)
+
 
 def _load_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
@@ -189,7 +211,10 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
         report["options"]["iso_common_fraction"] = iso_common_fraction
     report["output"] = {"class": plan.output_class.__name__, "dtype": str(_main_dtype(layout)).removeprefix("torch.")}
     if command:
-        report["command"] = command
+        from .card import public_command
+
+        hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
+        report["command"] = public_command(command, hub_ids)  # local paths reduced to folder names
 
     def run(write) -> None:
         sti_keys: dict[str, float] = {}

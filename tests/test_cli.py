@@ -117,3 +117,10 @@ def test_example_command(tmp_path):
     out = run("example", "-o", tmp_path / "ex", "--num-tasks", "3").stdout
     assert "total STI" in out and "from_pretrained loads it" in out
     assert (tmp_path / "ex" / "merged" / "model.safetensors").is_file()
+
+
+def test_recorded_command_has_no_local_paths(tiny, tmp_path):
+    run("merge", tiny["base"], *tiny["tasks"], "-o", tmp_path / "m", "--exclude", "fc2")
+    report = json.loads((tmp_path / "m" / "merge_report.json").read_text())
+    assert report["command"] == "hf-tsv merge base task_00 task_01 task_02 -o m --exclude fc2"
+    assert str(tmp_path) not in json.dumps(report)

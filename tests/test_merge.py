@@ -277,3 +277,25 @@ def test_svd_modes_through_the_api(tiny_gapped, svd):
     assert worst < 1e-4, worst
     with pytest.raises(hf_tsv.MergeInputError, match="unknown SVD mode"):
         hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"], svd="approximate")
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("svd", ["exact", "fast"])
+def test_merge_runs_on_every_available_device(tiny_gapped, device, svd):
+    """The same engine path on each device torch sees (CUDA is exercised where a GPU is present)."""
+    result = hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"], device=device, svd=svd)
+    reference = hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"], device="cpu", svd="lapack")
+    base = load_state(tiny_gapped["base"])
+    for key, value in result.state_dict().items():
+        assert value.device.type == "cpu"
+        if base[key].ndim == 2:
+            assert max_rel_diff(value - base[key], reference.state_dict()[key] - base[key]) < 1e-4, key
+    assert result.report["options"]["device"].startswith(device)
+
+
+def test_local_fingerprints_tell_fine_tunes_apart(tiny):
+    report = hf_tsv.merge(tiny["base"], tiny["tasks"]).report
+    prints = [report["base"]["fingerprint"]] + [m["fingerprint"] for m in report["models"]]
+    assert len(set(prints)) == 4
+    again = hf_tsv.merge(tiny["base"], tiny["tasks"]).report
+    assert again["models"][0]["fingerprint"] == prints[1]

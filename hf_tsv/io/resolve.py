@@ -43,14 +43,21 @@ class ResolvedModel:
         return info
 
 
-def _fingerprint(reader: CheckpointReader) -> str:
-    """A cheap identity of a local checkpoint: sha256 over its tensor names, dtypes, shapes and file sizes."""
+def _fingerprint(reader: CheckpointReader, sample_bytes: int = 1 << 16) -> str:
+    """A cheap identity of a local checkpoint: sha256 over its tensor names, dtypes and shapes, and for each
+    weight file its size and three sampled 64 KiB blocks (start, middle, end), so two fine-tunes of one
+    base differ while multi-GB files are not read whole."""
     digest = hashlib.sha256()
     for key in sorted(reader.infos):
         info = reader.infos[key]
         digest.update(f"{key}|{info.dtype}|{info.shape};".encode())
     for file in sorted({info.file for info in reader.infos.values()}):
-        digest.update(f"{file.name}:{file.stat().st_size};".encode())
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size};".encode())
+        with open(file, "rb") as f:
+            for offset in sorted({0, max(0, size // 2 - sample_bytes // 2), max(0, size - sample_bytes)}):
+                f.seek(offset)
+                digest.update(f.read(sample_bytes))
     return "sha256:" + digest.hexdigest()[:16]
 
 
