@@ -12,8 +12,6 @@ import torch
 from ..errors import MergeInputError
 from .reader import CheckpointReader, InMemoryReader
 
-ModelReference = "str | os.PathLike | torch.nn.Module"
-
 
 @dataclass
 class ResolvedModel:
