@@ -124,3 +124,11 @@ def test_recorded_command_has_no_local_paths(tiny, tmp_path):
     report = json.loads((tmp_path / "m" / "merge_report.json").read_text())
     assert report["command"] == "hf-tsv merge base task_00 task_01 task_02 -o m --exclude fc2"
     assert str(tmp_path) not in json.dumps(report)
+
+
+def test_threads_option():
+    from hf_tsv.cli import default_threads
+
+    assert default_threads() == max(1, (os.cpu_count() or 2) // 2)
+    proc = run("merge", "a", "b", "c", "-o", "x", "--threads", "0", check=False)
+    assert proc.returncode == 2 and "must be at least 1" in proc.stderr
