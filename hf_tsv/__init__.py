@@ -7,7 +7,16 @@ Example:
     >>> hf_tsv.push_to_hub("merged", "me/clip-tsv-merged")  # doctest: +SKIP
 """
 
+import os as _os
+import sys as _sys
+
 __version__ = "0.1.0"
+
+# OpenMP reads OMP_WAIT_POLICY once, when torch loads, so it is set here, before this package imports torch:
+# busy-waiting threads ran 2-10x slower on this project's 2-core machine when another process held a core.
+# Only a default: an explicit setting, or a torch that is already loaded, is left alone.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .card import write_card  # noqa: E402
 from .errors import CardError, HFTSVError, MergeInputError, OutputExistsError, PushError  # noqa: E402

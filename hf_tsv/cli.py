@@ -9,10 +9,12 @@ import os
 import shlex
 import sys
 
+from .core.svd import SVD_MODES
+
 
 def default_threads() -> int:
     """Half the CPUs (at least 1). Measured on 2 cores (B/32-width, 2 layers, T=8): 2 threads were only 9% faster
-    than 1 on an idle machine (25.5 s vs 27.9 s) but 2x slower when the other core was busy (52 s vs 26 s)."""
+    than 1 on an idle machine (25.5 s vs 27.9 s) but 1.6x slower when the other core was busy (41 s vs 26 s)."""
     return max(1, (os.cpu_count() or 2) // 2)
 
 
@@ -24,9 +26,8 @@ def _positive_int(text: str) -> int:
 
 
 def _configure_threads(threads: int | None) -> None:
-    """Avoid busy-waiting OpenMP threads and oversubscribed cores; honour --threads. OMP_WAIT_POLICY only takes
-    effect if set before torch loads, so it is set here first."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Honour --threads, defaulting to half the CPUs (OMP_WAIT_POLICY=PASSIVE is set by ``hf_tsv`` itself,
+    before torch loads)."""
     import torch
 
     torch.set_num_threads(threads or default_threads())
@@ -47,7 +48,7 @@ def _add_compute(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     p.add_argument("--svd-dtype", default="float32", choices=["float32", "float64"],
                    help="precision of the SVDs, whatever the checkpoint dtype")
-    p.add_argument("--svd", default="exact", choices=["exact", "fast", "lapack"],
+    p.add_argument("--svd", default="exact", choices=SVD_MODES,
                    help="how each task's top-k singular triplets are computed: exact (default; Gram matrix, "
                    "float64 eigendecomposition, Rayleigh-Ritz), fast (float32 eigendecomposition) or lapack "
                    "(a full SVD per task, as the paper's code)")
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="preflight only: key counts, memory and time estimates")
     _add_inputs(p)
     p.add_argument("--method", default="tsv-m", choices=list(METHODS))
-    p.add_argument("--svd", default="exact", choices=["exact", "fast", "lapack"], help="as for merge")
+    p.add_argument("--svd", default="exact", choices=SVD_MODES, help="as for merge")
     p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads for the timing probe (default: half the CPUs)")
     p.add_argument("--json", metavar="FILE", help="also write the plan as JSON")

@@ -11,11 +11,10 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .core.svd import SVD_MODES
 from .engine import MergePlan, Timer, build_plan, iter_units, resolve_device, split_rows
 from .errors import MergeInputError
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
-from .methods import MethodOptions, get_method, resolve_alpha
+from .methods import MethodOptions, check_svd_mode, get_method, resolve_alpha
 from .report import device_description, format_sti_table, library_versions
 
 REPORT_NAME = "merge_report.json"
@@ -184,9 +183,7 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
     alpha_used = resolve_alpha(merge_method, alpha)
     out_dtype = as_dtype(dtype)
     compute_dtype = as_dtype(compute_dtype)
-    if svd not in SVD_MODES:
-        raise MergeInputError(f"unknown SVD mode {svd!r}; choose one of {', '.join(SVD_MODES)}")
-    opts = MethodOptions(compute_dtype, svd, ties_density, iso_common_fraction)
+    opts = MethodOptions(compute_dtype, check_svd_mode(svd), ties_density, iso_common_fraction)
     if compute_dtype not in (torch.float32, torch.float64):
         raise MergeInputError("compute_dtype must be float32 or float64")
     if output_dir is not None:
@@ -282,6 +279,7 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
     from .core import singular_task_interference, truncated_task_factors
 
     compute_dtype = as_dtype(compute_dtype)
+    check_svd_mode(svd)
     dev = resolve_device(device)
     plan = build_plan(base, models, fuse_qkv=fuse_qkv, exclude=exclude, revision=revision, token=token)
     matrix_units = [u for u in plan.units if u.is_matrix]
@@ -302,6 +300,7 @@ def plan(base, models, *, method: str = "tsv-m", svd: str = "exact", fuse_qkv: b
     from .estimate import estimate_seconds
 
     merge_method = get_method(method)
+    check_svd_mode(svd)
     p = build_plan(base, models, fuse_qkv=fuse_qkv and merge_method.uses_svd, exclude=exclude,
                    revision=revision, token=token)
     weights_bytes = sum(i.nbytes for i in p.base_infos.values())

@@ -72,6 +72,13 @@ def get_method(name: str) -> MergeMethod:
         raise MergeInputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
 
 
+def check_svd_mode(svd: str) -> str:
+    """Refuse an unknown SVD mode before any checkpoint is read."""
+    if svd not in core.SVD_MODES:
+        raise MergeInputError(f"unknown SVD mode {svd!r}; choose one of {', '.join(core.SVD_MODES)}")
+    return svd
+
+
 def resolve_alpha(method: MergeMethod, alpha: float | None) -> float:
     """α to use: the method's default when not given; 1.0 for averaging, which ignores α."""
     if method.default_alpha is None:

@@ -18,6 +18,7 @@ from .io.reader import SafetensorsFiles
 from .io.resolve import resolve_model
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
 from .merge import _set_config_dtype, _write_metadata, as_dtype
+from .methods import check_svd_mode
 from .report import library_versions
 
 INDEX_NAME = "tsv_c.json"
@@ -69,6 +70,7 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
     store_dtype, compute_dtype = as_dtype(dtype), as_dtype(compute_dtype)
     if rank_fraction is not None and not 0.0 < rank_fraction <= 1.0:
         raise MergeInputError(f"rank fraction must be in (0, 1], got {rank_fraction}")
+    check_svd_mode(svd)
     check_output_dir(output_dir, overwrite)
     dev = resolve_device(device)
     plan = build_plan(base, models, fuse_qkv=fuse_qkv, exclude=exclude, token=token, min_models=1)

@@ -132,3 +132,21 @@ def test_threads_option():
     assert default_threads() == max(1, (os.cpu_count() or 2) // 2)
     proc = run("merge", "a", "b", "c", "-o", "x", "--threads", "0", check=False)
     assert proc.returncode == 2 and "must be at least 1" in proc.stderr
+
+
+def test_wait_policy_is_set_before_torch_loads():
+    code = "import os, sys; import hf_tsv.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["PASSIVE", "True"]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[0] == "ACTIVE"
+
+
+@pytest.mark.parametrize("call", ["merge", "sti", "plan", "compress"])
+def test_unknown_svd_mode_is_refused_before_reading(call, tmp_path):
+    args = {"compress": (str(tmp_path / "nowhere"), [str(tmp_path / "also-nowhere")], str(tmp_path / "out"))}
+    with pytest.raises(hf_tsv.MergeInputError, match="unknown SVD mode 'approx'"):
+        getattr(hf_tsv, call)(*args.get(call, (str(tmp_path / "nowhere"), [str(tmp_path / "a"), str(tmp_path / "b")])),
+                              svd="approx")
