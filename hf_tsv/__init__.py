@@ -21,10 +21,10 @@ if "torch" not in _sys.modules:
 from .card import write_card  # noqa: E402
 from .errors import CardError, HFTSVError, MergeInputError, OutputExistsError, PushError  # noqa: E402
 from .hub import PushResult, push_to_hub  # noqa: E402
-from .merge import MergeResult, STIReport, merge, plan, sti  # noqa: E402
+from .merge import LinearMerge, MergeResult, STIReport, merge, merge_linear, plan, sti  # noqa: E402
 from .methods import METHODS  # noqa: E402
 from .tsvc import CompressResult, compress, expand  # noqa: E402
 
-__all__ = ["METHODS", "CardError", "CompressResult", "HFTSVError", "MergeInputError", "MergeResult",
+__all__ = ["METHODS", "CardError", "CompressResult", "HFTSVError", "LinearMerge", "MergeInputError", "MergeResult",
            "OutputExistsError", "PushError", "PushResult", "STIReport", "__version__", "compress", "expand", "merge",
-           "plan", "push_to_hub", "sti", "write_card"]
+           "merge_linear", "plan", "push_to_hub", "sti", "write_card"]

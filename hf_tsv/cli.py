@@ -25,6 +25,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _alpha_arg(text: str) -> float | str:
+    if text == "search":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'search', got {text!r}") from None
+
+
 def _configure_threads(threads: int | None) -> None:
     """Honour --threads, defaulting to half the CPUs (OMP_WAIT_POLICY=PASSIVE is set by ``hf_tsv`` itself,
     before torch loads)."""
@@ -77,8 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inputs(p)
     p.add_argument("-o", "--output", help="output folder (written atomically)")
     p.add_argument("--method", default="tsv-m", choices=list(METHODS), help="merge method (default tsv-m)")
-    p.add_argument("--alpha", type=float,
-                   help="scaling α of the merged delta (default 1.0 for tsv-m/iso-*, 0.3 for ta/ties; avg ignores it)")
+    p.add_argument("--alpha", type=_alpha_arg,
+                   help="scaling α of the merged delta (default 1.0 for tsv-m/iso-*, 0.3 for ta/ties; avg ignores "
+                   "it), or 'search': choose α on the validation splits of --eval's tasks")
+    p.add_argument("--eval", metavar="TASKS_SPEC",
+                   help="task spec (JSON/YAML): evaluate the merge on each task's test split and write "
+                   "eval_results.json beside it (the card shows it); needed by --alpha search")
+    p.add_argument("--alpha-grid", metavar="GRID",
+                   help="α values for --alpha search: 0.1,0.5,1 or start:stop:step (default 0.1:3.0:0.1 for "
+                   "tsv-m/iso-*, 1/30..1 for ta/ties)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="evaluation batch size")
+    p.add_argument("--max-examples", type=_positive_int, help="evaluate at most N examples per task and split")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="output dtype (default: the base's)")
     p.add_argument("--ties-density", type=float, default=0.2, help="TIES: fraction of entries kept per task")
@@ -90,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then publish the merge to this Hub repository, with a model card (-o is optional)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     _add_compute(p)
+
+    p = sub.add_parser("eval", help="accuracy of a model on tasks with frozen heads",
+                       description="Top-1 accuracy (and normalised accuracy, where the spec gives each task's "
+                       "fine-tuned accuracy) of a CLIP vision model on every task of a task spec.")
+    p.add_argument("model", help="model to evaluate: local folder or Hub id (ns/name or ns/name@revision)")
+    p.add_argument("--tasks", required=True, metavar="TASKS_SPEC", help="task spec (JSON or YAML)")
+    p.add_argument("--split", default="test", help="'test' (each task's split), 'validation' (its "
+                   "validation_split) or a split name")
+    p.add_argument("--finetuned", nargs="+", metavar="MODEL",
+                   help="fine-tuned models, one per task in spec order: their accuracy normalises the scores")
+    p.add_argument("--json", metavar="FILE", help="write the per-task results as JSON")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--max-examples", type=_positive_int, help="evaluate at most N examples per task")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: half the CPUs, at least 1)")
 
     p = sub.add_parser("sti", help="Singular Task Interference per layer, without merging")
     _add_inputs(p)
@@ -178,6 +211,8 @@ def _run(args: argparse.Namespace) -> int:
             raise hf_tsv.MergeInputError("--private only applies with --push-to-hub")
         if args.method == "avg" and args.alpha is not None:
             print("note: avg ignores --alpha", file=sys.stderr)
+        if args.alpha == "search" or args.eval:
+            return _merge_with_eval(args)
         result = hf_tsv.merge(args.base, args.models, method=args.method, alpha=args.alpha,
                               fuse_qkv=args.fuse_qkv, exclude=args.exclude, device=args.device, dtype=args.dtype,
                               compute_dtype=args.svd_dtype, svd=args.svd, ties_density=args.ties_density,
@@ -192,6 +227,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.push_to_hub:
             _print_push(result.push_to_hub(args.push_to_hub, private=args.private or None, token=args.token))
         return 0
+    if args.command == "eval":
+        return _eval(args)
     if args.command == "card":
         card = hf_tsv.write_card(args.folder, repo_id=args.repo_id, license=args.license, token=args.token)
         print(card.text)
@@ -228,6 +265,74 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "example":
         return _example(args)
     raise AssertionError(args.command)
+
+
+def _merge_options(args: argparse.Namespace) -> dict:
+    return dict(fuse_qkv=args.fuse_qkv, exclude=args.exclude, dtype=args.dtype, compute_dtype=args.svd_dtype,
+                svd=args.svd, ties_density=args.ties_density, iso_common_fraction=args.iso_common_fraction,
+                revision=args.revision, token=args.token, command=_command_line(args.argv))
+
+
+def _merge_with_eval(args: argparse.Namespace) -> int:
+    """merge --eval SPEC [--alpha search]: one merge (Δ once), α from validation, test accuracy written."""
+    import hf_tsv
+    from hf_tsv.engine import resolve_device
+    from hf_tsv.evaluation import load_tasks_spec, parse_grid
+    from hf_tsv.evaluation.select import merge_with_alpha_search
+
+    if not args.eval:
+        raise hf_tsv.MergeInputError("--alpha search needs --eval TASKS_SPEC (the tasks whose validation splits "
+                                     "choose α)")
+    if args.alpha_grid and args.alpha != "search":
+        raise hf_tsv.MergeInputError("--alpha-grid only applies with --alpha search")
+    config = load_tasks_spec(args.eval)
+    if args.alpha == "search":
+        grid = parse_grid(args.alpha_grid) if args.alpha_grid else None
+    else:
+        method = hf_tsv.METHODS[args.method]
+        grid = [args.alpha if args.alpha is not None else (method.default_alpha or 1.0)]
+    device = resolve_device(args.device)
+    result, search, test = merge_with_alpha_search(
+        args.base, args.models, config, method=args.method, grid=grid, output_dir=args.output,
+        overwrite=args.overwrite, batch_size=args.batch_size, device=device, max_examples=args.max_examples,
+        **_merge_options(args))
+    if args.alpha == "search":
+        print(f"α search ({search.criterion} validation accuracy, {len(search.grid)} values):")
+        for alpha in search.grid:
+            mark = "  <- best" if alpha == search.best_alpha else ""
+            report = search.validation[alpha]
+            norm = report.mean_normalized_accuracy
+            print(f"  α={alpha:<8.4g} accuracy {report.mean_accuracy:6.2f}%  normalized "
+                  f"{'–' if norm is None else f'{norm:6.2f}%'}{mark}")
+    print(f"\nmerged {result.report['num_tasks']} models with {args.method} at α={search.best_alpha:g}; "
+          f"test accuracy:\n{test.table()}")
+    if args.output:
+        print(f"written to {args.output} (weights, merge_report.json, eval_results.json)")
+    if args.push_to_hub:
+        _print_push(result.push_to_hub(args.push_to_hub, private=args.private or None, token=args.token))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from hf_tsv.engine import resolve_device
+    from hf_tsv.evaluation import evaluate_model, load_tasks_spec, load_vision_model, prepare_tasks
+    from hf_tsv.evaluation.select import fill_finetuned_references, projection_for
+
+    config = load_tasks_spec(args.tasks)
+    device = resolve_device(args.device)
+    prepared = prepare_tasks(config, args.model, splits=(args.split,), max_examples=args.max_examples,
+                             device=device)
+    if args.finetuned:
+        fill_finetuned_references(args.finetuned, prepared, batch_size=args.batch_size, device=device,
+                                  config=config)
+    model = load_vision_model(args.model, device=device)
+    report = evaluate_model(model, prepared, split=args.split, batch_size=args.batch_size,
+                            projection=projection_for(model, config))
+    print(report.table())
+    if args.json:
+        report.save_json(args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
 
 
 def _print_push(result) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -152,6 +153,151 @@ def _base_report(plan: MergePlan, device: torch.device, compute_dtype: torch.dty
     }
 
 
+class _MergeJob:
+    """What :func:`merge` and :func:`merge_linear` share: the checked plan, the report and the unit loop."""
+
+    def __init__(self, base, models, method, alpha, *, fuse_qkv, exclude, device, dtype, compute_dtype, svd,
+                 ties_density, iso_common_fraction, revision, token, command, started):
+        self.started = started
+        self.method = method
+        self.merge_method = merge_method = get_method(method)
+        self.alpha = resolve_alpha(merge_method, alpha)
+        out_dtype = as_dtype(dtype)
+        compute_dtype = as_dtype(compute_dtype)
+        self.compute_dtype = compute_dtype
+        self.opts = MethodOptions(compute_dtype, check_svd_mode(svd), ties_density, iso_common_fraction)
+        if compute_dtype not in (torch.float32, torch.float64):
+            raise MergeInputError("compute_dtype must be float32 or float64")
+        self.device = dev = resolve_device(device)
+        self.plan = plan = build_plan(base, models, fuse_qkv=fuse_qkv and merge_method.uses_svd, exclude=exclude,
+                                      revision=revision, token=token)
+        self.timer = Timer()
+        self.timer.totals["preflight_s"] = time.perf_counter() - started
+        self.layout = layout = _output_layout(plan, out_dtype)
+        self.config = config = plan.output_config
+        _set_config_dtype(config, _main_dtype(layout))
+        report = {"method": method, "method_description": merge_method.description, "alpha": self.alpha,
+                  **_base_report(plan, dev, compute_dtype)}
+        if method == "tsv-m":
+            report["options"]["svd"] = svd
+        if merge_method.uses_svd:
+            report["k"] = "floor(r/T)" if method == "tsv-m" else None
+        if method == "ties":
+            report["options"]["ties_density"] = ties_density
+        if method == "iso-cts":
+            report["options"]["iso_common_fraction"] = iso_common_fraction
+        report["output"] = {"class": plan.output_class.__name__,
+                            "dtype": str(_main_dtype(layout)).removeprefix("torch.")}
+        if command:
+            from .card import public_command
+
+            hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
+            report["command"] = public_command(command, hub_ids)  # local paths reduced to folder names
+        self.report = report
+
+    def deltas(self):
+        """Yield ``(unit, base, Δ)`` per unit, streaming; records STI (TSV-M) in the report at the end."""
+        sti_keys: dict[str, float] = {}
+        timer = self.timer
+        for item in iter_units(self.plan, self.device, self.compute_dtype, timer, desc=f"{self.method} merge"):
+            start = time.perf_counter()
+            delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts)
+            if sti_value is not None:
+                sti_keys[self.plan.base_key(item.unit)] = sti_value
+            start = timer.add("compute_s", start)
+            yield item.unit, item.base, delta
+            timer.add("write_s", start)
+        if self.method == "tsv-m":
+            self.report["sti"] = {"k": "floor(r/T)", "total": sum(sti_keys.values()), "keys": sti_keys}
+
+    def finish(self) -> None:
+        self.report["timings"] = {k: round(v, 4) for k, v in self.timer.totals.items()}
+        self.report["timings"]["total_s"] = round(time.perf_counter() - self.started, 4)
+
+
+class LinearMerge:
+    """A merge as θ(α) = θ₀ + α·Δ, with Δ computed once: every method here is linear in α, so an α sweep
+    costs one merge plus a weight update per α. Held in memory (float32 unless ``compute_dtype`` says more).
+
+    Example:
+        >>> lin = hf_tsv.merge_linear("base", ["ft_a", "ft_b"], method="tsv-m")  # doctest: +SKIP
+        >>> model = lin.to_model(alpha=1.0); lin.load_into(model, alpha=0.5)  # doctest: +SKIP
+        >>> lin.at(0.5).save_pretrained("merged")  # doctest: +SKIP
+    """
+
+    def __init__(self, base_state: dict[str, torch.Tensor], delta_state: dict[str, torch.Tensor], report: dict,
+                 config, model_class: type, dtypes: dict[str, torch.dtype]):
+        self.base_state = base_state
+        self.delta_state = delta_state
+        self.report = report
+        self.config = config
+        self.model_class = model_class
+        self.dtypes = dtypes  # the output dtype of each key
+
+    @property
+    def method(self) -> str:
+        return self.report["method"]
+
+    def state_dict(self, alpha: float) -> dict[str, torch.Tensor]:
+        """θ₀ + α·Δ in the output dtypes."""
+        return {k: (b + alpha * self.delta_state[k]).to(self.dtypes[k]) for k, b in self.base_state.items()}
+
+    def at(self, alpha: float, **report_extra) -> MergeResult:
+        """The merge at ``alpha`` as a :class:`MergeResult` (its report says which α)."""
+        report = copy.deepcopy(self.report)
+        report["alpha"] = float(alpha)
+        report.update(report_extra)
+        return MergeResult(report, copy.deepcopy(self.config), self.model_class, state_dict=self.state_dict(alpha))
+
+    def to_model(self, alpha: float):
+        """A new model instance (eval mode) holding θ₀ + α·Δ."""
+        model = self.model_class(copy.deepcopy(self.config))
+        self.load_into(model, alpha)
+        return model.eval()
+
+    @torch.no_grad()
+    def load_into(self, model: torch.nn.Module, alpha: float) -> None:
+        """Overwrite ``model``'s weights with θ₀ + α·Δ in place (no new model; for sweeps)."""
+        params = model.state_dict()
+        missing = set(self.base_state) - set(params)
+        if missing:
+            raise MergeInputError(f"the model has no key {sorted(missing)[0]!r}; pass a {self.model_class.__name__}")
+        for key, base in self.base_state.items():
+            target = params[key]
+            target.copy_(base.to(target.device) + alpha * self.delta_state[key].to(target.device))
+
+
+def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False, exclude: str | None = None,
+                 device: str | torch.device = "auto", dtype=None, compute_dtype=torch.float32, svd: str = "exact",
+                 ties_density: float = 0.2, iso_common_fraction: float = 0.8, revision: str | None = None,
+                 token=None, command: str | None = None) -> LinearMerge:
+    """Compute a method's merged delta Δ once and return a :class:`LinearMerge` (θ₀ and Δ, in memory), for
+    choosing α on validation data. Arguments as in :func:`merge`.
+
+    Example:
+        >>> lin = hf_tsv.merge_linear("base", ["ft_a", "ft_b"], method="ta")  # doctest: +SKIP
+        >>> [lin.to_model(a) for a in (0.1, 0.3, 1.0)]  # doctest: +SKIP
+    """
+    job = _MergeJob(base, models, method, None, fuse_qkv=fuse_qkv, exclude=exclude, device=device, dtype=dtype,
+                    compute_dtype=compute_dtype, svd=svd, ties_density=ties_density,
+                    iso_common_fraction=iso_common_fraction, revision=revision, token=token, command=command,
+                    started=time.perf_counter())
+    keep = torch.float64 if job.compute_dtype == torch.float64 else torch.float32
+    base_state: dict[str, torch.Tensor] = {}
+    delta_state: dict[str, torch.Tensor] = {}
+    for unit, base_tensor, delta in job.deltas():
+        bases = split_rows(unit, job.plan, base_tensor)
+        for canon, tensor in split_rows(unit, job.plan, delta).items():
+            saved = job.plan.output_names[canon]
+            base_state[saved] = bases[canon].to(device="cpu", dtype=keep)
+            delta_state[saved] = tensor.to(device="cpu", dtype=keep)
+    job.finish()
+    if job.merge_method.default_alpha is None:  # averaging: α is not a parameter of the method
+        job.report["alpha"] = 1.0
+    dtypes = {k: v[0] for k, v in job.layout.items()}
+    return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes)
+
+
 def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fuse_qkv: bool = False,
           exclude: str | None = None, device: str | torch.device = "auto", dtype=None,
           compute_dtype=torch.float32, svd: str = "exact", ties_density: float = 0.2, iso_common_fraction: float = 0.8,
@@ -179,60 +325,22 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
         >>> result.save_pretrained("clip-tsv-merged")  # doctest: +SKIP
     """
     started = time.perf_counter()
-    merge_method = get_method(method)
-    alpha_used = resolve_alpha(merge_method, alpha)
-    out_dtype = as_dtype(dtype)
-    compute_dtype = as_dtype(compute_dtype)
-    opts = MethodOptions(compute_dtype, check_svd_mode(svd), ties_density, iso_common_fraction)
-    if compute_dtype not in (torch.float32, torch.float64):
-        raise MergeInputError("compute_dtype must be float32 or float64")
     if output_dir is not None:
         check_output_dir(output_dir, overwrite)
-    dev = resolve_device(device)
-    plan = build_plan(base, models, fuse_qkv=fuse_qkv and merge_method.uses_svd, exclude=exclude,
-                      revision=revision, token=token)
-    timer = Timer()
-    timer.totals["preflight_s"] = time.perf_counter() - started
-    layout = _output_layout(plan, out_dtype)
-    config = plan.output_config
-    _set_config_dtype(config, _main_dtype(layout))
-    report = {"method": method, "method_description": merge_method.description, "alpha": alpha_used,
-              **_base_report(plan, dev, compute_dtype)}
-    if method == "tsv-m":
-        report["options"]["svd"] = svd
-    if merge_method.uses_svd:
-        report["k"] = "floor(r/T)" if method == "tsv-m" else None
-    if method == "ties":
-        report["options"]["ties_density"] = ties_density
-    if method == "iso-cts":
-        report["options"]["iso_common_fraction"] = iso_common_fraction
-    report["output"] = {"class": plan.output_class.__name__, "dtype": str(_main_dtype(layout)).removeprefix("torch.")}
-    if command:
-        from .card import public_command
-
-        hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
-        report["command"] = public_command(command, hub_ids)  # local paths reduced to folder names
+    job = _MergeJob(base, models, method, alpha, fuse_qkv=fuse_qkv, exclude=exclude, device=device, dtype=dtype,
+                    compute_dtype=compute_dtype, svd=svd, ties_density=ties_density,
+                    iso_common_fraction=iso_common_fraction, revision=revision, token=token, command=command,
+                    started=started)
+    report, layout, config, plan = job.report, job.layout, job.config, job.plan
 
     def run(write) -> None:
-        sti_keys: dict[str, float] = {}
-        for item in iter_units(plan, dev, compute_dtype, timer, desc=f"{method} merge"):
-            start = time.perf_counter()
-            delta, sti_value = merge_method.key_delta(item.task_vectors, item.unit.is_matrix, opts)
-            merged = item.base + alpha_used * delta
-            if sti_value is not None:
-                sti_keys[plan.base_key(item.unit)] = sti_value
-            start = timer.add("compute_s", start)
-            for canon, tensor in split_rows(item.unit, plan, merged).items():
+        for unit, base_tensor, delta in job.deltas():
+            merged = base_tensor + job.alpha * delta
+            for canon, tensor in split_rows(unit, plan, merged).items():
                 saved = plan.output_names[canon]
                 write(saved, tensor.to(device="cpu", dtype=layout[saved][0]))
-            timer.add("write_s", start)
-        if merge_method.uses_svd and method == "tsv-m":
-            report["sti"] = {"k": "floor(r/T)", "total": sum(sti_keys.values()), "keys": sti_keys}
 
-    def finish() -> None:
-        report["timings"] = {k: round(v, 4) for k, v in timer.totals.items()}
-        report["timings"]["total_s"] = round(time.perf_counter() - started, 4)
-
+    finish = job.finish
     if output_dir is None:
         state: dict[str, torch.Tensor] = {}
         run(state.__setitem__)

@@ -1,0 +1,111 @@
+"""Choosing α on validation data: θ(α) = θ₀ + α·Δ, Δ computed once (:func:`hf_tsv.merge_linear`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .heads import EvalInputError
+from .runner import EvalReport, PreparedTask, evaluate_model, load_metric
+
+# The paper's grids: scaling factors 0.1...3.0 for the SVD methods, 1/30...1 for task arithmetic and TIES.
+DEFAULT_GRIDS: dict[str, list[float]] = {
+    "tsv-m": [round(0.1 * i, 2) for i in range(1, 31)],
+    "iso-c": [round(0.1 * i, 2) for i in range(1, 31)],
+    "iso-cts": [round(0.1 * i, 2) for i in range(1, 31)],
+    "ta": [i / 30 for i in range(1, 31)],
+    "ties": [i / 30 for i in range(1, 31)],
+    "avg": [1.0],  # averaging has no α
+}
+
+
+def default_grid(method: str) -> list[float]:
+    """The α grid searched for ``method`` when none is given."""
+    try:
+        return list(DEFAULT_GRIDS[method])
+    except KeyError:
+        raise EvalInputError(f"no default α grid for method {method!r}") from None
+
+
+def parse_grid(text: str) -> list[float]:
+    """``"0.1,0.5,1"`` or ``"0.1:3.0:0.1"`` (start:stop:step, inclusive) → a list of α values.
+
+    Example:
+        >>> parse_grid("0.5:1.5:0.5")
+        [0.5, 1.0, 1.5]
+    """
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            count = int(round((stop - start) / step)) + 1
+            return [round(start + i * step, 10) for i in range(count)]
+        values = [float(x) for x in text.split(",") if x.strip()]
+        if not values:
+            raise ValueError
+        return values
+    except ValueError:
+        raise EvalInputError(f"α grid {text!r}: write comma-separated values (0.1,0.5,1) or start:stop:step "
+                             "(0.1:3.0:0.1)") from None
+
+
+@dataclass
+class AlphaSearch:
+    """The sweep: per α the mean validation accuracy (absolute and normalised), and the chosen α."""
+
+    method: str
+    criterion: str  # "normalized" or "absolute"
+    grid: list[float]
+    validation: dict[float, EvalReport] = field(default_factory=dict)
+    best_alpha: float | None = None
+
+    def score(self, alpha: float) -> float:
+        report = self.validation[alpha]
+        return report.mean_normalized_accuracy if self.criterion == "normalized" else report.mean_accuracy
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "criterion": f"mean {self.criterion} validation accuracy",
+                "best_alpha": self.best_alpha,
+                "sweep": [{"alpha": a, "mean_accuracy": r.mean_accuracy,
+                           "mean_normalized_accuracy": r.mean_normalized_accuracy}
+                          for a, r in self.validation.items()]}
+
+
+def pick_best(scores: dict[float, float]) -> float:
+    """The α with the highest score; on a tie the smallest such α (the gentler merge).
+
+    Example:
+        >>> pick_best({0.5: 80.0, 1.0: 82.5, 1.5: 82.5})
+        1.0
+    """
+    if not scores:
+        raise EvalInputError("the α grid is empty")
+    best = max(scores.values())
+    return min(a for a, s in scores.items() if s == best)
+
+
+def search_alpha(linear, tasks: list[PreparedTask], *, grid: list[float] | None = None,
+                 split: str = "validation", batch_size: int = 256, device: str | torch.device = "cpu",
+                 projection: torch.Tensor | None = None, progress: bool = True) -> AlphaSearch:
+    """Score ``linear`` (a :class:`hf_tsv.LinearMerge`) at every α of ``grid`` on ``split`` and pick the best
+    mean normalised accuracy (mean absolute accuracy where a task lacks its fine-tuned reference).
+
+    Example:
+        >>> lin = hf_tsv.merge_linear("base", ["ft_a", "ft_b"], method="tsv-m")  # doctest: +SKIP
+        >>> search = search_alpha(lin, prepare_tasks(cfg, "base", splits=("validation",)))  # doctest: +SKIP
+        >>> search.best_alpha  # doctest: +SKIP
+    """
+    grid = list(grid) if grid is not None else default_grid(linear.method)
+    criterion = "normalized" if all(t.finetuned_accuracy.get(split) for t in tasks) else "absolute"
+    result = AlphaSearch(linear.method, criterion, grid)
+    metric = load_metric()
+    model = linear.to_model(grid[0]).to(device)
+    for alpha in tqdm(grid, desc=f"α search ({linear.method})", unit="α", leave=False, disable=not progress):
+        linear.load_into(model, alpha)
+        result.validation[alpha] = evaluate_model(model, tasks, split=split, batch_size=batch_size,
+                                                  projection=projection, metric=metric, progress=False)
+    result.best_alpha = pick_best({a: result.score(a) for a in grid})
+    return result

@@ -1,0 +1,101 @@
+"""Merge with α chosen on validation data, and write the evaluation next to the merged weights."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .alpha import AlphaSearch, search_alpha
+from .heads import ClipTextEncoder, EvalInputError
+from .runner import EvalReport, PreparedTask, evaluate_model, load_metric, load_vision_model, prepare_tasks
+from .tasks import TasksConfig
+
+EVAL_RESULTS_NAME = "eval_results.json"  # what the model card reads
+ALPHA_SEARCH_NAME = "eval_alpha_search.json"
+EVAL_TABLE_NAME = "eval_results.md"
+
+
+def projection_for(model: torch.nn.Module, config: TasksConfig) -> torch.Tensor | None:
+    """The visual projection a bare ``CLIPVisionModel`` needs to meet text heads: the ``text_model``'s."""
+    if type(model).__name__ != "CLIPVisionModel" or not config.text_model:
+        return None
+    return ClipTextEncoder(config.text_model).visual_projection
+
+
+def fill_finetuned_references(models: list, tasks: list[PreparedTask], *, batch_size: int = 256,
+                              device: str | torch.device = "cpu", config: TasksConfig | None = None,
+                              progress: bool = True) -> None:
+    """Task i's reference accuracy is fine-tuned model i's own accuracy on each prepared split (kept where
+    the task spec already gives it)."""
+    if len(models) != len(tasks):
+        raise EvalInputError(f"{len(tasks)} tasks but {len(models)} fine-tuned models: normalised accuracy pairs "
+                             "task i with model i, so list the tasks in the order of the models (or give each "
+                             "task 'finetuned_accuracy')")
+    metric = load_metric()
+    for ref, task in zip(models, tasks):
+        todo = [s for s in task.splits if s not in task.finetuned_accuracy]
+        if not todo:
+            continue
+        model = load_vision_model(ref, device=device)
+        projection = projection_for(model, config) if config else None
+        for split in todo:
+            report = evaluate_model(model, [task], split=split, batch_size=batch_size, projection=projection,
+                                    metric=metric, progress=progress)
+            task.finetuned_accuracy[split] = report.tasks[task.name]["accuracy"]
+        del model
+
+
+def write_eval_files(folder: str | os.PathLike, test: EvalReport, search: AlphaSearch | None = None) -> None:
+    """``eval_results.json`` (for the card), ``eval_results.md`` and, after a sweep, ``eval_alpha_search.json``."""
+    folder = Path(folder)
+    payload = test.to_eval_results()
+    if search is not None:
+        payload["alpha"] = search.best_alpha
+        payload["alpha_selection"] = search.to_dict()["criterion"]
+    (folder / EVAL_RESULTS_NAME).write_text(json.dumps(payload, indent=2) + "\n")
+    (folder / EVAL_TABLE_NAME).write_text(test.table() + "\n")
+    if search is not None:
+        (folder / ALPHA_SEARCH_NAME).write_text(json.dumps(search.to_dict(), indent=2) + "\n")
+
+
+def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: str = "tsv-m",
+                            grid: list[float] | None = None, output_dir: str | os.PathLike | None = None,
+                            overwrite: bool = False, batch_size: int = 256, device: str | torch.device = "cpu",
+                            max_examples: int | None = None, progress: bool = True, **merge_options):
+    """Compute the merge's Δ once, sweep α on every task's validation split, keep the best mean normalised
+    accuracy, and report test accuracy at that α. Returns ``(MergeResult, AlphaSearch, EvalReport)``; with
+    ``output_dir`` the merge and its ``eval_*`` files are written there (atomically).
+
+    Example:
+        >>> cfg = load_tasks_spec("tasks.json")  # doctest: +SKIP
+        >>> result, search, test = merge_with_alpha_search("base", ["ft_a", "ft_b"], cfg,  # doctest: +SKIP
+        ...                                                method="tsv-m", output_dir="merged")
+    """
+    from ..io.writer import atomic_output_dir, check_output_dir
+    from ..merge import merge_linear
+
+    if output_dir is not None:
+        check_output_dir(output_dir, overwrite)
+    prepared = prepare_tasks(config, base, splits=("validation", "test"), max_examples=max_examples,
+                             device=device, progress=progress)
+    fill_finetuned_references(models, prepared, batch_size=batch_size, device=device, config=config,
+                              progress=progress)
+    linear = merge_linear(base, models, method, device=device, **merge_options)
+    probe = linear.to_model(1.0)
+    projection = projection_for(probe, config)
+    del probe
+    search = search_alpha(linear, prepared, grid=grid, batch_size=batch_size, device=device,
+                          projection=projection, progress=progress)
+    model = linear.to_model(search.best_alpha).to(device)
+    test = evaluate_model(model, prepared, split="test", batch_size=batch_size, projection=projection,
+                          progress=progress)
+    result = linear.at(search.best_alpha, alpha_search=search.to_dict())
+    if output_dir is not None:
+        with atomic_output_dir(output_dir, overwrite) as tmp:
+            result.save_pretrained(tmp, overwrite=True)
+            write_eval_files(tmp, test, search)
+        result = type(result)(result.report, result.config, result.model_class, folder=Path(output_dir))
+    return result, search, test
