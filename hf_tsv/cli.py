@@ -124,6 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: half the CPUs, at least 1)")
 
+    p = sub.add_parser("bench", help="the offline 8-task merging benchmark: build it once, then run it",
+                       description="Real data from Debian/PyPI packages, a small CLIP vision encoder pretrained "
+                       "against a frozen MiniLM text encoder, one fine-tune per task; every method scored.")
+    bench = p.add_subparsers(dest="bench_command", required=True, metavar="STEP")
+    for name, text in (("build", "prepare data, base model, heads and fine-tuned models (cached)"),
+                       ("run", "evaluate zero-shot, fine-tuned, every merge method and TSV-C; write results")):
+        b = bench.add_parser(name, help=text)
+        b.add_argument("--quick", action="store_true", help="a reduced version that runs in a few minutes (CI)")
+        b.add_argument("--cache", metavar="DIR", help="benchmark cache (default $HF_TSV_BENCH_CACHE or "
+                       "~/.cache/hf_tsv/bench)")
+        b.add_argument("--threads", type=_positive_int, default=1,
+                       help="torch CPU threads (default 1: results and timings do not depend on the machine)")
+        if name == "build":
+            b.add_argument("--seed", type=int, default=0)
+            b.add_argument("--force", action="store_true", help="rebuild even if an identical build is cached")
+        else:
+            b.add_argument("--out", metavar="DIR", help="where results.json, results.md and the plots go "
+                           "(default: <cache>/{full,quick}/results)")
+
     p = sub.add_parser("sti", help="Singular Task Interference per layer, without merging")
     _add_inputs(p)
     p.add_argument("--json", metavar="FILE", help='write {"k", "keys", "total"} to FILE')
@@ -229,6 +248,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         return _eval(args)
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "card":
         card = hf_tsv.write_card(args.folder, repo_id=args.repo_id, license=args.license, token=args.token)
         print(card.text)
@@ -332,6 +353,22 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         report.save_json(args.json)
         print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from hf_tsv.bench import build_benchmark, run_benchmark
+
+    if args.bench_command == "build":
+        build_benchmark(args.cache, quick=args.quick, seed=args.seed, force=args.force)
+        return 0
+    payload = run_benchmark(args.cache, quick=args.quick, out_dir=args.out)
+    from hf_tsv.bench.build import build_dir
+    from hf_tsv.bench.plots import write_table
+
+    out = args.out or build_dir(args.cache, args.quick) / "results"
+    print(write_table(payload, os.devnull))
+    print(f"results.json, results.md and plots in {out} ({payload['timings']['total_s']:.0f} s)")
     return 0
 
 
