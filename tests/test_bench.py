@@ -76,7 +76,7 @@ def test_quick_results_schema_and_consistency(quick_bench):
         assert chosen["mean_normalized_accuracy"] == best  # α chosen on validation, as documented
     # normalised accuracy is absolute accuracy over the fine-tuned model's, per task
     ft = methods["finetuned"]["per_task"]
-    for name, entry in methods.items():
+    for entry in methods.values():
         for task, scores in entry["per_task"].items():
             if ft[task]["absolute"] > 0:
                 assert scores["normalized"] == pytest.approx(100 * scores["absolute"] / ft[task]["absolute"])
