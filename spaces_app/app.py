@@ -1,0 +1,443 @@
+"""hf-tsv Space: pick a base and fine-tuned CLIP vision models, measure their interference (STI), merge them
+with TSV-M or a baseline, look at the model card and push the result to the Hub.
+
+Run locally with ``python spaces_app/app.py`` (``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` are honoured);
+set ``HF_TSV_MODEL_LIBRARY`` to a folder of checkpoints to offer its sub-folders by name. Named endpoints for
+``gradio_client``: ``/sti``, ``/merge`` and ``/push`` (see README.md beside this file).
+"""
+
+import contextlib
+import html
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gradio as gr  # noqa: E402
+import space_core  # noqa: E402
+from space_core import Settings, SpaceError, Workspace  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+logger = logging.getLogger("hf_tsv.space")
+
+METHOD_LABELS = {"tsv-m": "TSV-M (Task Singular Vectors)", "ta": "Task arithmetic", "ties": "TIES",
+                 "avg": "Weight averaging", "iso-c": "Iso-C", "iso-cts": "Iso-CTS"}
+DEFAULT_ALPHA = {"tsv-m": 1.0, "iso-c": 1.0, "iso-cts": 1.0, "ta": 0.3, "ties": 0.3}
+MAX_ALPHA = 10.0
+# System fonts only: the page loads nothing from outside the server.
+THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                       font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
+# Gradio hands each call a progress tracker of its own in place of this default (which asks to track tqdm bars).
+TRACK_TQDM = gr.Progress(track_tqdm=True)
+CSS = "#merge-card {max-height: 720px; overflow-y: auto}"
+
+
+@contextlib.contextmanager
+def visitor_errors(secret: str | None = None):
+    """Show a :class:`SpaceError` to the visitor as ``gr.Error`` (HTML-escaped, without the token)."""
+    try:
+        yield
+    except SpaceError as exc:
+        message = str(exc)
+        if secret and len(secret) >= 8:  # a shorter "token" is no real one, and would garble the message
+            message = message.replace(secret, "***")
+        # gr.Error renders HTML: markup in a visitor's input (quoted in messages) must stay text
+        raise gr.Error(html.escape(message, quote=False), print_exception=False) from None
+
+
+class _NullFile:
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+class ProgressMirror:
+    """Replays the worker's progress events: each of its tqdm bars becomes a tqdm bar here, which
+    ``gr.Progress(track_tqdm=True)`` shows; stage messages go to the progress text."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.bars: dict = {}
+
+    def __call__(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "stage":
+            self.progress(float(event.get("fraction", 0.0)), desc=str(event.get("text", "")))
+        elif kind == "bar":
+            bar = self.bars.get(event.get("id"))
+            if bar is None:
+                bar = tqdm(total=event.get("total"), desc=str(event.get("desc") or "working"),
+                           unit=str(event.get("unit") or "it"), file=_NullFile(), leave=False, mininterval=0)
+                self.bars[event.get("id")] = bar
+            delta = (event.get("n") or 0) - bar.n
+            if delta > 0:
+                bar.update(delta)
+        elif kind == "close":
+            bar = self.bars.pop(event.get("id"), None)
+            if bar is not None:
+                bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------------------------
+
+
+def sti_rows(keys: dict[str, float]) -> tuple[list[str], list[list[str]]]:
+    """The STI per layer (rows) and layer type (columns), as strings with 4 significant digits."""
+    from hf_tsv.report import sti_table
+
+    types, rows = sti_table(keys)
+    headers = ["layer", *types, "layer total"]
+    table = []
+    for layer, values, total in rows:
+        if layer == "-":
+            for kind, value in values.items():
+                table.append([kind, *[""] * len(types), f"{value:.4g}"])
+        else:
+            table.append([layer, *[f"{values[t]:.4g}" if t in values else "" for t in types], f"{total:.4g}"])
+    return headers, table
+
+
+def sti_summary(keys: dict[str, float], total: float, num_tasks: int) -> str:
+    from hf_tsv.report import layer_and_type
+
+    if not keys:
+        return "No weight matrix to analyse."
+    worst = max(keys, key=keys.get)
+    layer, kind = layer_and_type(worst)
+    where = f"layer {layer}, `{kind}`" if layer != "-" else f"`{kind}`"
+    return (f"**Total STI: {total:.4g}** over {len(keys)} weight matrices of {num_tasks} fine-tuned models "
+            f"(each task keeps its top k = ⌊r/T⌋ singular directions per matrix). Highest: {where} "
+            f"({keys[worst]:.4g}).\n\nSTI (Singular Task Interference) grows when the tasks' top singular "
+            "directions overlap: there, summing task vectors (task arithmetic) mixes the tasks up the most. "
+            "TSV-M orthogonalises these directions before merging.")
+
+
+def merge_summary(report: dict, zip_bytes: int, warnings: list[str]) -> str:
+    method = report.get("method", "?")
+    lines = [f"### {METHOD_LABELS.get(method, method)} merge of {report.get('num_tasks')} models"]
+    if method != "avg":
+        lines.append(f"- α = {report.get('alpha')}")
+    base = report.get("base") or {}
+    lines.append(f"- base: `{base.get('repo_id') or base.get('name')}`")
+    names = [m.get("repo_id") or m.get("name") for m in report.get("models") or []]
+    lines.append("- fine-tuned: " + ", ".join(f"`{n}`" for n in names))
+    sti = report.get("sti")
+    if isinstance(sti, dict):
+        lines.append(f"- total STI: **{sti.get('total'):.4g}** ({len(sti.get('keys') or {})} matrices)")
+    else:
+        lines.append("- STI is computed by TSV-M merges; use *Analyse interference* for this set of models")
+    output = report.get("output") or {}
+    lines.append(f"- output: `{output.get('class')}` ({output.get('dtype')}), {zip_bytes / 1e6:.1f} MB zipped")
+    options = report.get("options") or {}
+    timings = report.get("timings") or {}
+    lines.append(f"- device: {options.get('device')}; fused q/k/v: {options.get('fuse_qkv')}; "
+                 f"merge time {timings.get('total_s', 0):.1f} s")
+    lines.extend(f"- note: {html.escape(str(w))}" for w in warnings)
+    return "\n".join(lines)
+
+
+def card_preview(text: str) -> str:
+    """The model card for display: its YAML header as a code block, the heatmap link (a file of the repository)
+    replaced by a pointer to the heatmap shown beside it."""
+    body, header = text, ""
+    if text.startswith("---\n"):
+        end = text.find("\n---", 4)
+        if end != -1:
+            header, body = text[4:end], text[end + 4:].lstrip("\n")
+    lines = []
+    for line in body.splitlines():
+        if line.startswith("![") and "(sti_heatmap.png)" in line:
+            lines.append("*(the STI heatmap, `sti_heatmap.png`, is shown above)*")
+        else:
+            lines.append(line)
+    preview = "\n".join(lines)
+    return f"```yaml\n{header.strip()}\n```\n\n{preview}" if header else preview
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The app
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_alpha(alpha) -> float | None:
+    if alpha is None or alpha == "":
+        return None
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise SpaceError(f"α must be a number, not {str(alpha)[:30]!r}") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_ALPHA:
+        raise SpaceError(f"α must be above 0 and at most {MAX_ALPHA:g} (got {value:g})")
+    return value
+
+
+def _check_choice(value, choices, what: str):
+    if value not in choices:
+        raise SpaceError(f"unknown {what} {str(value)[:30]!r}; choose one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _devices() -> list[str]:
+    import torch
+
+    return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def build_demo(settings: Settings | None = None, workspace: Workspace | None = None,
+               pool: space_core.WorkerPool | None = None) -> gr.Blocks:
+    """The Gradio app. ``settings`` default to :meth:`Settings.from_env`; ``workspace`` holds the sessions'
+    temporary folders (default: a new one under the system temporary folder, removed at exit); ``pool`` runs
+    the jobs (default: one worker process per job, with a spare one started ahead of time)."""
+    settings = settings or Settings.from_env()
+    workspace = workspace or Workspace()
+    pool = pool or space_core.WorkerPool(settings, workspace, spares=settings.spare_workers)
+    devices = _devices()
+    library = list(space_core.library_models(settings.library))
+    default_base = "base" if "base" in library else None
+    default_models = [m for m in library if m != default_base][: settings.max_models] if default_base else []
+
+    def prepare(base_library, base_hub, models_library, models_hub, fuse_qkv, device):
+        base, models = space_core.resolve_inputs(base_library, base_hub, models_library, models_hub, settings)
+        _check_choice(device, devices, "device")
+        total = space_core.check_total_size([base, *models], settings)
+        return base, models, total, bool(fuse_qkv)
+
+    def common_job(kind, base, models, fuse_qkv, device, job_dir):
+        scrub = [str(job_dir), str(workspace.root)] + ([str(settings.library)] if settings.library else [])
+        return {"kind": kind, "base": base.worker_ref, "models": [m.worker_ref for m in models],
+                "fuse_qkv": fuse_qkv, "device": device, "threads": settings.threads,
+                "memory_gb": settings.worker_memory_gb, "scrub": scrub}
+
+    def run(job, job_dir, progress):
+        mirror = ProgressMirror(progress)
+        try:
+            return pool.run(job, job_dir, mirror)
+        except BaseException:
+            workspace.delete(job_dir)
+            raise
+        finally:
+            mirror.close()
+            for name in ("job.json", "result.json"):
+                (job_dir / name).unlink(missing_ok=True)
+
+    def analyse(base_library, base_hub, models_library, models_hub, fuse_qkv, device, session,
+                progress=TRACK_TQDM):
+        """Singular Task Interference per weight matrix, without merging: heatmap, table, raw numbers."""
+        import tempfile
+
+        from hf_tsv.card import sti_heatmap_png
+
+        with visitor_errors():
+            base, models, _, fuse = prepare(base_library, base_hub, models_library, models_hub, fuse_qkv, device)
+            progress(0.0, desc="starting the worker")
+            folder = workspace.session_dir(session)
+            job_dir = Path(tempfile.mkdtemp(prefix="sti-", dir=folder))
+            result = run(common_job("sti", base, models, fuse, device, job_dir), job_dir, progress)
+            state = dict(session or {}, dir=str(folder))
+            workspace.delete(state.get("sti"))
+            state["sti"] = str(job_dir)
+        keys, total = result["keys"], result["total"]
+        png = sti_heatmap_png(keys, f"STI per layer — {len(models)} models of {base.label}")
+        heatmap = None
+        if png is not None:
+            heatmap = job_dir / "sti_heatmap.png"
+            heatmap.write_bytes(png)
+        headers, rows = sti_rows(keys)
+        raw = {"k": "floor(r/T)", "total": total, "num_tasks": result["num_tasks"], "fuse_qkv": result["fuse_qkv"],
+               "keys": keys}
+        table = {"headers": headers, "data": rows}
+        summary = sti_summary(keys, total, result["num_tasks"])
+        return (str(heatmap) if heatmap else None), table, raw, summary, state
+
+    def merge(base_library, base_hub, models_library, models_hub, method, alpha, fuse_qkv, device, evaluate,
+              session, progress=TRACK_TQDM):
+        """Merge, write the model card, pack the merged folder; the result stays in this session for a push."""
+        import tempfile
+
+        with visitor_errors():
+            _check_choice(method, list(METHOD_LABELS), "method")
+            alpha = _check_alpha(alpha)
+            if evaluate and not settings.eval_hook:
+                raise SpaceError("no evaluation tasks are configured on this server (HF_TSV_SPACE_EVAL)")
+            base, models, _, fuse = prepare(base_library, base_hub, models_library, models_hub, fuse_qkv, device)
+            progress(0.0, desc="starting the worker")
+            folder = workspace.session_dir(session)
+            job_dir = Path(tempfile.mkdtemp(prefix="merge-", dir=folder))
+            name = f"hf-tsv-{method}-merge"
+            command = " ".join(["hf-tsv", "merge", base.label, *[m.label for m in models], "--method", method]
+                               + (["--alpha", f"{alpha:g}"] if alpha is not None else [])
+                               + (["--fuse-qkv"] if fuse else []) + ["-o", name])
+            job = dict(common_job("merge", base, models, fuse, device, job_dir), method=method, alpha=alpha,
+                       output=str(job_dir / name), zip=str(job_dir / f"{name}.zip"), command=command,
+                       evaluate=settings.eval_hook if evaluate else None)
+            result = run(job, job_dir, progress)
+            state = dict(session or {}, dir=str(folder))
+            workspace.delete(state.get("merge"))
+            state.update(merge=str(job_dir), folder=str(job_dir / name))
+        out = job_dir / name
+        zip_path = job_dir / f"{name}.zip"
+        heatmap = out / "sti_heatmap.png"
+        card = card_preview((out / "README.md").read_text(encoding="utf-8"))
+        summary = merge_summary(result["report"], zip_path.stat().st_size, result.get("card_warnings") or [])
+        return summary, (str(heatmap) if heatmap.is_file() else None), card, str(zip_path), state
+
+    def push(repo_id, private, create_pr, token, session, oauth_token: gr.OAuthToken | None = None):
+        """Push this session's merge to the Hub in one commit, with the visitor's own token."""
+        import hf_tsv
+        from hf_tsv.errors import HFTSVError
+
+        secret = (oauth_token.token if oauth_token is not None else None) or (token or "").strip() or None
+        with visitor_errors(secret):
+            target = space_core.check_repo_target(repo_id)
+            folder = Path((session or {}).get("folder") or "")
+            if not (session or {}).get("folder") or not folder.is_dir() or not workspace.owns(folder):
+                raise SpaceError("there is no merged model in this session yet (or it has expired): merge first")
+            if secret is None:
+                raise SpaceError("sign in with Hugging Face (or paste a token with write access) to push; this "
+                                 "Space never pushes with credentials of its own")
+            try:
+                url = hf_tsv.push_to_hub(folder, target, private=bool(private), create_pr=bool(create_pr),
+                                         token=secret)
+            except HFTSVError as exc:
+                raise SpaceError(str(exc)) from None
+            except Exception as exc:  # noqa: BLE001 - shown without details that might hold the token
+                logger.error("push failed with %s", type(exc).__name__)
+                raise SpaceError(f"push to {target} failed ({type(exc).__name__})") from None
+        lines = [f"Pushed to **{html.escape(url.repo_id)}** "
+                 f"({'pull request' if url.pr_url else f'committed to {url.revision}'}): {url}",
+                 "", f"{len(url.files)} files: " + ", ".join(f"`{f}`" for f in url.files)]
+        lines += [f"- note: {html.escape(str(w))}" for w in url.warnings]
+        card = card_preview((folder / "README.md").read_text(encoding="utf-8"))
+        return "\n".join(lines), card
+
+    limits = (f"At most {settings.max_models} fine-tuned models and {settings.max_total_gb:g} GB of weights per "
+              f"job; jobs run {settings.concurrency} at a time in a worker process of their own, and at most "
+              f"{settings.queue_size} wait in the queue. Results are kept for "
+              f"{settings.result_ttl_s // 60} minutes.")
+    ttl = settings.result_ttl_s
+    with gr.Blocks(title="hf-tsv: merge CLIP fine-tunes with Task Singular Vectors",
+                   delete_cache=(max(60, ttl // 4), ttl)) as demo:
+        session = gr.State(None, time_to_live=ttl, delete_callback=workspace.delete_session)
+        gr.Markdown("# hf-tsv · Task Singular Vectors merging\n"
+                    "Merge fine-tuned CLIP image encoders of one base model without training: see how much they "
+                    "interfere (STI) first, merge with **TSV-M** ([Gargiulo et al., CVPR 2025]"
+                    "(https://arxiv.org/abs/2412.00081)) or a baseline, read the model card, and publish.\n\n"
+                    + limits)
+        with gr.Row():
+            with gr.Column(scale=2, min_width=360):
+                gr.Markdown("### Models")
+                base_library = gr.Dropdown(library, value=default_base, label="Base model (library)",
+                                           visible=bool(library), elem_id="base-library")
+                base_hub = gr.Textbox(label="Base model (Hub id)", placeholder="openai/clip-vit-base-patch32",
+                                      info="namespace/name, optionally @revision; leave empty to use the library"
+                                      if library else "namespace/name, optionally @revision",
+                                      elem_id="base-hub")
+                models_library = gr.Dropdown(library, value=default_models, multiselect=True,
+                                             max_choices=settings.max_models, label="Fine-tuned models (library)",
+                                             visible=bool(library), elem_id="models-library")
+                models_hub = gr.Textbox(label="Fine-tuned models (Hub ids)", lines=3,
+                                        placeholder="me/clip-cars\nme/clip-dtd@main\nme/clip-eurosat",
+                                        info="one per line", elem_id="models-hub")
+                gr.Markdown("### Merge options")
+                method = gr.Dropdown([(label, key) for key, label in METHOD_LABELS.items()], value="tsv-m",
+                                     label="Method")
+                alpha = gr.Number(value=DEFAULT_ALPHA["tsv-m"], label="α (scale of the merged task vector)",
+                                  info="set to the method's default when the method changes (1.0 for TSV-M and Iso, "
+                                  f"0.3 for task arithmetic and TIES; averaging ignores it); at most {MAX_ALPHA:g}")
+                with gr.Row():
+                    fuse_qkv = gr.Checkbox(False, label="Fuse q/k/v", info="one SVD over the stacked q, k and v "
+                                           "projections (the paper's open_clip layout)")
+                    device = gr.Radio(devices, value="auto", label="Device")
+                evaluate = gr.Checkbox(False, label=settings.eval_label or "Evaluate the merged model on the "
+                                       "configured tasks", visible=bool(settings.eval_hook))
+                with gr.Row():
+                    analyse_button = gr.Button("Analyse interference", elem_id="analyse-button")
+                    merge_button = gr.Button("Merge", variant="primary", elem_id="merge-button")
+            with gr.Column(scale=3, min_width=480), gr.Tabs(selected="merge") as tabs:
+                with gr.Tab("Merge", id="merge"):
+                    with gr.Row():
+                        merge_info = gr.Markdown("Merge to see the result here.", elem_id="merge-summary")
+                        download = gr.File(label="Merged model (zip)", interactive=False, elem_id="merge-download",
+                                           scale=0, min_width=320)
+                    merge_heatmap = gr.Image(label="STI per layer", type="filepath", format="png", interactive=False,
+                                             elem_id="merge-heatmap", show_label=True)
+                    with gr.Accordion("Model card", open=True):
+                        card = gr.Markdown(elem_id="merge-card")
+                with gr.Tab("Interference", id="sti"):
+                    sti_info = gr.Markdown("*Analyse interference* measures STI without merging.",
+                                           elem_id="sti-summary")
+                    sti_heatmap = gr.Image(label="STI per layer", type="filepath", format="png",
+                                           interactive=False, elem_id="sti-heatmap")
+                    sti_table = gr.Dataframe(label="STI per layer and type", interactive=False,
+                                             elem_id="sti-table")
+                    with gr.Accordion("Raw numbers (JSON)", open=False):
+                        sti_json = gr.JSON(label="STI per weight matrix")
+                with gr.Tab("Push to Hub", id="push"):
+                    if settings.on_spaces:
+                        gr.LoginButton()
+                    token = gr.Textbox(label="Hugging Face token (write access)", type="password",
+                                       visible=not settings.on_spaces, placeholder="hf_…",
+                                       info="used for this push only; never stored or shown")
+                    repo_id = gr.Textbox(label="Repository", placeholder="your-name/clip-tsv-merged")
+                    with gr.Row():
+                        private = gr.Checkbox(True, label="Private repository")
+                        create_pr = gr.Checkbox(False, label="Open a pull request")
+                    push_button = gr.Button("Push to Hub", variant="primary", elem_id="push-button")
+                    push_info = gr.Markdown(elem_id="push-status")
+
+        method.change(lambda m: DEFAULT_ALPHA.get(m, 1.0), method, alpha, api_visibility="private", queue=False)
+        for button, tab in ((analyse_button, "sti"), (merge_button, "merge")):  # show where the result will be
+            button.click(lambda tab=tab: gr.Tabs(selected=tab), None, tabs, api_visibility="private", queue=False)
+        model_inputs = [base_library, base_hub, models_library, models_hub]
+        compute = dict(concurrency_id="compute", concurrency_limit=settings.concurrency)
+        analyse_button.click(analyse, [*model_inputs, fuse_qkv, device, session],
+                             [sti_heatmap, sti_table, sti_json, sti_info, session], api_name="sti", **compute)
+        merge_button.click(merge, [*model_inputs, method, alpha, fuse_qkv, device, evaluate, session],
+                           [merge_info, merge_heatmap, card, download, session], api_name="merge", **compute)
+        push_button.click(push, [repo_id, private, create_pr, token, session], [push_info, card], api_name="push",
+                          concurrency_id="push", concurrency_limit=2)
+    demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
+    demo.hf_tsv_settings = settings
+    demo.hf_tsv_workspace = workspace
+    demo.hf_tsv_pool = pool
+    return demo
+
+
+def launch(demo: gr.Blocks, **kwargs):
+    """Launch with this app's theme; the library folder is never served."""
+    settings: Settings = demo.hf_tsv_settings
+    blocked = [str(settings.library)] if settings.library else []
+    options = dict(server_name=os.environ.get("GRADIO_SERVER_NAME") or None,
+                   server_port=int(os.environ["GRADIO_SERVER_PORT"]) if os.environ.get("GRADIO_SERVER_PORT")
+                   else None,
+                   theme=THEME, css=CSS, blocked_paths=blocked, show_error=False)
+    options.update(kwargs)
+    return demo.launch(**options)
+
+
+def main() -> None:
+    import signal
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # a stop by SIGTERM (as a Space is stopped) exits like Ctrl+C, so the temporary folders and workers go too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    demo = build_demo()
+    logger.info("sessions' temporary files go to %s", demo.hf_tsv_workspace.root)
+    launch(demo)
+
+
+if __name__ == "__main__":
+    main()

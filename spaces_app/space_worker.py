@@ -1,0 +1,203 @@
+"""One STI analysis or merge of the hf-tsv Space, in a process of its own.
+
+Started by ``space_core.WorkerPool`` as ``python space_worker.py --wait``: it imports torch and transformers,
+then reads the path of its job file from stdin (``python space_worker.py JOB.json`` runs a job directly).
+Progress goes to stdout, one JSON object a line: ``{"event": "bar", "id", "desc", "n", "total", "unit"}`` for
+each update of a progress bar of hf_tsv or huggingface_hub (their tqdm bars are relayed), ``{"event":
+"close", "id"}`` when one ends and ``{"event": "stage", "text", "fraction"}`` between steps. Anything else
+printed goes to stderr, which the server keeps in a log. The result goes to ``result.json`` beside the job
+file: ``{"ok": true, ...}`` or ``{"ok": false, "error": "<message for the visitor>"}``. A worker that is
+killed (e.g. out of memory) writes none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+import zipfile
+from pathlib import Path
+
+_LOCK = threading.Lock()
+_CHANNEL = None
+
+
+def emit(**event) -> None:
+    if _CHANNEL is None:
+        return
+    line = json.dumps(event) + "\n"
+    with _LOCK:
+        _CHANNEL.write(line)
+        _CHANNEL.flush()
+
+
+class _Null:
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def install_progress_relay() -> None:
+    """Make every tqdm bar created from now on (hf_tsv's and huggingface_hub's) report to the channel.
+
+    Runs before hf_tsv and huggingface_hub are imported, since they bind ``tqdm.auto.tqdm`` at import."""
+    import tqdm.auto
+    import tqdm.std
+
+    class RelayTqdm(tqdm.std.tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["file"] = _Null()
+            kwargs.setdefault("mininterval", 0.2)
+            super().__init__(*args, **kwargs)
+            self._relay_last = 0.0
+            self._relay_send()
+
+        def _relay_send(self) -> None:
+            if not getattr(self, "disable", False):
+                self._relay_last = time.monotonic()
+                emit(event="bar", id=id(self), desc=self.desc or "", n=self.n, total=self.total,
+                     unit=self.unit or "it")
+
+        def update(self, n=1):
+            shown = super().update(n)
+            if time.monotonic() - self._relay_last >= 0.2 or (self.total and self.n >= self.total):
+                self._relay_send()
+            return shown
+
+        def close(self):
+            if not getattr(self, "disable", True) and hasattr(self, "_relay_last"):
+                self._relay_send()
+                emit(event="close", id=id(self))
+            super().close()
+
+    tqdm.auto.tqdm = RelayTqdm
+    tqdm.auto.trange = lambda *args, **kwargs: RelayTqdm(range(*args), **kwargs)
+
+
+def _limit_memory(gigabytes: float | None) -> None:
+    if not gigabytes:
+        return
+    import resource
+
+    limit = int(gigabytes * 1e9)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _scrub(message: str, secrets: list[str]) -> str:
+    for text in sorted((s for s in secrets if s), key=len, reverse=True):
+        message = message.replace(text.rstrip("/") + "/", "").replace(text, "")
+    return " ".join(message.split())
+
+
+def _load_hook(spec: str):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _zip_folder(folder: Path, target: Path) -> None:
+    """The merged folder as a zip (weights stored, small files compressed), named after the folder."""
+    tmp = target.with_name(target.name + ".partial")
+    with zipfile.ZipFile(tmp, "w") as archive:
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                method = zipfile.ZIP_STORED if path.suffix == ".safetensors" else zipfile.ZIP_DEFLATED
+                archive.write(path, f"{folder.name}/{path.name}", compress_type=method)
+    os.replace(tmp, target)
+
+
+def run_sti(job: dict) -> dict:
+    import hf_tsv
+
+    emit(event="stage", text="reading the models", fraction=0.0)
+    report = hf_tsv.sti(job["base"], job["models"], fuse_qkv=job["fuse_qkv"], device=job["device"], token=False)
+    return {"keys": report.keys, "total": report.total, "num_tasks": report.num_tasks, "fuse_qkv": report.fuse_qkv,
+            "k": "floor(r/T)"}
+
+
+def run_merge(job: dict) -> dict:
+    import hf_tsv
+    from hf_tsv.card import EVAL_NAME, write_card
+
+    out = Path(job["output"])
+    emit(event="stage", text="reading the models", fraction=0.0)
+    result = hf_tsv.merge(job["base"], job["models"], method=job["method"], alpha=job["alpha"],
+                          fuse_qkv=job["fuse_qkv"], device=job["device"], output_dir=out, command=job["command"],
+                          token=False)
+    if job.get("evaluate"):
+        emit(event="stage", text="evaluating the merged model", fraction=0.8)
+        scores = _load_hook(job["evaluate"])(str(out))
+        (out / EVAL_NAME).write_text(json.dumps(scores, indent=2) + "\n")
+    emit(event="stage", text="writing the model card", fraction=0.9)
+    card = write_card(out, token=False)
+    emit(event="stage", text="packing the download", fraction=0.95)
+    _zip_folder(out, Path(job["zip"]))
+    return {"report": result.report, "card_warnings": list(card.warnings), "evaluated": bool(job.get("evaluate"))}
+
+
+def _warm_up() -> None:
+    """Import what every job needs, while the worker waits for one (a spare worker does this ahead of time)."""
+    import matplotlib.figure  # noqa: F401 - the STI heatmap of the card
+    import scipy.linalg  # noqa: F401 - hf_tsv's eigendecompositions
+    from transformers import CLIPVisionConfig, CLIPVisionModel  # noqa: F401 - the slowest import
+
+    import hf_tsv  # noqa: F401 - torch, safetensors, huggingface_hub
+    import hf_tsv.card  # noqa: F401
+
+
+def main(argv: list[str]) -> int:
+    """``space_worker.py JOB.json`` runs that job; ``space_worker.py --wait`` warms up, then reads the job
+    file's path from stdin (an empty stdin: the server went away, exit)."""
+    global _CHANNEL
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as hf_tsv sets it; torch may be imported first here
+    # stdout carries progress only: keep a copy of it for the channel and send fd 1 to stderr (the log)
+    _CHANNEL = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    install_progress_relay()
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit():
+        import torch
+
+        torch.set_num_threads(int(threads))
+    _warm_up()
+    if argv[1:] == ["--wait"]:
+        line = sys.stdin.readline().strip()
+        if not line:
+            return 0
+        job_file = Path(line)
+    else:
+        job_file = Path(argv[1])
+    job = json.loads(job_file.read_text())
+    _limit_memory(job.get("memory_gb"))
+    if job.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(job["threads"]))
+    from hf_tsv.errors import HFTSVError
+
+    secrets = list(job.get("scrub") or [])
+    try:
+        outcome = {"ok": True, **(run_sti(job) if job["kind"] == "sti" else run_merge(job))}
+    except HFTSVError as exc:
+        outcome = {"ok": False, "error": _scrub(str(exc), secrets)}
+    except MemoryError:
+        outcome = {"ok": False, "error": "the worker ran out of memory (HF_TSV_SPACE_WORKER_MEMORY_GB); try fewer "
+                                         "or smaller models"}
+    except Exception as exc:  # noqa: BLE001 - reported to the visitor without details, logged in full
+        traceback.print_exc()
+        outcome = {"ok": False, "internal": True,
+                   "error": f"the job failed with an internal error ({type(exc).__name__}); the server log has "
+                            "the details"}
+    tmp = job_file.with_name("result.json.partial")
+    tmp.write_text(json.dumps(outcome))
+    os.replace(tmp, job_file.with_name("result.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
