@@ -2,8 +2,9 @@
 with TSV-M or a baseline, look at the model card and push the result to the Hub.
 
 Run locally with ``python spaces_app/app.py`` (``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` are honoured);
-set ``HF_TSV_MODEL_LIBRARY`` to a folder of checkpoints to offer its sub-folders by name. Named endpoints for
-``gradio_client``: ``/sti``, ``/merge`` and ``/push`` (see README.md beside this file).
+set ``HF_TSV_MODEL_LIBRARY`` to a folder of checkpoints to offer its sub-folders by name, and
+``HF_TSV_SPACE_TASKS`` to a task spec of ``hf_tsv.evaluation`` to evaluate merges on its tasks. Named endpoints
+for ``gradio_client``: ``/sti``, ``/merge`` and ``/push`` (see README.md beside this file).
 """
 
 import contextlib
@@ -125,7 +126,7 @@ def sti_summary(keys: dict[str, float], total: float, num_tasks: int) -> str:
             "TSV-M orthogonalises these directions before merging.")
 
 
-def merge_summary(report: dict, zip_bytes: int, warnings: list[str]) -> str:
+def merge_summary(report: dict, zip_bytes: int, warnings: list[str], evaluation: dict | None = None) -> str:
     method = report.get("method", "?")
     lines = [f"### {METHOD_LABELS.get(method, method)} merge of {report.get('num_tasks')} models"]
     if method != "avg":
@@ -145,7 +146,37 @@ def merge_summary(report: dict, zip_bytes: int, warnings: list[str]) -> str:
     timings = report.get("timings") or {}
     lines.append(f"- device: {options.get('device')}; fused q/k/v: {options.get('fuse_qkv')}; "
                  f"merge time {timings.get('total_s', 0):.1f} s")
+    if evaluation and evaluation.get("error"):
+        lines.append("- evaluation: **failed** (see *Evaluation* below); the merge itself is complete")
+    elif evaluation:
+        norm = evaluation.get("mean_normalized_accuracy")
+        lines.append(f"- evaluation: mean accuracy **{evaluation['mean_accuracy']:.2f} %**"
+                     + (f", normalised **{norm:.2f} %**" if norm is not None else "")
+                     + f" on {len(evaluation['results']['tasks'])} tasks (see *Evaluation* below)")
     lines.extend(f"- note: {html.escape(str(w))}" for w in warnings)
+    return "\n".join(lines)
+
+
+def evaluation_markdown(evaluation: dict | None, models: list[str], max_examples: int) -> str:
+    """The evaluation of a merge for the result view: the table of hf_tsv.evaluation and how to read it, or why
+    there is none."""
+    if not evaluation:
+        return ""
+    if evaluation.get("error"):
+        return ("### Evaluation\n**The evaluation failed:** " + html.escape(str(evaluation["error"]), quote=False)
+                + "\n\nThe merge itself is complete; its card and download have no evaluation.")
+    tasks = list(evaluation["results"]["tasks"])
+    lines = ["### Evaluation", "", f"Top-1 accuracy of the merged model on the test split of each of this server's "
+             f"tasks (at most {max_examples} images per task), scored with the tasks' frozen heads:", "",
+             evaluation["table"], ""]
+    if evaluation.get("paired"):
+        pairs = ", ".join(f"{html.escape(t)} ↔ `{m}`" for t, m in zip(tasks, models))
+        lines.append("Normalised accuracy = the merged model's accuracy ÷ the accuracy of the fine-tuned model "
+                     f"paired with the task (task i ↔ fine-tuned model i, in the order given): {pairs}.")
+    else:
+        lines.append(f"Absolute accuracy only: normalised accuracy pairs task i with fine-tuned model i, and this "
+                     f"merge has {len(models)} fine-tuned models for the server's {len(tasks)} tasks.")
+    lines.append("The model card and `eval_results.json` in the download hold the same numbers.")
     return "\n".join(lines)
 
 
@@ -205,6 +236,7 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
     workspace = workspace or Workspace()
     pool = pool or space_core.WorkerPool(settings, workspace, spares=settings.spare_workers)
     devices = _devices()
+    tasks = space_core.task_names(settings.tasks) if settings.tasks else []
     library = list(space_core.library_models(settings.library))
     default_base = "base" if "base" in library else None
     default_models = [m for m in library if m != default_base][: settings.max_models] if default_base else []
@@ -270,8 +302,8 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         with visitor_errors():
             _check_choice(method, list(METHOD_LABELS), "method")
             alpha = _check_alpha(alpha)
-            if evaluate and not settings.eval_hook:
-                raise SpaceError("no evaluation tasks are configured on this server (HF_TSV_SPACE_EVAL)")
+            if evaluate and not tasks:
+                raise SpaceError("no evaluation tasks are configured on this server (HF_TSV_SPACE_TASKS)")
             base, models, _, fuse = prepare(base_library, base_hub, models_library, models_hub, fuse_qkv, device)
             progress(0.0, desc="starting the worker")
             folder = workspace.session_dir(session)
@@ -282,7 +314,8 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
                                + (["--fuse-qkv"] if fuse else []) + ["-o", name])
             job = dict(common_job("merge", base, models, fuse, device, job_dir), method=method, alpha=alpha,
                        output=str(job_dir / name), zip=str(job_dir / f"{name}.zip"), command=command,
-                       evaluate=settings.eval_hook if evaluate else None)
+                       evaluate={"tasks": str(settings.tasks), "max_examples": settings.eval_max_examples}
+                       if evaluate else None)
             result = run(job, job_dir, progress)
             state = dict(session or {}, dir=str(folder))
             workspace.delete(state.get("merge"))
@@ -291,8 +324,14 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         zip_path = job_dir / f"{name}.zip"
         heatmap = out / "sti_heatmap.png"
         card = card_preview((out / "README.md").read_text(encoding="utf-8"))
-        summary = merge_summary(result["report"], zip_path.stat().st_size, result.get("card_warnings") or [])
-        return summary, (str(heatmap) if heatmap.is_file() else None), card, str(zip_path), state
+        evaluation = result.get("evaluation")
+        if evaluation and evaluation.get("error"):
+            gr.Warning(html.escape(f"The merge is done, but its evaluation failed: {evaluation['error']}",
+                                   quote=False))
+        summary = merge_summary(result["report"], zip_path.stat().st_size, result.get("card_warnings") or [],
+                                evaluation)
+        scores = evaluation_markdown(evaluation, [m.label for m in models], settings.eval_max_examples)
+        return summary, (str(heatmap) if heatmap.is_file() else None), card, str(zip_path), scores, state
 
     def push(repo_id, private, create_pr, token, session, oauth_token: gr.OAuthToken | None = None):
         """Push this session's merge to the Hub in one commit, with the visitor's own token."""
@@ -361,8 +400,11 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
                     fuse_qkv = gr.Checkbox(False, label="Fuse q/k/v", info="one SVD over the stacked q, k and v "
                                            "projections (the paper's open_clip layout)")
                     device = gr.Radio(devices, value="auto", label="Device")
-                evaluate = gr.Checkbox(False, label=settings.eval_label or "Evaluate the merged model on the "
-                                       "configured tasks", visible=bool(settings.eval_hook))
+                evaluate = gr.Checkbox(bool(tasks), label="Evaluate on the configured tasks", visible=bool(tasks),
+                                       info=f"test split of {', '.join(tasks)} (at most {settings.eval_max_examples} "
+                                       f"images each); normalised accuracy when {len(tasks)} fine-tuned models are "
+                                       "merged (task i ↔ fine-tuned model i: library picks first, then Hub ids)"
+                                       if tasks else None, elem_id="merge-evaluate")
                 with gr.Row():
                     analyse_button = gr.Button("Analyse interference", elem_id="analyse-button")
                     merge_button = gr.Button("Merge", variant="primary", elem_id="merge-button")
@@ -372,6 +414,7 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
                         merge_info = gr.Markdown("Merge to see the result here.", elem_id="merge-summary")
                         download = gr.File(label="Merged model (zip)", interactive=False, elem_id="merge-download",
                                            scale=0, min_width=320)
+                    merge_eval = gr.Markdown(elem_id="merge-evaluation")
                     merge_heatmap = gr.Image(label="STI per layer", type="filepath", format="png", interactive=False,
                                              elem_id="merge-heatmap", show_label=True)
                     with gr.Accordion("Model card", open=True):
@@ -406,7 +449,8 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         analyse_button.click(analyse, [*model_inputs, fuse_qkv, device, session],
                              [sti_heatmap, sti_table, sti_json, sti_info, session], api_name="sti", **compute)
         merge_button.click(merge, [*model_inputs, method, alpha, fuse_qkv, device, evaluate, session],
-                           [merge_info, merge_heatmap, card, download, session], api_name="merge", **compute)
+                           [merge_info, merge_heatmap, card, download, merge_eval, session], api_name="merge",
+                           **compute)
         push_button.click(push, [repo_id, private, create_pr, token, session], [push_info, card], api_name="push",
                           concurrency_id="push", concurrency_limit=2)
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)

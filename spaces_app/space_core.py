@@ -3,13 +3,14 @@
 Everything a visitor types goes through :func:`resolve_inputs` before anything is read: a model is either a
 Hub id (``namespace/name``, optionally ``@revision``) or the exact name of a sub-folder of the server's model
 library (``HF_TSV_MODEL_LIBRARY``). Paths are never accepted, so a visitor cannot make the server read a file
-of its choosing. The heavy work (STI, merge, card, zip) runs in a separate worker process
+of its choosing. The heavy work (STI, merge, evaluation, card, zip) runs in a separate worker process
 (``space_worker.py``), one per job, so that a crash or an out-of-memory kill takes down only that process.
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import logging
 import math
@@ -80,8 +81,8 @@ class Settings:
     result_ttl_s: int = 3600  # HF_TSV_SPACE_RESULT_TTL_S: how long a session's results are kept
     hub_cache: Path | None = None  # HF_TSV_SPACE_HUB_CACHE: the workers' Hub cache (default: DEFAULT_HUB_CACHE)
     max_cache_gb: float = 40.0  # HF_TSV_SPACE_MAX_CACHE_GB: Hub downloads kept there for later jobs, at most
-    eval_hook: str | None = None  # HF_TSV_SPACE_EVAL: "module:function" that evaluates a merged folder
-    eval_label: str | None = None  # HF_TSV_SPACE_EVAL_LABEL: what the evaluation checkbox says
+    tasks: Path | None = None  # HF_TSV_SPACE_TASKS: task spec (JSON/YAML) of hf_tsv.evaluation; enables evaluation
+    eval_max_examples: int = 1000  # HF_TSV_SPACE_EVAL_MAX_EXAMPLES: test images per task, at most
     spare_workers: int = 1  # HF_TSV_SPACE_SPARE_WORKERS: workers started ahead of the next jobs
     on_spaces: bool = False  # a Space with hf_oauth: true (SYSTEM=spaces, OAUTH_CLIENT_ID): sign-in is offered
 
@@ -107,8 +108,8 @@ class Settings:
             result_ttl_s=_env_number(env, "HF_TSV_SPACE_RESULT_TTL_S", cls.result_ttl_s, int, 60),
             hub_cache=Path(env["HF_TSV_SPACE_HUB_CACHE"]).expanduser() if env.get("HF_TSV_SPACE_HUB_CACHE") else None,
             max_cache_gb=_env_number(env, "HF_TSV_SPACE_MAX_CACHE_GB", cls.max_cache_gb, float, 0.0),
-            eval_hook=env.get("HF_TSV_SPACE_EVAL") or None,
-            eval_label=env.get("HF_TSV_SPACE_EVAL_LABEL") or None,
+            tasks=Path(env["HF_TSV_SPACE_TASKS"]).expanduser() if env.get("HF_TSV_SPACE_TASKS") else None,
+            eval_max_examples=_env_number(env, "HF_TSV_SPACE_EVAL_MAX_EXAMPLES", cls.eval_max_examples, int, 1),
             spare_workers=_env_number(env, "HF_TSV_SPACE_SPARE_WORKERS", cls.spare_workers, int, 0),
             on_spaces=env.get("SYSTEM") == "spaces" and bool(env.get("SPACE_ID") and env.get("OAUTH_CLIENT_ID")),
         )
@@ -116,9 +117,37 @@ class Settings:
         if values["library"] is not None:
             values["library"] = Path(values["library"]).resolve()
         values["hub_cache"] = Path(values["hub_cache"] or DEFAULT_HUB_CACHE).resolve()
-        if values["eval_hook"] and ":" not in values["eval_hook"]:
-            raise ValueError(f"HF_TSV_SPACE_EVAL={values['eval_hook']!r} must be 'module:function'")
+        if env.get("HF_TSV_SPACE_EVAL"):
+            raise ValueError("HF_TSV_SPACE_EVAL (an evaluation hook) is no longer read: set HF_TSV_SPACE_TASKS to a "
+                             "task spec of hf_tsv.evaluation instead (see spaces_app/README.md)")
+        if values["tasks"] is not None:
+            values["tasks"] = Path(values["tasks"]).resolve()
+            task_names(values["tasks"])  # a spec that cannot be used stops the server at start, not a visitor's job
         return cls(**values)
+
+
+def task_names(spec: str | os.PathLike) -> list[str]:
+    """The names of the tasks of the operator's task spec (``HF_TSV_SPACE_TASKS``), after checking what can be
+    checked without loading any data: the spec itself, its head files and local datasets, and that the
+    evaluation packages are installed. Raises ``ValueError`` (a message for the operator)."""
+    missing = [name for name in ("datasets", "evaluate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"HF_TSV_SPACE_TASKS is set but {' and '.join(missing)} is not installed; install "
+                         "hf-tsv[eval] (spaces_app/requirements.txt does)")
+    from hf_tsv.errors import HFTSVError
+    from hf_tsv.evaluation import load_tasks_spec
+
+    try:
+        config = load_tasks_spec(spec)
+    except HFTSVError as exc:
+        raise ValueError(f"HF_TSV_SPACE_TASKS: {exc}") from None
+    for task in config.tasks:
+        if task.head and not Path(task.head).is_file():
+            raise ValueError(f"HF_TSV_SPACE_TASKS: task {task.name!r}: head file {task.head} does not exist")
+        local = next((task.dataset[len(p):] for p in ("disk:", "imagefolder:") if task.dataset.startswith(p)), None)
+        if local is not None and not Path(local).is_dir():
+            raise ValueError(f"HF_TSV_SPACE_TASKS: task {task.name!r}: dataset folder {local} does not exist")
+    return config.task_names()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -444,6 +473,8 @@ class WorkerPool:
         env["HF_HUB_CACHE"] = str(self.settings.hub_cache or DEFAULT_HUB_CACHE)
         if self.settings.threads:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.settings.threads)
+        if self.settings.tasks is not None:
+            env["HF_TSV_SPACE_WORKER_EVAL"] = "1"  # a spare worker imports the evaluation packages too
         return env
 
     def _spawn(self) -> _Worker:

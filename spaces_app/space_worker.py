@@ -1,4 +1,4 @@
-"""One STI analysis or merge of the hf-tsv Space, in a process of its own.
+"""One STI analysis or merge (with its optional evaluation) of the hf-tsv Space, in a process of its own.
 
 Started by ``space_core.WorkerPool`` as ``python space_worker.py --wait``: it imports torch and transformers,
 then reads the path of its job file from stdin (``python space_worker.py JOB.json`` runs a job directly).
@@ -7,12 +7,12 @@ each update of a progress bar of hf_tsv or huggingface_hub (their tqdm bars are 
 "close", "id"}`` when one ends and ``{"event": "stage", "text", "fraction"}`` between steps. Anything else
 printed goes to stderr, which the server keeps in a log. The result goes to ``result.json`` beside the job
 file: ``{"ok": true, ...}`` or ``{"ok": false, "error": "<message for the visitor>"}``. A worker that is
-killed (e.g. out of memory) writes none.
+killed (e.g. out of memory) writes none. An evaluation that fails does not fail the merge: the result holds
+``"evaluation": {"error": "<message for the visitor>"}`` and the folder has no ``eval_results.*`` files.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -95,11 +95,6 @@ def _scrub(message: str, secrets: list[str]) -> str:
     return " ".join(message.split())
 
 
-def _load_hook(spec: str):
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def _zip_folder(folder: Path, target: Path) -> None:
     """The merged folder as a zip (weights stored, small files compressed), named after the folder."""
     tmp = target.with_name(target.name + ".partial")
@@ -120,24 +115,98 @@ def run_sti(job: dict) -> dict:
             "k": "floor(r/T)"}
 
 
+def _spec_paths(config) -> list[str]:
+    """The server paths a task spec names (its datasets, heads, processor...), kept out of visitors' messages."""
+    values = [config.image_processor, config.text_model, config.head_cache]
+    for task in config.tasks:
+        values.append(task.head)
+        if isinstance(task.dataset, str):
+            values.append(task.dataset.split(":", 1)[1] if task.dataset.startswith(("disk:", "imagefolder:"))
+                          else task.dataset)
+    return [v for v in values if v and Path(v).is_absolute()]
+
+
+def evaluate_merged(out: Path, job: dict) -> dict:
+    """Accuracy of the merged folder ``out`` on the test split of every task of the operator's spec
+    (``job["evaluate"]``: ``{"tasks": spec path, "max_examples": n}``); writes ``eval_results.json`` (which the
+    card reads) and ``eval_results.md`` into ``out``.
+
+    With as many tasks as fine-tuned models, task i is paired with fine-tuned model i (in the order of
+    ``job["models"]``), whose own accuracy on it is the reference of the normalised accuracy; otherwise the
+    accuracy is absolute only. The spec's ``finetuned_accuracy`` values are not used: they describe the
+    operator's fine-tuned models, not the visitor's."""
+    from hf_tsv.engine import resolve_device
+    from hf_tsv.evaluation import evaluate_model, load_tasks_spec, load_vision_model, prepare_tasks
+    from hf_tsv.evaluation.select import fill_finetuned_references, projection_for, write_eval_files
+
+    settings = job["evaluate"]
+    config = load_tasks_spec(settings["tasks"])
+    device = resolve_device(job["device"])
+    emit(event="stage", text="loading the evaluation tasks", fraction=0.6)
+    # the image processor: the spec's, else the base model's (a merged folder has none)
+    prepared = prepare_tasks(config, job["base"], max_examples=settings["max_examples"], device=device)
+    for task in prepared:
+        task.finetuned_accuracy.clear()
+    paired = len(prepared) == len(job["models"])
+    if paired:
+        emit(event="stage", text="evaluating the fine-tuned models (references of normalised accuracy)",
+             fraction=0.7)
+        fill_finetuned_references(job["models"], prepared, device=device, config=config)
+    emit(event="stage", text="evaluating the merged model", fraction=0.8)
+    model = load_vision_model(out, device=device)
+    report = evaluate_model(model, prepared, split="test", projection=projection_for(model, config))
+    del model
+    write_eval_files(out, report)
+    return {"table": report.table(), "results": report.to_eval_results(), "paired": paired,
+            "mean_accuracy": report.mean_accuracy, "mean_normalized_accuracy": report.mean_normalized_accuracy}
+
+
+def _evaluation_failed(out: Path, exc: BaseException, job: dict) -> dict:
+    """What the visitor is told when the evaluation fails; the merge is kept, without evaluation files."""
+    from hf_tsv.errors import HFTSVError
+    from hf_tsv.evaluation.select import EVAL_RESULTS_NAME, EVAL_TABLE_NAME
+
+    for name in (EVAL_RESULTS_NAME, EVAL_TABLE_NAME):
+        (out / name).unlink(missing_ok=True)
+    if isinstance(exc, HFTSVError):
+        secrets = list(job.get("scrub") or [])
+        try:
+            from hf_tsv.evaluation import load_tasks_spec
+
+            spec = Path(job["evaluate"]["tasks"])
+            secrets += [str(spec.parent), *_spec_paths(load_tasks_spec(spec))]
+        except Exception:  # noqa: BLE001 - the spec itself failed: its folder is scrubbed above
+            secrets.append(str(Path(job["evaluate"]["tasks"]).parent))
+        return {"error": _scrub(str(exc), secrets)}
+    if isinstance(exc, MemoryError):
+        return {"error": "the worker ran out of memory while evaluating (HF_TSV_SPACE_WORKER_MEMORY_GB, "
+                         "HF_TSV_SPACE_EVAL_MAX_EXAMPLES)"}
+    traceback.print_exc()
+    return {"error": f"an internal error ({type(exc).__name__}); the server log has the details"}
+
+
 def run_merge(job: dict) -> dict:
     import hf_tsv
-    from hf_tsv.card import EVAL_NAME, write_card
+    from hf_tsv.card import write_card
 
     out = Path(job["output"])
     emit(event="stage", text="reading the models", fraction=0.0)
     result = hf_tsv.merge(job["base"], job["models"], method=job["method"], alpha=job["alpha"],
                           fuse_qkv=job["fuse_qkv"], device=job["device"], output_dir=out, command=job["command"],
                           token=False)
+    report = result.report
+    del result
+    evaluation = None
     if job.get("evaluate"):
-        emit(event="stage", text="evaluating the merged model", fraction=0.8)
-        scores = _load_hook(job["evaluate"])(str(out))
-        (out / EVAL_NAME).write_text(json.dumps(scores, indent=2) + "\n")
+        try:
+            evaluation = evaluate_merged(out, job)
+        except Exception as exc:  # noqa: BLE001 - the merge is kept; the visitor is told why there is no evaluation
+            evaluation = _evaluation_failed(out, exc, job)
     emit(event="stage", text="writing the model card", fraction=0.9)
     card = write_card(out, token=False)
     emit(event="stage", text="packing the download", fraction=0.95)
     _zip_folder(out, Path(job["zip"]))
-    return {"report": result.report, "card_warnings": list(card.warnings), "evaluated": bool(job.get("evaluate"))}
+    return {"report": report, "card_warnings": list(card.warnings), "evaluation": evaluation}
 
 
 def _warm_up() -> None:
@@ -148,6 +217,12 @@ def _warm_up() -> None:
 
     import hf_tsv  # noqa: F401 - torch, safetensors, huggingface_hub
     import hf_tsv.card  # noqa: F401
+
+    if os.environ.get("HF_TSV_SPACE_WORKER_EVAL") == "1":  # evaluation tasks are configured (HF_TSV_SPACE_TASKS)
+        import datasets  # noqa: F401
+        import evaluate  # noqa: F401
+
+        import hf_tsv.evaluation.select  # noqa: F401
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,5 @@
-"""Helpers for the Space tests: start the app in this process, a minimal WebDriver client for Chromium, and a
-toy evaluation hook. Imported by the Space's worker processes too (for ``toy_eval``), so it imports nothing
-heavy at module level."""
+"""Helpers for the Space tests: start the app in this process, a tiny evaluation task spec for
+``HF_TSV_SPACE_TASKS``, and a minimal WebDriver client for Chromium. Heavy imports stay inside functions."""
 
 from __future__ import annotations
 
@@ -22,8 +21,6 @@ SPACES_APP = ROOT / "spaces_app"
 TESTS = Path(__file__).resolve().parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-TOY_EVAL = {"tasks": {"toy-cars": {"absolute": 61.25, "normalized": 87.5}, "toy-dtd": {"absolute": 48.0}},
-            "dataset_ids": {"toy-cars": "tanganke/stanford_cars"}}
 
 
 def import_space():
@@ -42,18 +39,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def toy_eval(folder: str) -> dict:
-    """An evaluation hook (``HF_TSV_SPACE_EVAL=space_helpers:toy_eval``): fixed scores, after checking that it
-    was handed the merged folder."""
-    if not (Path(folder) / "model.safetensors").is_file() or not (Path(folder) / "merge_report.json").is_file():
-        raise RuntimeError(f"toy_eval was not given a merged folder: {sorted(os.listdir(folder))}")
-    return TOY_EVAL
+def make_eval_tasks(folder: Path, names: list[str], *, classes: int = 4, examples: int = 20, seed: int = 0,
+                    head_dim: int = 32) -> Path:
+    """A task spec for ``HF_TSV_SPACE_TASKS`` over tiny data: per task, a ``DatasetDict`` saved to disk (a
+    ``test`` split of random 32×32 images, an ``image`` column and a ``label`` ClassLabel), a random
+    ``(classes, head_dim)`` head in one ``heads.safetensors``, and a CLIPImageProcessor (size 32) folder.
+    Returns the spec's path (``tasks.json``, with paths relative to it)."""
+    import datasets
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import CLIPImageProcessor
 
+    from hf_tsv.evaluation import TaskHead, save_heads
 
-def worker_env() -> dict:
-    """Environment for the Space's workers in tests: they can import this module (for ``toy_eval``)."""
-    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-    return {"PYTHONPATH": path}
+    folder.mkdir(parents=True, exist_ok=True)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder / "processor")
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    class_names = [f"class_{c}" for c in range(classes)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=class_names)})
+    heads, tasks = {}, []
+    for name in names:
+        images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(examples)]
+        labels = rng.integers(0, classes, examples).tolist()
+        data = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        datasets.DatasetDict({"test": data}).save_to_disk(str(folder / f"data_{name}"))
+        heads[name] = TaskHead(torch.randn(classes, head_dim, generator=generator), class_names)
+        tasks.append({"name": name, "dataset": f"disk:data_{name}", "split": "test", "head": "heads.safetensors"})
+    save_heads(folder / "heads.safetensors", heads)
+    spec = folder / "tasks.json"
+    spec.write_text(json.dumps({"image_processor": "processor", "tasks": tasks}, indent=2))
+    return spec
 
 
 @contextmanager

@@ -1,5 +1,6 @@
-"""The Gradio Space (spaces_app/): /sti, /merge and /push through gradio_client against tiny checkpoints in a model
-library, refusal of paths, limits, worker isolation, and `python spaces_app/app.py` serving the app."""
+"""The Gradio Space (spaces_app/): /sti, /merge (with evaluation on configured tasks) and /push through
+gradio_client against tiny checkpoints in a model library, refusal of paths, limits, worker isolation, and
+`python spaces_app/app.py` serving the app."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from hub_server import running_hub
 from safetensors.torch import load as load_safetensors
-from space_helpers import SPACES_APP, TOY_EVAL, free_port, import_space, running_space, worker_env, zip_contents
+from space_helpers import SPACES_APP, free_port, import_space, make_eval_tasks, running_space, zip_contents
 
 import hf_tsv
 from hf_tsv.card import sti_heatmap_png
@@ -28,23 +29,31 @@ from hf_tsv.synthetic import make_checkpoints
 
 app, space_core = import_space()
 TASKS = ["task_00", "task_01", "task_02"]
-MERGED_FILES = {"README.md", "config.json", "eval_results.json", "merge_report.json", "model.safetensors",
-                "sti_heatmap.png", "sti_stats.json"}
+EVAL_TASKS = ["cars", "dtd", "eurosat"]  # evaluation task i is paired with fine-tuned model TASKS[i]
+EVAL_MAX_EXAMPLES = 16  # of the 20 test images of each task
+MERGED_FILES = {"README.md", "config.json", "eval_results.json", "eval_results.md", "merge_report.json",
+                "model.safetensors", "sti_heatmap.png", "sti_stats.json"}
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("space") / "library"
-    make_checkpoints(folder, preset="tiny", num_tasks=3, seed=5)
+    # fine-tuned models far enough from the base that their predictions (and so the evaluation) differ
+    make_checkpoints(folder, preset="tiny", num_tasks=3, seed=5, relative_size=0.5)
     return folder
 
 
 @pytest.fixture(scope="module")
-def space(library):
-    settings = space_core.Settings(library=library, threads=1, eval_hook="space_helpers:toy_eval",
-                                   eval_label="Toy evaluation")
+def eval_spec(tmp_path_factory) -> Path:
+    """The operator's task spec (HF_TSV_SPACE_TASKS): three tiny tasks on disk with random 32-d heads."""
+    return make_eval_tasks(tmp_path_factory.mktemp("space-eval"), EVAL_TASKS, seed=11)
+
+
+@pytest.fixture(scope="module")
+def space(library, eval_spec):
+    settings = space_core.Settings(library=library, threads=1, tasks=eval_spec, eval_max_examples=EVAL_MAX_EXAMPLES)
     # two workers started ahead: one for /sti, one for /merge
-    with running_space(settings, spares=2, env=worker_env()) as served:
+    with running_space(settings, spares=2) as served:
         yield served
 
 
@@ -64,8 +73,9 @@ def progress_seen():
 
 @pytest.fixture(scope="module")
 def merged(client, progress_seen):
-    """One TSV-M merge (α = 0.8, with the toy evaluation) in the client's session. ``progress_seen`` records each
-    progress event that reached the app from the worker, with what gr.Progress was tracking after it."""
+    """One TSV-M merge (α = 0.8, evaluated on the configured tasks) in the client's session. ``progress_seen``
+    records each progress event that reached the app from the worker, with what gr.Progress was tracking after
+    it."""
     relay = app.ProgressMirror.__call__
 
     def recording(mirror, event):
@@ -100,7 +110,7 @@ def test_sti_endpoint_gives_the_librarys_numbers(client, library):
 
 
 def test_merge_endpoint_gives_the_librarys_merge_card_and_download(merged, library):
-    summary, heatmap, card, download = merged
+    summary, heatmap, card, download, _ = merged
     files = zip_contents(download)
     assert {name.split("/", 1)[1] for name in files} == MERGED_FILES
     assert {name.split("/", 1)[0] for name in files} == {"hf-tsv-tsv-m-merge"}
@@ -118,13 +128,11 @@ def test_merge_endpoint_gives_the_librarys_merge_card_and_download(merged, libra
     assert [m["name"] for m in report["models"]] == TASKS
     assert report["command"] == "hf-tsv merge base task_00 task_01 task_02 --method tsv-m --alpha 0.8 -o " \
                                 "hf-tsv-tsv-m-merge"
-    assert json.loads(files[folder + "eval_results.json"]) == TOY_EVAL
     assert Path(heatmap).read_bytes() == files[folder + "sti_heatmap.png"]
 
     assert "α = 0.8" in summary and f"{report['sti']['total']:.4g}" in summary
     for section in ("# hf-tsv-tsv-m-merge", "## Method", "## Merged models", "## Singular Task Interference (STI)",
-                    "## Evaluation", "## Usage", "Scaling factor **α = 0.8**", "| toy-cars | tanganke/stanford_cars "
-                    "| 61.25 | 87.50 |", "`task_02` (local folder)", "```yaml"):
+                    "## Evaluation", "## Usage", "Scaling factor **α = 0.8**", "`task_02` (local folder)", "```yaml"):
         assert section in card, section
     for text in (card, files[folder + "README.md"].decode(), files[folder + "merge_report.json"].decode()):
         assert str(library) not in text and str(library.parent) not in text  # no server path leaks
@@ -133,14 +141,88 @@ def test_merge_endpoint_gives_the_librarys_merge_card_and_download(merged, libra
 def test_merge_progress_is_relayed_from_the_worker(merged, progress_seen):
     events = [event for event, _ in progress_seen]
     stages = [e["text"] for e in events if e["event"] == "stage"]
-    assert stages == ["reading the models", "evaluating the merged model", "writing the model card",
-                      "packing the download"]
+    assert stages == ["reading the models", "loading the evaluation tasks",
+                      "evaluating the fine-tuned models (references of normalised accuracy)",
+                      "evaluating the merged model", "writing the model card", "packing the download"]
     bars = [e for e in events if e["event"] == "bar" and e["desc"] == "tsv-m merge"]
     assert bars and bars[-1]["n"] == bars[-1]["total"] == 39 and bars[-1]["unit"] == "key"
     assert any(e["event"] == "close" and e["id"] == bars[-1]["id"] for e in events)
     # the mirrored tqdm bar was tracked by gr.Progress(track_tqdm=True), up to the last key
     tracked = [t for event, tracked in progress_seen if event is bars[-1] for t in tracked]
     assert ("tsv-m merge", 39, 39) in tracked
+
+
+def test_merge_is_evaluated_on_the_configured_tasks(merged, library, eval_spec, tmp_path):
+    """The evaluation shown and written by the Space is hf_tsv.evaluation's on the same merged weights, with task
+    i normalised by fine-tuned model i; the card shows it."""
+    import zipfile
+
+    from hf_tsv.evaluation import evaluate_model, load_tasks_spec, load_vision_model, prepare_tasks
+    from hf_tsv.evaluation.select import fill_finetuned_references, projection_for
+
+    summary, _, card, download, evaluation = merged
+    with zipfile.ZipFile(download) as archive:
+        archive.extractall(tmp_path)
+    folder = tmp_path / "hf-tsv-tsv-m-merge"
+
+    config = load_tasks_spec(eval_spec)
+    prepared = prepare_tasks(config, None, max_examples=EVAL_MAX_EXAMPLES, progress=False)
+    fill_finetuned_references([library / t for t in TASKS], prepared, config=config, progress=False)
+    model = load_vision_model(folder)
+    expected = evaluate_model(model, prepared, projection=projection_for(model, config), progress=False)
+
+    results = json.loads((folder / "eval_results.json").read_text())
+    assert results == json.loads(json.dumps(expected.to_eval_results()))
+    assert list(results["tasks"]) == EVAL_TASKS and all(v["normalized"] is not None for v in results["tasks"].values())
+    assert all(t["num_examples"] == EVAL_MAX_EXAMPLES for t in expected.tasks.values())
+    assert (folder / "eval_results.md").read_text() == expected.table() + "\n"
+
+    assert "### Evaluation" in evaluation and expected.table() in evaluation
+    assert "cars ↔ `task_00`, dtd ↔ `task_01`, eurosat ↔ `task_02`" in evaluation
+    assert f"mean accuracy **{expected.mean_accuracy:.2f} %**" in summary
+    assert f"normalised **{expected.mean_normalized_accuracy:.2f} %**" in summary
+    for task, scores in results["tasks"].items():
+        assert f"| {task} | data_{task} | {scores['absolute']:.2f} | {scores['normalized']:.2f} |" in card
+    assert "name: normalized accuracy (% of the fine-tuned model)" in card  # the card's model-index metadata
+    assert str(eval_spec.parent) not in evaluation + card
+
+
+def test_evaluation_without_pairs_or_that_fails_keeps_the_merge(library, eval_spec, tmp_path):
+    """Two fine-tuned models for three tasks: absolute accuracy only. An evaluation that fails (heads of the
+    wrong width, a dataset that went missing): the merge, card and zip are still made, and the message says why,
+    without server paths."""
+    import space_worker
+
+    def job(name, spec, models=TASKS[:2]):
+        return {"base": str(library / "base"), "models": [str(library / m) for m in models], "method": "ta",
+                "alpha": 0.3, "fuse_qkv": False, "device": "cpu", "output": str(tmp_path / "out" / name),
+                "zip": str(tmp_path / "out" / f"{name}.zip"), "command": "hf-tsv merge", "scrub": [str(library)],
+                "evaluate": {"tasks": str(spec), "max_examples": 8}}
+
+    result = space_worker.run_merge(job("unpaired", eval_spec))
+    evaluation = result["evaluation"]
+    assert not evaluation["paired"] and evaluation["mean_normalized_accuracy"] is None
+    assert all(v["normalized"] is None for v in evaluation["results"]["tasks"].values())
+    shown = app.evaluation_markdown(evaluation, TASKS[:2], 8)
+    assert "Absolute accuracy only" in shown and "2 fine-tuned models for the server's 3 tasks" in shown
+    assert "| **mean** |" in shown and "## Evaluation" in (tmp_path / "out" / "unpaired" / "README.md").read_text()
+
+    narrow = make_eval_tasks(tmp_path / "narrow", ["cars"], examples=4, head_dim=24)
+    gone = make_eval_tasks(tmp_path / "gone", ["cars"], examples=4)
+    import shutil
+
+    shutil.rmtree(tmp_path / "gone" / "data_cars")
+    for name, spec, message in (("narrow", narrow, "the model gives 32-d features but the head expects 24-d"),
+                                ("gone", gone, "cannot load split 'test' of dataset 'data_cars'")):
+        result = space_worker.run_merge(job(name, spec))
+        error = result["evaluation"]["error"]
+        assert message in error and str(tmp_path) not in error
+        out = tmp_path / "out" / name
+        assert not (out / "eval_results.json").exists() and not (out / "eval_results.md").exists()
+        assert "No evaluation was run" in (out / "README.md").read_text()
+        assert f"{name}/model.safetensors" in zip_contents(tmp_path / "out" / f"{name}.zip")
+        assert "The evaluation failed:" in app.evaluation_markdown(result["evaluation"], TASKS[:2], 8)
+        assert "evaluation: **failed**" in app.merge_summary(result["report"], 1, [], result["evaluation"])
 
 
 def test_push_uses_the_visitors_token_and_reaches_the_hub(client, merged, tmp_path, caplog):
@@ -314,6 +396,9 @@ def test_a_dying_worker_is_reported_and_the_server_keeps_serving(tmp_path, libra
     settings = space_core.Settings(library=library)
     with running_space(settings, script=crash, spares=0) as served:
         client = Client(served.url, verbose=False)
+        with pytest.raises(AppError, match=r"no evaluation tasks are configured on this server \(HF_TSV_SPACE_TASKS"):
+            client.predict(**library_args(), method="tsv-m", alpha=1.0, fuse_qkv=False, device="cpu", evaluate=True,
+                           api_name="/merge")
         for _ in range(2):  # the server answers again after a worker died
             with pytest.raises(AppError, match=r"worker stopped unexpectedly \(out of memory\?\) \(killed by SIGKILL"):
                 client.predict(**library_args(), fuse_qkv=False, device="cpu", api_name="/sti")
@@ -333,11 +418,11 @@ def test_a_dying_worker_is_reported_and_the_server_keeps_serving(tmp_path, libra
     assert not workspace.root.exists()
 
 
-def test_app_script_serves_the_app(library, tmp_path):
+def test_app_script_serves_the_app(library, eval_spec, tmp_path):
     port = free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
                HF_TSV_MODEL_LIBRARY=str(library), HF_TSV_SPACE_SPARE_WORKERS="0", HF_TSV_SPACE_MAX_MODELS="5",
-               GRADIO_ANALYTICS_ENABLED="False")
+               HF_TSV_SPACE_TASKS=str(eval_spec), GRADIO_ANALYTICS_ENABLED="False")
     log_path = tmp_path / "app.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([sys.executable, str(SPACES_APP / "app.py")], cwd=tmp_path, env=env,
@@ -358,6 +443,7 @@ def test_app_script_serves_the_app(library, tmp_path):
         with opener.open(f"http://127.0.0.1:{port}/config", timeout=5) as response:
             config = response.read().decode()
         assert "At most 5 fine-tuned models" in config and "task_02" in config
+        assert "Evaluate on the configured tasks" in config and "test split of cars, dtd, eurosat" in config
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -383,20 +469,30 @@ def test_space_files_describe_the_space():
     assert "hf-tsv" in requirements and "torch==" in requirements
 
 
-def test_settings_come_from_the_environment(library, tmp_path):
+def test_settings_come_from_the_environment(library, eval_spec, tmp_path):
     settings = space_core.Settings.from_env({
         "HF_TSV_MODEL_LIBRARY": str(library), "HF_TSV_SPACE_MAX_MODELS": "4", "HF_TSV_SPACE_MAX_TOTAL_GB": "2.5",
         "HF_TSV_SPACE_CONCURRENCY": "2", "HF_TSV_SPACE_QUEUE_SIZE": "5", "HF_TSV_SPACE_TIMEOUT_S": "60",
-        "HF_TSV_SPACE_THREADS": "3", "HF_TSV_SPACE_EVAL": "mod:fn", "HF_TSV_SPACE_SPARE_WORKERS": "0",
+        "HF_TSV_SPACE_THREADS": "3", "HF_TSV_SPACE_TASKS": str(eval_spec), "HF_TSV_SPACE_EVAL_MAX_EXAMPLES": "50",
+        "HF_TSV_SPACE_SPARE_WORKERS": "0",
         "SYSTEM": "spaces", "SPACE_ID": "me/hf-tsv", "OAUTH_CLIENT_ID": "client-id"})
     assert (settings.library, settings.max_models, settings.max_total_gb, settings.concurrency) == (library, 4, 2.5, 2)
-    assert (settings.queue_size, settings.timeout_s, settings.threads, settings.eval_hook) == (5, 60, 3, "mod:fn")
+    assert (settings.queue_size, settings.timeout_s, settings.threads) == (5, 60, 3)
+    assert (settings.tasks, settings.eval_max_examples) == (eval_spec.resolve(), 50)
     assert settings.spare_workers == 0 and settings.on_spaces
     defaults = space_core.Settings.from_env({"SYSTEM": "spaces", "SPACE_ID": "me/hf-tsv"})  # a Space without OAuth
     assert defaults.library is None and defaults.max_models == 8 and not defaults.on_spaces
+    assert defaults.tasks is None and defaults.eval_max_examples == 1000
+    headless = json.loads(eval_spec.read_text())
+    headless["tasks"][0]["head"] = "missing.safetensors"
+    (tmp_path / "headless.json").write_text(json.dumps(headless))
+    (tmp_path / "broken.yaml").write_text("tasks: [")
     for bad in ({"HF_TSV_SPACE_MAX_MODELS": "many"}, {"HF_TSV_SPACE_MAX_MODELS": "1"},
-                {"HF_TSV_MODEL_LIBRARY": str(tmp_path / "missing")}, {"HF_TSV_SPACE_EVAL": "no-colon"},
-                {"HF_TSV_SPACE_TIMEOUT_S": "nan"}):
+                {"HF_TSV_MODEL_LIBRARY": str(tmp_path / "missing")}, {"HF_TSV_SPACE_TIMEOUT_S": "nan"},
+                {"HF_TSV_SPACE_EVAL": "mod:fn"},  # the former evaluation hook: refused, not silently ignored
+                {"HF_TSV_SPACE_TASKS": str(tmp_path / "missing.json")}, {"HF_TSV_SPACE_EVAL_MAX_EXAMPLES": "0"},
+                {"HF_TSV_SPACE_TASKS": str(tmp_path / "headless.json")},
+                {"HF_TSV_SPACE_TASKS": str(tmp_path / "broken.yaml")}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             space_core.Settings.from_env(bad)
 
@@ -413,6 +509,9 @@ def test_the_app_is_set_up_as_a_shared_service(space):
     assert fns["sti"].concurrency_id == fns["merge"].concurrency_id != fns["push"].concurrency_id
     assert fns["merge"].concurrency_limit == settings.concurrency == 1
     assert not any(isinstance(b, gr.LoginButton) for b in demo.blocks.values())  # no OAuth when run locally
+    (evaluate,) = [b for b in demo.blocks.values() if isinstance(b, gr.Checkbox) and b.elem_id == "merge-evaluate"]
+    assert evaluate.visible and evaluate.value is True and evaluate.label == "Evaluate on the configured tasks"
+    assert "test split of cars, dtd, eurosat (at most 16 images each)" in evaluate.info
 
     # a session's folder goes when its state is deleted; nothing outside the workspace is ever removed
     sessions = [space.workspace.session_dir(None)]
