@@ -42,20 +42,25 @@ class BenchSettings:
     pool_images: int | None = None  # pretraining pool size cap (None: the sources' default)
     max_train: int | None = None  # per-task caps (None: the sources' defaults)
     max_eval: int | None = None
+    # a CLIPVisionModelWithProjection on 32x32 images: 8x8 patches (16 tokens), hidden 128, 384-d projection
+    patch_size: int = 8
+    hidden_size: int = 128
     num_layers: int = 4
-    pretrain_steps: int = 3000
+    pretrain_steps: int = 1500
     pretrain_batch: int = 128
     pretrain_lr: float = 1e-3
-    logit_scale: float = 50.0
-    finetune_steps: int = 300
+    pretrain_logit_scale: float = 50.0  # scale of the cosine logits of the locked-text pretraining loss
+    head_logit_scale: float = 100.0  # scale of the tasks' frozen zero-shot heads (CLIP's)
+    finetune_steps: int = 200
     finetune_batch: int = 64
-    finetune_lr: float = 1e-4
+    finetune_lr: float = 3e-4
 
     @classmethod
     def preset(cls, quick: bool, seed: int = 0) -> BenchSettings:
+        """The full benchmark, or the reduced one CI runs (smaller pool and splits, 2 layers, fewer steps)."""
         if quick:
-            return cls(quick=True, seed=seed, pool_images=1500, max_train=160, max_eval=60, num_layers=2,
-                       pretrain_steps=120, pretrain_batch=64, finetune_steps=25, finetune_batch=32)
+            return cls(quick=True, seed=seed, pool_images=1500, max_train=200, max_eval=80, num_layers=2,
+                       pretrain_steps=200, pretrain_batch=64, finetune_steps=40, finetune_batch=32)
         return cls(quick=False, seed=seed)
 
     def digest(self) -> str:
@@ -132,25 +137,31 @@ def build_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool =
         pool = sources.pretraining_data(seed=settings.seed, max_images=settings.pool_images)
         task_data = {n: sources.task_data(n, seed=settings.seed, max_train=settings.max_train,
                                           max_eval=settings.max_eval) for n in tasks}
-        for name, data in task_data.items():
-            datasets.DatasetDict({"train": _to_dataset(data.train), "validation": _to_dataset(data.validation),
-                                  "test": _to_dataset(data.test)}).save_to_disk(str(tmp / "data" / name))
+        datasets.disable_progress_bars()  # one bar per split and task would bury the build's own log
+        try:
+            for name, data in task_data.items():
+                datasets.DatasetDict({"train": _to_dataset(data.train), "validation": _to_dataset(data.validation),
+                                      "test": _to_dataset(data.test)}).save_to_disk(str(tmp / "data" / name))
+        finally:
+            datasets.enable_progress_bars()
         timings["data_s"] = time.perf_counter() - t0
         log(f"data: pretraining pool {len(pool)} images, {len(tasks)} tasks ({timings['data_s']:.1f} s)")
 
         t0 = time.perf_counter()
         encoder = MiniLMTextEncoder()
         pool_head = text_head(encoder.encode, pool.class_names, sources.PRETRAIN_TEMPLATES, 1.0)
-        heads = {n: text_head(encoder.encode, d.train.class_names, d.templates, settings.logit_scale)
+        heads = {n: text_head(encoder.encode, d.train.class_names, d.templates, settings.head_logit_scale)
                  for n, d in task_data.items()}
         save_heads(tmp / HEADS_NAME, heads)
         timings["heads_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        config = train.bench_vision_config(num_hidden_layers=settings.num_layers)
+        config = train.bench_vision_config(num_hidden_layers=settings.num_layers, patch_size=settings.patch_size,
+                                           hidden_size=settings.hidden_size,
+                                           intermediate_size=4 * settings.hidden_size)
         base = train.pretrain(pool, pool_head.weight, steps=settings.pretrain_steps,
                               batch_size=settings.pretrain_batch, lr=settings.pretrain_lr, seed=settings.seed,
-                              logit_scale=settings.logit_scale, config=config,
+                              logit_scale=settings.pretrain_logit_scale, config=config,
                               log_every=max(1, settings.pretrain_steps // 10), log=log)
         timings["pretrain_s"] = time.perf_counter() - t0
         _save_model(base, tmp / "models" / "base", train)
