@@ -307,25 +307,27 @@ def _merge_with_eval(args: argparse.Namespace) -> int:
     if args.alpha_grid and args.alpha != "search":
         raise hf_tsv.MergeInputError("--alpha-grid only applies with --alpha search")
     config = load_tasks_spec(args.eval)
+    grid, alpha = None, None
     if args.alpha == "search":
         grid = parse_grid(args.alpha_grid) if args.alpha_grid else None
     else:
         method = hf_tsv.METHODS[args.method]
-        grid = [args.alpha if args.alpha is not None else (method.default_alpha or 1.0)]
+        alpha = args.alpha if args.alpha is not None else (method.default_alpha or 1.0)
     device = resolve_device(args.device)
     result, search, test = merge_with_alpha_search(
-        args.base, args.models, config, method=args.method, grid=grid, output_dir=args.output,
+        args.base, args.models, config, method=args.method, grid=grid, alpha=alpha, output_dir=args.output,
         overwrite=args.overwrite, batch_size=args.batch_size, device=device, max_examples=args.max_examples,
         **_merge_options(args))
-    if args.alpha == "search":
+    alpha = result.report["alpha"]
+    if search is not None:
         print(f"α search ({search.criterion} validation accuracy, {len(search.grid)} values):")
-        for alpha in search.grid:
-            mark = "  <- best" if alpha == search.best_alpha else ""
-            report = search.validation[alpha]
+        for value in search.grid:
+            mark = "  <- best" if value == search.best_alpha else ""
+            report = search.validation[value]
             norm = report.mean_normalized_accuracy
-            print(f"  α={alpha:<8.4g} accuracy {report.mean_accuracy:6.2f}%  normalized "
+            print(f"  α={value:<8.4g} accuracy {report.mean_accuracy:6.2f}%  normalized "
                   f"{'–' if norm is None else f'{norm:6.2f}%'}{mark}")
-    print(f"\nmerged {result.report['num_tasks']} models with {args.method} at α={search.best_alpha:g}; "
+    print(f"\nmerged {result.report['num_tasks']} models with {args.method} at α={alpha:g}; "
           f"test accuracy:\n{test.table()}")
     if args.output:
         print(f"written to {args.output} (weights, merge_report.json, eval_results.json)")

@@ -262,3 +262,25 @@ def test_spec_errors_name_the_file_and_key(tmp_path):
         prepare_tasks(TasksConfig([TaskSpec("a", _dataset(_images(2, 0), [0, 1], ["p", "q"]),
                                             head=str(tmp_path / "none.safetensors"))]),
                       None, splits=("validation",), progress=False)
+
+
+def test_cli_merge_eval_at_a_fixed_alpha_needs_no_validation_split(strong_tasks, tmp_path, capsys):
+    head = _prototype_head(load_vision_model(strong_tasks["tasks"][0]), _images(4, seed=40))
+    images = _images(20, seed=41)
+    labels = _labelled_by(load_vision_model(strong_tasks["tasks"][0]), head, images)
+    datasets.DatasetDict({"test": _dataset(images, labels, head.class_names)}).save_to_disk(str(tmp_path / "d"))
+    save_heads(tmp_path / "h.safetensors", {"only": head})
+    (tmp_path / "t.json").write_text(json.dumps({"image_processor": strong_tasks["base"], "tasks": [
+        {"name": "only", "dataset": "disk:d", "head": "h.safetensors"}]}))
+    out = tmp_path / "m"
+    with pytest.warns(UserWarning, match="only absolute accuracy"):  # 1 task for 2 models: nothing to pair
+        assert main(["merge", strong_tasks["base"], *strong_tasks["tasks"], "-o", str(out), "--method", "ta",
+                     "--alpha", "0.7", "--eval", str(tmp_path / "t.json"), "--threads", "1"]) == 0
+    assert "at α=0.7;" in capsys.readouterr().out
+    results = json.loads((out / "eval_results.json").read_text())
+    assert "alpha_selection" not in results and not (out / "eval_alpha_search.json").exists()
+    assert json.loads((out / "merge_report.json").read_text())["alpha"] == 0.7
+    assert results["tasks"]["only"]["normalized"] is None
+    expected = evaluate_model(load_vision_model(out), prepare_tasks(load_tasks_spec(tmp_path / "t.json"), None,
+                                                                    progress=False), progress=False)
+    assert results["tasks"]["only"]["absolute"] == pytest.approx(expected.tasks["only"]["accuracy"], abs=1e-3)

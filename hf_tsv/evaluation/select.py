@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -62,12 +63,14 @@ def write_eval_files(folder: str | os.PathLike, test: EvalReport, search: AlphaS
 
 
 def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: str = "tsv-m",
-                            grid: list[float] | None = None, output_dir: str | os.PathLike | None = None,
-                            overwrite: bool = False, batch_size: int = 256, device: str | torch.device = "cpu",
-                            max_examples: int | None = None, progress: bool = True, **merge_options):
+                            grid: list[float] | None = None, alpha: float | None = None,
+                            output_dir: str | os.PathLike | None = None, overwrite: bool = False,
+                            batch_size: int = 256, device: str | torch.device = "cpu", max_examples: int | None = None,
+                            progress: bool = True, **merge_options):
     """Compute the merge's Δ once, sweep α on every task's validation split, keep the best mean normalised
-    accuracy, and report test accuracy at that α. Returns ``(MergeResult, AlphaSearch, EvalReport)``; with
-    ``output_dir`` the merge and its ``eval_*`` files are written there (atomically).
+    accuracy, and report test accuracy at that α. With ``alpha`` given instead, no sweep: that α is evaluated
+    on the test splits only (no validation split needed). Returns ``(MergeResult, AlphaSearch | None,
+    EvalReport)``; with ``output_dir`` the merge and its ``eval_*`` files are written there (atomically).
 
     Example:
         >>> cfg = load_tasks_spec("tasks.json")  # doctest: +SKIP
@@ -79,20 +82,28 @@ def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: 
 
     if output_dir is not None:
         check_output_dir(output_dir, overwrite)
-    prepared = prepare_tasks(config, base, splits=("validation", "test"), max_examples=max_examples,
-                             device=device, progress=progress)
-    fill_finetuned_references(models, prepared, batch_size=batch_size, device=device, config=config,
-                              progress=progress)
+    searching = alpha is None
+    splits = ("validation", "test") if searching else ("test",)
+    prepared = prepare_tasks(config, base, splits=splits, max_examples=max_examples, device=device,
+                             progress=progress)
+    if len(models) == len(prepared):
+        fill_finetuned_references(models, prepared, batch_size=batch_size, device=device, config=config,
+                                  progress=progress)
+    elif not all(t.finetuned_accuracy.get(s) for t in prepared for s in splits):
+        warnings.warn(f"{len(prepared)} tasks but {len(models)} fine-tuned models: normalised accuracy pairs task i "
+                      "with model i, so only absolute accuracy is reported (and α is chosen on it)", stacklevel=2)
     linear = merge_linear(base, models, method, device=device, **merge_options)
-    probe = linear.to_model(1.0)
-    projection = projection_for(probe, config)
-    del probe
-    search = search_alpha(linear, prepared, grid=grid, batch_size=batch_size, device=device,
-                          projection=projection, progress=progress)
-    model = linear.to_model(search.best_alpha).to(device)
+    model = linear.to_model(1.0 if searching else alpha).to(device)
+    projection = projection_for(model, config)
+    search = None
+    if searching:
+        search = search_alpha(linear, prepared, grid=grid, batch_size=batch_size, device=device,
+                              projection=projection, progress=progress)
+        alpha = search.best_alpha
+        linear.load_into(model, alpha)
     test = evaluate_model(model, prepared, split="test", batch_size=batch_size, projection=projection,
                           progress=progress)
-    result = linear.at(search.best_alpha, alpha_search=search.to_dict())
+    result = linear.at(alpha, **({"alpha_search": search.to_dict()} if search else {}))
     if output_dir is not None:
         with atomic_output_dir(output_dir, overwrite) as tmp:
             result.save_pretrained(tmp, overwrite=True)
