@@ -146,7 +146,8 @@ def load_eval_results(folder: Path) -> dict | None:
     dataset_ids = data.get("dataset_ids") or {}
     if not isinstance(dataset_ids, dict):
         raise CardError(f"{EVAL_NAME}: 'dataset_ids' must map task names to dataset ids")
-    return {"tasks": tasks, "dataset_ids": dataset_ids}
+    notes = {k: data[k] for k in ("split", "alpha", "alpha_selection") if data.get(k) is not None}
+    return {"tasks": tasks, "dataset_ids": dataset_ids, **notes}
 
 
 def _is_number(value) -> bool:
@@ -422,7 +423,9 @@ def _evaluation_context(evals: dict | None, model_name: str):
                                       metric_name="normalized accuracy (% of the fine-tuned model)",
                                       metric_value=round(float(norm), 4)))
     mean_norm = f"{sum(normalized) / len(normalized):.2f}" if len(normalized) == len(rows) else "–"
-    context = {"rows": rows, "mean_absolute": f"{sum(absolute) / len(absolute):.2f}", "mean_normalized": mean_norm}
+    context = {"rows": rows, "mean_absolute": f"{sum(absolute) / len(absolute):.2f}", "mean_normalized": mean_norm,
+               "split": evals.get("split"), "alpha": evals.get("alpha"),
+               "alpha_selection": evals.get("alpha_selection")}
     return context, results
 
 

@@ -236,6 +236,7 @@ def test_cli_merge_alpha_search_and_eval(strong_tasks, tmp_path, capsys):
 
     card_text = build_card(out)[0].text
     assert "task0" in card_text and "No evaluation was run" not in card_text
+    assert f"at α = {results['alpha']} chosen by the mean normalized validation accuracy" in card_text
     # `hf-tsv eval` on the written merge reproduces the test accuracies
     code = main(["eval", str(out), "--tasks", str(tmp_path / "tasks.json"), "--json", str(tmp_path / "e.json"),
                  "--finetuned", *strong_tasks["tasks"]])
