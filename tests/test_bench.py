@@ -69,6 +69,7 @@ def test_quick_results_schema_and_consistency(quick_bench):
         mean = sum(v["absolute"] for v in entry["per_task"].values()) / len(tasks)
         assert entry["absolute"] == pytest.approx(mean), name
     assert methods["finetuned"]["normalized"] == 100.0
+    assert methods["avg"]["alpha"] is None and methods["zero-shot"]["alpha"] is None
     for name in ("ta", "ties", "iso-c", "iso-cts", "tsv-m"):
         assert methods[name]["alpha"] in methods[name]["alpha_grid"]
         best = max(s["mean_normalized_accuracy"] for s in methods[name]["sweep"])

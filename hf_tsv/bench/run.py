@@ -50,7 +50,7 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
                   progress: bool = True) -> dict:
     """Evaluate every method on a benchmark made by :func:`hf_tsv.bench.build_benchmark`; returns the results
     dict (also written to ``out_dir/results.json``)."""
-    from .. import compress, expand, merge_linear
+    from .. import METHODS, compress, expand, merge_linear
 
     folder = build_dir(cache_dir, quick)
     info_path = folder / BUILD_INFO
@@ -98,7 +98,8 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
         default_alpha = 1.0 if method in ("tsv-m", "iso-c", "iso-cts") else None
         if method == "tsv-m":
             sti_keys = linear.report["sti"]["keys"]
-        results[method] = _entry(test, search.best_alpha, **extra)
+        chosen = None if METHODS[method].default_alpha is None else search.best_alpha  # averaging has no α
+        results[method] = _entry(test, chosen, **extra)
         if default_alpha is not None:
             linear.load_into(model, default_alpha)
             results[method]["at_default_alpha"] = _entry(
