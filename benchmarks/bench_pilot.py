@@ -44,7 +44,7 @@ from hf_tsv.bench import train as bt  # noqa: E402
 from hf_tsv.bench.text import MiniLMTextEncoder  # noqa: E402
 
 TA_GRID = [i / 8 for i in range(1, 9)]
-TSV_GRID = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+TSV_GRID = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0]  # the pilot's best TSV-M α was 1.5-2.5
 
 
 def text_head(encode_texts, class_names, templates, logit_scale: float = 100.0) -> torch.Tensor:
@@ -219,7 +219,7 @@ def parse_args(argv=None):
     p.add_argument("--max-train", type=int, default=None, help="training images per task")
     p.add_argument("--max-eval", type=int, default=None, help="validation and test images per task")
     p.add_argument("--hidden", type=int, default=None, help="hidden size (default 128)")
-    p.add_argument("--patch", type=int, default=None, help="patch size (default 4)")
+    p.add_argument("--patch", type=int, default=None, help="patch size (default 8)")
     p.add_argument("--layers", type=int, default=None, help="transformer layers (default 4; 2 with --quick)")
     p.add_argument("--pretrain-steps", type=int, default=None)
     p.add_argument("--pretrain-batch", type=int, default=128)
@@ -228,13 +228,13 @@ def parse_args(argv=None):
     p.add_argument("--pretrain-scale", type=float, default=50.0, help="logit scale of the pretraining loss")
     p.add_argument("--ft-steps", type=int, default=None)
     p.add_argument("--ft-batch", type=int, default=64)
-    p.add_argument("--ft-lr", type=float, default=1e-4)
+    p.add_argument("--ft-lr", type=float, default=3e-4)
     p.add_argument("--ft-wd", type=float, default=0.1)
     p.add_argument("--logit-scale", type=float, default=100.0, help="logit scale of the zero-shot heads")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--ta-grid", default=",".join(str(a) for a in TA_GRID))
     p.add_argument("--tsv-grid", default=",".join(str(a) for a in TSV_GRID))
-    p.add_argument("--methods", default="avg,ta,tsv-m", help="merge methods (any of hf_tsv.METHODS)")
+    p.add_argument("--methods", default="avg,ta,ties,tsv-m", help="merge methods (any of hf_tsv.METHODS)")
     p.add_argument("--select-on", default="validation", choices=["validation", "test"],
                    help="split on which α is chosen (the table always reports test)")
     p.add_argument("--save-base", default=None, help="save the pretrained base to this folder")
@@ -245,16 +245,16 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=100)
     args = p.parse_args(argv)
     if args.quick:
-        args.max_pool = args.max_pool or 1500
+        args.max_pool = args.max_pool or 2000
         args.max_train = args.max_train or 300
-        args.max_eval = args.max_eval or 150
-        args.pretrain_steps = args.pretrain_steps or 60
-        args.ft_steps = args.ft_steps or 15
+        args.max_eval = args.max_eval or 100
+        args.pretrain_steps = args.pretrain_steps or 150
+        args.ft_steps = args.ft_steps or 30
         args.layers = args.layers or 2
         args.pretrain_batch = min(args.pretrain_batch, 64)
         args.ft_batch = min(args.ft_batch, 32)
-    args.pretrain_steps = args.pretrain_steps or 600
-    args.ft_steps = args.ft_steps or 100
+    args.pretrain_steps = args.pretrain_steps or 1500
+    args.ft_steps = args.ft_steps or 200
     args.max_eval = args.max_eval or 500
     return args
 
@@ -371,6 +371,8 @@ def main(argv=None) -> dict:
     print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     summary = {"args": vars(args), "timings": timings, "results": results, "sweeps": sweeps,
                "pool_train_accuracy": pool_acc,
+               "model": {k: getattr(cfg, k) for k in ("patch_size", "hidden_size", "intermediate_size",
+                                                     "num_hidden_layers", "num_attention_heads", "projection_dim")},
                "summary": {k: {"abs": mean(r["test"].values()), "norm": normalised(r["test"], ft)}
                            for k, r in results.items()}}
     if args.json:

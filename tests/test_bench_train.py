@@ -109,7 +109,7 @@ def test_text_encoder_missing_package_says_how_to_install(monkeypatch):
 
 def test_config_matches_text_dim_and_quick_is_shallower():
     full, quick = bt.bench_vision_config(), bt.bench_vision_config(quick=True)
-    assert (full.image_size, full.patch_size, full.hidden_size, full.projection_dim) == (32, 4, 128, 384)
+    assert (full.image_size, full.patch_size, full.hidden_size, full.projection_dim) == (32, 8, 128, 384)
     assert (full.num_hidden_layers, full.num_attention_heads, full.intermediate_size) == (4, 4, 512)
     assert quick.num_hidden_layers < full.num_hidden_layers
     assert bt.bench_vision_config(hidden_size=64).hidden_size == 64

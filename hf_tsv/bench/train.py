@@ -32,13 +32,16 @@ TEXT_DIM = 384  # MiniLM-L6's embedding size: the projection dimension of the vi
 
 
 def bench_vision_config(quick: bool = False, **overrides):
-    """The benchmark's vision architecture: ViT on 32x32 images with 4x4 patches, 384-d projection.
+    """The benchmark's vision architecture: a 4-layer ViT (width 128, 4 heads) on 32x32 images, 384-d projection.
 
-    ``quick`` halves the depth (2 layers) for the fast smoke build; ``overrides`` replace any field.
+    Patches are 8x8 (a 4x4 grid + CLS): on one CPU core a training step costs ~3.3x less than with 4x4 patches,
+    and in the pilot (benchmarks/bench_pilot.py) 1,500 pretraining steps with 8x8 patches gave a better base,
+    better fine-tunes and better merges than 600 steps with 4x4 patches in half the time. ``quick`` halves the
+    depth (2 layers) for the fast smoke build; ``overrides`` replace any field (e.g. ``patch_size=4``).
     """
     from transformers import CLIPVisionConfig
 
-    fields = dict(image_size=IMAGE_SIZE, patch_size=4, num_channels=3, hidden_size=128, intermediate_size=512,
+    fields = dict(image_size=IMAGE_SIZE, patch_size=8, num_channels=3, hidden_size=128, intermediate_size=512,
                   num_hidden_layers=2 if quick else 4, num_attention_heads=4, projection_dim=TEXT_DIM)
     fields.update(overrides)
     return CLIPVisionConfig(**fields)
@@ -263,7 +266,7 @@ def pretrain(pool, class_embeddings: torch.Tensor, *, steps: int = 1500, batch_s
                 history=history, log_every=log_every, log=log, what="pretrain")
 
 
-def finetune(model, head, train, *, steps: int = 200, batch_size: int = 64, lr: float = 1e-4,
+def finetune(model, head, train, *, steps: int = 200, batch_size: int = 64, lr: float = 3e-4,
              seed: int = 0, weight_decay: float = 0.1, warmup: int | None = None, augment: Augment | None = None,
              device: str | torch.device = "cpu", grad_clip: float | None = 1.0, history: list | None = None,
              log_every: int = 0, log: Callable[[str], None] | None = print):
