@@ -23,8 +23,9 @@ system_packages() {
             return 0
         fi
     fi
-    $sudo apt-get install -y -q "${missing[@]}" >/dev/null || { $sudo apt-get update -q >/dev/null &&
-        $sudo apt-get install -y -q "${missing[@]}" >/dev/null; } ||
+    local apt=($sudo env DEBIAN_FRONTEND=noninteractive apt-get)
+    "${apt[@]}" install -y -q "${missing[@]}" >/dev/null || { "${apt[@]}" update -q >/dev/null &&
+        "${apt[@]}" install -y -q "${missing[@]}" >/dev/null; } ||
         echo "warning: could not install ${missing[*]}; tests that need them will skip" >&2
 }
 
