@@ -35,7 +35,6 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,19 +46,11 @@ TA_GRID = [i / 8 for i in range(1, 9)]
 TSV_GRID = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0]  # the pilot's best TSV-M α was 1.5-2.5
 
 
-def text_head(encode_texts, class_names, templates, logit_scale: float = 100.0) -> torch.Tensor:
-    """The shared zero-shot head (hf_tsv.evaluation.heads.text_head when it exists)."""
-    try:
-        from hf_tsv.evaluation.heads import text_head as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return shared(encode_texts, class_names, templates, logit_scale=logit_scale)
-    rows = []
-    for name in class_names:
-        emb = F.normalize(encode_texts([t.format(name) for t in templates]).float(), dim=-1)
-        rows.append(F.normalize(emb.mean(0), dim=-1))
-    return torch.stack(rows) * logit_scale
+def text_head(encode_texts, class_names, templates, logit_scale: float = 100.0):
+    """The shared zero-shot head (one implementation: hf_tsv.evaluation.heads.text_head)."""
+    from hf_tsv.evaluation.heads import text_head as shared
+
+    return shared(encode_texts, class_names, templates, logit_scale=logit_scale)
 
 
 # ------------------------------------------------------------------------------------------ fallback data
