@@ -359,6 +359,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from hf_tsv.bench import build_benchmark, run_benchmark
 
     if args.bench_command == "build":
@@ -366,10 +368,9 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     payload = run_benchmark(args.cache, quick=args.quick, out_dir=args.out)
     from hf_tsv.bench.build import build_dir
-    from hf_tsv.bench.plots import write_table
 
-    out = args.out or build_dir(args.cache, args.quick) / "results"
-    print(write_table(payload, os.devnull))
+    out = Path(args.out) if args.out else build_dir(args.cache, args.quick) / "results"
+    print((out / "results.md").read_text())  # the table run_benchmark wrote
     print(f"results.json, results.md and plots in {out} ({payload['timings']['total_s']:.0f} s)")
     return 0
 
