@@ -87,19 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output folder (written atomically)")
     p.add_argument("--method", default="tsv-m", choices=list(METHODS), help="merge method (default tsv-m)")
     p.add_argument("--alpha", type=_alpha_arg,
-                   help="scaling α of the merged delta (default 1.0 for tsv-m/iso-*, 0.3 for ta/ties; avg ignores "
-                   "it), or 'search': choose α on the validation splits of --eval's tasks")
+                   help="scaling α of the merged delta (default 1.0 for tsv-m/iso-*/ties, 0.3 for ta and ties "
+                   "--ties-merge sum; avg ignores it), or 'search': choose α on the validation splits of --eval's "
+                   "tasks")
     p.add_argument("--eval", metavar="TASKS_SPEC",
                    help="task spec (JSON/YAML): evaluate the merge on each task's test split and write "
                    "eval_results.json beside it (the card shows it); needed by --alpha search")
     p.add_argument("--alpha-grid", metavar="GRID",
                    help="α values for --alpha search: 0.1,0.5,1 or start:stop:step (default 0.1:3.0:0.1 for "
-                   "tsv-m/iso-*, 1/30..1 for ta/ties)")
+                   "tsv-m/iso-*/ties, 1/30..1 for ta and ties --ties-merge sum)")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="evaluation batch size")
     p.add_argument("--max-examples", type=_positive_int, help="evaluate at most N examples per task and split")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="output dtype (default: the base's)")
     p.add_argument("--ties-density", type=float, default=0.2, help="TIES: fraction of entries kept per task")
+    p.add_argument("--ties-merge", default="mean", choices=["mean", "sum"],
+                   help="TIES: mean of the agreeing entries (default, the paper's) or their sum (FusionBench's)")
+    p.add_argument("--ties-scope", default="model", choices=["model", "tensor"],
+                   help="TIES: trim each task's top entries over the whole model (default, the reference code's) "
+                   "or per tensor")
     p.add_argument("--iso-common-fraction", type=float, default=0.8, help="Iso-CTS: common-subspace share of r")
     p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors past this size (e.g. 2GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
@@ -235,7 +241,8 @@ def _run(args: argparse.Namespace) -> int:
         result = hf_tsv.merge(args.base, args.models, method=args.method, alpha=args.alpha,
                               fuse_qkv=args.fuse_qkv, exclude=args.exclude, device=args.device, dtype=args.dtype,
                               compute_dtype=args.svd_dtype, svd=args.svd, ties_density=args.ties_density,
-                              iso_common_fraction=args.iso_common_fraction, output_dir=args.output,
+                              iso_common_fraction=args.iso_common_fraction, ties_merge=args.ties_merge,
+                              ties_scope=args.ties_scope, output_dir=args.output,
                               overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                               revision=args.revision, token=args.token, command=_command_line(args.argv))
         r = result.report
@@ -291,7 +298,8 @@ def _run(args: argparse.Namespace) -> int:
 def _merge_options(args: argparse.Namespace) -> dict:
     return dict(fuse_qkv=args.fuse_qkv, exclude=args.exclude, dtype=args.dtype, compute_dtype=args.svd_dtype,
                 svd=args.svd, ties_density=args.ties_density, iso_common_fraction=args.iso_common_fraction,
-                revision=args.revision, token=args.token, command=_command_line(args.argv))
+                ties_merge=args.ties_merge, ties_scope=args.ties_scope, revision=args.revision, token=args.token,
+                command=_command_line(args.argv))
 
 
 def _merge_with_eval(args: argparse.Namespace) -> int:
@@ -311,8 +319,10 @@ def _merge_with_eval(args: argparse.Namespace) -> int:
     if args.alpha == "search":
         grid = parse_grid(args.alpha_grid) if args.alpha_grid else None
     else:
-        method = hf_tsv.METHODS[args.method]
-        alpha = args.alpha if args.alpha is not None else (method.default_alpha or 1.0)
+        from hf_tsv.methods import MethodOptions, resolve_alpha
+
+        opts = MethodOptions(ties_merge=args.ties_merge, ties_scope=args.ties_scope)
+        alpha = resolve_alpha(hf_tsv.METHODS[args.method], args.alpha, opts)
     device = resolve_device(args.device)
     result, search, test = merge_with_alpha_search(
         args.base, args.models, config, method=args.method, grid=grid, alpha=alpha, output_dir=args.output,

@@ -6,13 +6,14 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from .adapters.clip import ARCHITECTURE_FIELDS, PROJECTION_KEY, ClipVisionAdapter
+from .core.svd import InputPrecision
 from .errors import MergeInputError
 from .io.resolve import ResolvedModel, resolve_model
 from .io.safetensors_format import TensorInfo
@@ -227,6 +228,7 @@ class UnitTensors:
     unit: Unit
     base: torch.Tensor  # (stacked) base tensor in compute dtype on the device
     task_vectors: torch.Tensor  # (T, *shape) in compute dtype on the device
+    precision: InputPrecision  # how precisely the inputs give the task vectors (storage dtype, base size)
 
 
 class Timer:
@@ -248,10 +250,12 @@ def iter_units(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype
     for unit in tqdm(units, desc=desc, unit="key", leave=False):
         start = time.perf_counter()
         per_input = []
+        stored = []
         for i, reader in enumerate(readers):
             parts = []
             for key in unit.keys:
                 raw = plan.raw_keys[i][key]
+                stored.append(reader.infos[raw].dtype)
                 t = reader.get(raw).to(device=device, dtype=compute_dtype)
                 if i > 0 and not bool(torch.isfinite(t).all()):
                     model = plan.models[i - 1]
@@ -262,8 +266,20 @@ def iter_units(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype
         base = per_input[0]
         task_vectors = torch.stack([t - base for t in per_input[1:]])
         del per_input
+        coarsest = max(stored, key=lambda d: torch.finfo(d).eps)
+        precision = InputPrecision(coarsest, float(base.norm()) / max(1, base.numel()) ** 0.5)
         timer.add("read_s", start)
-        yield UnitTensors(unit, base, task_vectors)
+        yield UnitTensors(unit, base, task_vectors, precision)
+
+
+def task_vector_scan(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype, timer: Timer,
+                     desc: str = "model pass") -> Callable[[], Iterator[torch.Tensor]]:
+    """A callable that streams every unit's task vectors ``(T, ...)`` once per call, in the plan's order: what
+    a method's model-wide pass (TIES's exact global trim) reads before the merge. Each call re-reads the inputs."""
+    def scan() -> Iterator[torch.Tensor]:
+        for item in iter_units(plan, device, compute_dtype, timer, desc=desc):
+            yield item.task_vectors
+    return scan
 
 
 def split_rows(unit: Unit, plan: MergePlan, tensor: torch.Tensor) -> dict[str, torch.Tensor]:

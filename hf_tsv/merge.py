@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .engine import MergePlan, Timer, build_plan, iter_units, resolve_device, split_rows
+from .engine import MergePlan, Timer, build_plan, iter_units, resolve_device, split_rows, task_vector_scan
 from .errors import MergeInputError
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
-from .methods import MethodOptions, check_svd_mode, get_method, resolve_alpha
+from .methods import KeyContext, MethodOptions, check_svd_mode, get_method, resolve_alpha
 from .report import device_description, format_sti_table, library_versions
 
 REPORT_NAME = "merge_report.json"
@@ -157,15 +157,16 @@ class _MergeJob:
     """What :func:`merge` and :func:`merge_linear` share: the checked plan, the report and the unit loop."""
 
     def __init__(self, base, models, method, alpha, *, fuse_qkv, exclude, device, dtype, compute_dtype, svd,
-                 ties_density, iso_common_fraction, revision, token, command, started):
+                 ties_density, iso_common_fraction, ties_merge, ties_scope, revision, token, command, started):
         self.started = started
         self.method = method
         self.merge_method = merge_method = get_method(method)
-        self.alpha = resolve_alpha(merge_method, alpha)
         out_dtype = as_dtype(dtype)
         compute_dtype = as_dtype(compute_dtype)
         self.compute_dtype = compute_dtype
-        self.opts = MethodOptions(compute_dtype, check_svd_mode(svd), ties_density, iso_common_fraction)
+        self.opts = MethodOptions(compute_dtype, check_svd_mode(svd), ties_density, iso_common_fraction,
+                                  ties_merge, ties_scope)
+        self.alpha = resolve_alpha(merge_method, alpha, self.opts)
         if compute_dtype not in (torch.float32, torch.float64):
             raise MergeInputError("compute_dtype must be float32 or float64")
         self.device = dev = resolve_device(device)
@@ -183,7 +184,7 @@ class _MergeJob:
         if merge_method.uses_svd:
             report["k"] = "floor(r/T)" if method == "tsv-m" else None
         if method == "ties":
-            report["options"]["ties_density"] = ties_density
+            report["options"].update(ties_density=ties_density, ties_merge=ties_merge, ties_scope=ties_scope)
         if method == "iso-cts":
             report["options"]["iso_common_fraction"] = iso_common_fraction
         report["output"] = {"class": plan.output_class.__name__,
@@ -199,9 +200,15 @@ class _MergeJob:
         """Yield ``(unit, base, Δ)`` per unit, streaming; records STI (TSV-M) in the report at the end."""
         sti_keys: dict[str, float] = {}
         timer = self.timer
+        start = time.perf_counter()
+        scan = task_vector_scan(self.plan, self.device, self.compute_dtype, Timer(), desc=f"{self.method} model pass")
+        statistics = self.merge_method.statistics(scan, self.opts)  # TIES over the whole model: its thresholds
+        if statistics is not None:
+            timer.add("model_pass_s", start)
         for item in iter_units(self.plan, self.device, self.compute_dtype, timer, desc=f"{self.method} merge"):
             start = time.perf_counter()
-            delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts)
+            delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts,
+                                                           KeyContext(item.precision, statistics))
             if sti_value is not None:
                 sti_keys[self.plan.base_key(item.unit)] = sti_value
             start = timer.add("compute_s", start)
@@ -226,13 +233,14 @@ class LinearMerge:
     """
 
     def __init__(self, base_state: dict[str, torch.Tensor], delta_state: dict[str, torch.Tensor], report: dict,
-                 config, model_class: type, dtypes: dict[str, torch.dtype]):
+                 config, model_class: type, dtypes: dict[str, torch.dtype], alpha_grid: list[float] | None = None):
         self.base_state = base_state
         self.delta_state = delta_state
         self.report = report
         self.config = config
         self.model_class = model_class
         self.dtypes = dtypes  # the output dtype of each key
+        self.alpha_grid = alpha_grid  # the method's default α grid for its options (None: look it up by name)
 
     @property
     def method(self) -> str:
@@ -269,8 +277,9 @@ class LinearMerge:
 
 def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False, exclude: str | None = None,
                  device: str | torch.device = "auto", dtype=None, compute_dtype=torch.float32, svd: str = "exact",
-                 ties_density: float = 0.2, iso_common_fraction: float = 0.8, revision: str | None = None,
-                 token=None, command: str | None = None) -> LinearMerge:
+                 ties_density: float = 0.2, iso_common_fraction: float = 0.8, ties_merge: str = "mean",
+                 ties_scope: str = "model", revision: str | None = None, token=None,
+                 command: str | None = None) -> LinearMerge:
     """Compute a method's merged delta Δ once and return a :class:`LinearMerge` (θ₀ and Δ, in memory), for
     choosing α on validation data. Arguments as in :func:`merge`.
 
@@ -280,8 +289,8 @@ def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False,
     """
     job = _MergeJob(base, models, method, None, fuse_qkv=fuse_qkv, exclude=exclude, device=device, dtype=dtype,
                     compute_dtype=compute_dtype, svd=svd, ties_density=ties_density,
-                    iso_common_fraction=iso_common_fraction, revision=revision, token=token, command=command,
-                    started=time.perf_counter())
+                    iso_common_fraction=iso_common_fraction, ties_merge=ties_merge, ties_scope=ties_scope,
+                    revision=revision, token=token, command=command, started=time.perf_counter())
     keep = torch.float64 if job.compute_dtype == torch.float64 else torch.float32
     base_state: dict[str, torch.Tensor] = {}
     delta_state: dict[str, torch.Tensor] = {}
@@ -295,13 +304,15 @@ def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False,
     if job.merge_method.default_alpha is None:  # averaging: α is not a parameter of the method
         job.report["alpha"] = 1.0
     dtypes = {k: v[0] for k, v in job.layout.items()}
-    return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes)
+    return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes,
+                       job.merge_method.alpha_grid(job.opts))
 
 
 def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fuse_qkv: bool = False,
           exclude: str | None = None, device: str | torch.device = "auto", dtype=None,
           compute_dtype=torch.float32, svd: str = "exact", ties_density: float = 0.2, iso_common_fraction: float = 0.8,
-          output_dir: str | os.PathLike | None = None, overwrite: bool = False,
+          ties_merge: str = "mean", ties_scope: str = "model", output_dir: str | os.PathLike | None = None,
+          overwrite: bool = False,
           max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, revision: str | None = None, token=None,
           command: str | None = None) -> MergeResult:
     """Merge fine-tuned models of one base with TSV-M (default) or a baseline.
@@ -311,10 +322,13 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
     ``output_dir`` the result is written straight to disk (atomically) and never held whole in memory;
     without it the merged weights are kept in memory.
 
-    Methods: ``tsv-m`` (α default 1.0), ``iso-c``/``iso-cts`` (1.0), ``ta``/``ties`` (0.3), ``avg``
-    (ignores α). ``dtype`` is the output dtype (default: the base's); SVDs run in ``compute_dtype``
-    (float32, or float64). ``svd`` chooses how each task's top-k triplets are computed: ``"exact"``
-    (default: Gram matrix + float64 eigendecomposition + Rayleigh-Ritz), ``"fast"`` (float32
+    Methods: ``tsv-m`` (α default 1.0), ``iso-c``/``iso-cts`` (1.0), ``ta`` (0.3), ``ties`` (1.0 with
+    ``ties_merge="mean"``, 0.3 with ``"sum"``), ``avg`` (ignores α); each method's definition is the docstring
+    of its :mod:`hf_tsv.core` function. TIES trims each task's top ``ties_density`` of entries over the whole
+    model (``ties_scope="model"``, as its reference code; this reads the inputs 3 more times, 5 with float64
+    compute) or per key (``"tensor"``). ``dtype`` is the output dtype (default: the base's); SVDs run in
+    ``compute_dtype`` (float32, or float64). ``svd`` chooses how each task's top-k triplets are computed:
+    ``"exact"`` (default: Gram matrix + float64 eigendecomposition + Rayleigh-Ritz), ``"fast"`` (float32
     eigendecomposition) or ``"lapack"`` (a full SVD per task, as the paper's code does).
 
     Example:
@@ -329,8 +343,8 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
         check_output_dir(output_dir, overwrite)
     job = _MergeJob(base, models, method, alpha, fuse_qkv=fuse_qkv, exclude=exclude, device=device, dtype=dtype,
                     compute_dtype=compute_dtype, svd=svd, ties_density=ties_density,
-                    iso_common_fraction=iso_common_fraction, revision=revision, token=token, command=command,
-                    started=started)
+                    iso_common_fraction=iso_common_fraction, ties_merge=ties_merge, ties_scope=ties_scope,
+                    revision=revision, token=token, command=command, started=started)
     report, layout, config, plan = job.report, job.layout, job.config, job.plan
 
     def run(write) -> None:
@@ -393,7 +407,8 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
     matrix_units = [u for u in plan.units if u.is_matrix]
     keys: dict[str, float] = {}
     for item in iter_units(plan, dev, compute_dtype, Timer(), units=matrix_units, desc="STI"):
-        factors = truncated_task_factors(item.task_vectors, compute_dtype=compute_dtype, svd=svd)
+        factors = truncated_task_factors(item.task_vectors, compute_dtype=compute_dtype, svd=svd,
+                                         precision=item.precision)
         keys[plan.base_key(item.unit)] = singular_task_interference(factors)
     return STIReport(keys, sum(keys.values()), plan.num_tasks, fuse_qkv)
 
