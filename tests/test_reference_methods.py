@@ -294,6 +294,24 @@ def test_ties_model_scope_peak_memory_stays_far_below_one_task_vector(tmp_path):
     assert growth < 0.5 * model_bytes, (growth, model_bytes)
 
 
+def test_ties_over_the_whole_model_through_merge_linear_plan_and_alpha_grids(tiny):
+    """merge_linear (what --alpha search and the benchmark use) computes the same model-wide TIES once; the α grid
+    follows --ties-merge; plan estimates it."""
+    from hf_tsv.evaluation import default_grid
+
+    linear = hf_tsv.merge_linear(tiny["base"], tiny["tasks"], method="ties", device="cpu")
+    direct = hf_tsv.merge(tiny["base"], tiny["tasks"], method="ties", alpha=0.7, device="cpu")
+    assert "model_pass_s" in direct.report["timings"]
+    at = linear.state_dict(0.7)
+    assert all(torch.equal(at[k], v) for k, v in direct.state_dict().items())
+    svd_grid = [round(0.1 * i, 2) for i in range(1, 31)]
+    assert linear.alpha_grid == svd_grid == default_grid("ties")
+    summed = hf_tsv.merge_linear(tiny["base"], tiny["tasks"], method="ties", ties_merge="sum", device="cpu")
+    assert summed.alpha_grid == [i / 30 for i in range(1, 31)] and summed.report["alpha"] == 0.3
+    info = hf_tsv.plan(tiny["base"], tiny["tasks"], method="ties")
+    assert info["method"] == "ties" and info["estimated_seconds"] >= 0
+
+
 # ---- bad input -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,fragment", [
