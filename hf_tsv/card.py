@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CardError
+from .json_io import dumps_json
 from .report import sti_table
 
 logger = logging.getLogger(__name__)
@@ -606,7 +607,7 @@ def build_card(folder: str | os.PathLike, *, repo_id: str | None = None, license
                 context["sti"]["heatmap"] = None
             else:
                 side_files[HEATMAP_NAME] = png
-            side_files[STI_STATS_NAME] = (json.dumps(stats, indent=2) + "\n").encode()
+            side_files[STI_STATS_NAME] = dumps_json(stats, STI_STATS_NAME).encode()
     elif kind == "tsv-c":
         index = _read_json(folder / TSVC_INDEX_NAME, "a TSV-C index")
         context, metadata, warnings = _tsvc_context(folder, index, title, model_id, token, license)

@@ -4,12 +4,12 @@ one-line reason."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
 
 from .core.svd import SVD_MODES
+from .json_io import write_json
 
 
 def default_threads() -> int:
@@ -51,6 +51,9 @@ def _add_inputs(p: argparse.ArgumentParser, what: str = "fine-tuned models") -> 
     p.add_argument("--exclude", metavar="REGEX",
                    help="matrix keys matching this regex are averaged instead of SVD-merged")
     p.add_argument("--token", help="Hub token for private models (default: HF_TOKEN or the stored login)")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="go on when a model is given twice (same folder, Hub commit or weights) or the base is also "
+                   "given as a fine-tuned model (refused by default); the report records a warning")
 
 
 def _add_compute(p: argparse.ArgumentParser) -> None:
@@ -99,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-examples", type=_positive_int, help="evaluate at most N examples per task and split")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="output dtype (default: the base's)")
-    p.add_argument("--ties-density", type=float, default=0.2, help="TIES: fraction of entries kept per task")
-    p.add_argument("--iso-common-fraction", type=float, default=0.8, help="Iso-CTS: common-subspace share of r")
+    p.add_argument("--ties-density", type=float, help="TIES: fraction of entries kept per task, in (0, 1] "
+                   "(default 0.2)")
+    p.add_argument("--iso-common-fraction", type=float, help="Iso-CTS: common-subspace share of r, in (0, 1] "
+                   "(default 0.8)")
     p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors past this size (e.g. 2GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     p.add_argument("--dry-run", action="store_true", help="run the preflight only (same as `hf-tsv plan`)")
@@ -210,35 +215,74 @@ def _print_plan(info: dict) -> None:
         print(f"  note: {note}")
     print(f"  model size: {info['model_bytes'] / 2**20:.1f} MiB; estimated peak memory "
           f"{info['estimated_peak_memory_bytes'] / 2**20:.0f} MiB; estimated time {info['estimated_seconds']:.1f} s")
+    _print_warnings(info.get("warnings", []))
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+# Command-line destinations of the merge options, and the Python API's name where it differs
+_OPTION_DESTS = ("method", "fuse_qkv", "exclude", "device", "dtype", "svd_dtype", "svd", "allow_duplicates")
+_API_NAMES = {"svd_dtype": "compute_dtype"}
+
+
+def _option_arguments(args: argparse.Namespace) -> dict:
+    """The merge options on the command line as the Python API names them (those a command lacks, or left
+    unset, keep the API's defaults); :class:`hf_tsv.options.MergeOptions` checks them all."""
+    from .methods import PARAMETERS
+
+    options = {_API_NAMES.get(dest, dest): getattr(args, dest) for dest in (*_OPTION_DESTS, *PARAMETERS)
+               if getattr(args, dest, None) is not None}
+    if isinstance(getattr(args, "alpha", None), float):  # not 'search'
+        options["alpha"] = args.alpha
+    return options
+
+
+def _check_merge_arguments(args: argparse.Namespace) -> dict:
+    """Every option of ``hf-tsv merge`` checked before any work (the API checks them again, identically);
+    returns them as the API's keyword arguments."""
+    import hf_tsv
+    from hf_tsv.methods import PARAMETERS
+    from hf_tsv.options import MergeOptions
+
+    options = _option_arguments(args)
+    if args.alpha_grid is not None and args.alpha != "search":
+        raise hf_tsv.MergeInputError("--alpha-grid only applies with --alpha search (α chosen on the validation "
+                                     "splits of --eval's tasks); add --alpha search, or drop --alpha-grid")
+    MergeOptions.from_arguments(**options, alpha_grid=args.alpha_grid)
+    if args.method == "avg" and args.alpha is not None:
+        print("note: avg ignores --alpha", file=sys.stderr)
+    for name, spec in PARAMETERS.items():
+        if getattr(args, name, None) is not None and args.method not in spec.methods:
+            print(f"note: {spec.flag} only applies to --method {' or '.join(spec.methods)}; {args.method} "
+                  "ignores it", file=sys.stderr)
+    return options
 
 
 def _run(args: argparse.Namespace) -> int:
     import hf_tsv
 
+    options = _check_merge_arguments(args) if args.command == "merge" else _option_arguments(args)
     if args.command in ("merge", "plan") and (args.command == "plan" or args.dry_run):
-        info = hf_tsv.plan(args.base, args.models, method=args.method, svd=args.svd, fuse_qkv=args.fuse_qkv,
-                           exclude=args.exclude, revision=args.revision, token=args.token)
+        info = hf_tsv.plan(args.base, args.models, revision=args.revision, token=args.token, **options)
         _print_plan(info)
         if getattr(args, "json", None):
-            with open(args.json, "w") as f:
-                json.dump(info, f, indent=2)
+            write_json(args.json, info)
         return 0
     if args.command == "merge":
         if not args.output and not args.push_to_hub:
             raise hf_tsv.MergeInputError("merge needs -o/--output (or --dry-run, or --push-to-hub)")
         if args.private and not args.push_to_hub:
             raise hf_tsv.MergeInputError("--private only applies with --push-to-hub")
-        if args.method == "avg" and args.alpha is not None:
-            print("note: avg ignores --alpha", file=sys.stderr)
         if args.alpha == "search" or args.eval:
-            return _merge_with_eval(args)
-        result = hf_tsv.merge(args.base, args.models, method=args.method, alpha=args.alpha,
-                              fuse_qkv=args.fuse_qkv, exclude=args.exclude, device=args.device, dtype=args.dtype,
-                              compute_dtype=args.svd_dtype, svd=args.svd, ties_density=args.ties_density,
-                              iso_common_fraction=args.iso_common_fraction, output_dir=args.output,
-                              overwrite=args.overwrite, max_shard_size=args.max_shard_size,
-                              revision=args.revision, token=args.token, command=_command_line(args.argv))
+            return _merge_with_eval(args, options)
+        result = hf_tsv.merge(args.base, args.models, output_dir=args.output, overwrite=args.overwrite,
+                              max_shard_size=args.max_shard_size, revision=args.revision, token=args.token,
+                              command=_command_line(args.argv), **options)
         r = result.report
+        _print_warnings(r.get("warnings", []))
         print(f"merged {r['num_tasks']} models with {r['method']} (alpha={r['alpha']}) into "
               f"{args.output or 'memory'} in {r['timings']['total_s']:.2f} s")
         if "sti" in r:
@@ -263,19 +307,18 @@ def _run(args: argparse.Namespace) -> int:
                                        commit_message=args.commit_message, token=args.token, license=args.license))
         return 0
     if args.command == "sti":
-        report = hf_tsv.sti(args.base, args.models, fuse_qkv=args.fuse_qkv, exclude=args.exclude,
-                            device=args.device, compute_dtype=args.svd_dtype, svd=args.svd, revision=args.revision,
-                            token=args.token)
+        report = hf_tsv.sti(args.base, args.models, revision=args.revision, token=args.token, **options)
         print(report.table())
+        _print_warnings(report.warnings)
         if args.json:
             report.to_json(args.json)
         return 0
     if args.command == "compress":
         res = hf_tsv.compress(args.base, args.models, args.output, rank_fraction=args.rank_fraction,
-                              fuse_qkv=args.fuse_qkv, exclude=args.exclude, device=args.device,
-                              dtype=args.dtype, compute_dtype=args.svd_dtype, svd=args.svd, overwrite=args.overwrite,
-                              max_shard_size=args.max_shard_size, token=args.token)
+                              overwrite=args.overwrite, max_shard_size=args.max_shard_size, token=args.token,
+                              **options)
         print(res.summary())
+        _print_warnings(res.index.get("warnings", []))
         print(f"written to {args.output}; rebuild a task with: hf-tsv expand {args.output} --task NAME -o DIR")
         return 0
     if args.command == "expand":
@@ -288,37 +331,26 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-def _merge_options(args: argparse.Namespace) -> dict:
-    return dict(fuse_qkv=args.fuse_qkv, exclude=args.exclude, dtype=args.dtype, compute_dtype=args.svd_dtype,
-                svd=args.svd, ties_density=args.ties_density, iso_common_fraction=args.iso_common_fraction,
-                revision=args.revision, token=args.token, command=_command_line(args.argv))
-
-
-def _merge_with_eval(args: argparse.Namespace) -> int:
+def _merge_with_eval(args: argparse.Namespace, options: dict) -> int:
     """merge --eval SPEC [--alpha search]: one merge (Δ once), α from validation, test accuracy written."""
     import hf_tsv
-    from hf_tsv.engine import resolve_device
-    from hf_tsv.evaluation import load_tasks_spec, parse_grid
+    from hf_tsv.evaluation import load_tasks_spec
     from hf_tsv.evaluation.select import merge_with_alpha_search
+    from hf_tsv.options import MergeOptions
 
     if not args.eval:
         raise hf_tsv.MergeInputError("--alpha search needs --eval TASKS_SPEC (the tasks whose validation splits "
                                      "choose α)")
-    if args.alpha_grid and args.alpha != "search":
-        raise hf_tsv.MergeInputError("--alpha-grid only applies with --alpha search")
     config = load_tasks_spec(args.eval)
-    grid, alpha = None, None
-    if args.alpha == "search":
-        grid = parse_grid(args.alpha_grid) if args.alpha_grid else None
-    else:
-        method = hf_tsv.METHODS[args.method]
-        alpha = args.alpha if args.alpha is not None else (method.default_alpha or 1.0)
-    device = resolve_device(args.device)
+    options = dict(options)
+    if args.alpha != "search":  # a fixed α, evaluated on the test splits: the method's default when not given
+        options["alpha"] = MergeOptions.from_arguments(**options).effective_alpha
     result, search, test = merge_with_alpha_search(
-        args.base, args.models, config, method=args.method, grid=grid, alpha=alpha, output_dir=args.output,
-        overwrite=args.overwrite, batch_size=args.batch_size, device=device, max_examples=args.max_examples,
-        **_merge_options(args))
+        args.base, args.models, config, grid=args.alpha_grid, output_dir=args.output, overwrite=args.overwrite,
+        batch_size=args.batch_size, max_examples=args.max_examples, revision=args.revision, token=args.token,
+        command=_command_line(args.argv), **options)
     alpha = result.report["alpha"]
+    _print_warnings(result.report.get("warnings", []))
     if search is not None:
         print(f"α search ({search.criterion} validation accuracy, {len(search.grid)} values):")
         for value in search.grid:
@@ -392,6 +424,9 @@ def _example(args: argparse.Namespace) -> int:
     import hf_tsv
     from hf_tsv.synthetic import make_checkpoints
 
+    if args.num_tasks < 2:
+        raise hf_tsv.MergeInputError(f"--num-tasks must be at least 2 (a merge needs two fine-tuned models), got "
+                                     f"{args.num_tasks}")
     work = Path(args.output)
     paths = make_checkpoints(work / "checkpoints", preset=args.preset, num_tasks=args.num_tasks)
     print(f"generated a base and {args.num_tasks} fine-tuned CLIPVisionModel checkpoints in {work / 'checkpoints'}")

@@ -30,6 +30,7 @@ from .card import (
     write_card,
 )
 from .errors import PushError
+from .json_io import dumps_json
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def _public_json(path: Path) -> bytes:
         data["command"] = public_command(data["command"], hub_ids)
     if path.name == TSVC_INDEX_NAME and isinstance(data.get("base"), dict):
         data["base"].pop("path", None)
-    return (json.dumps(data, indent=2) + "\n").encode()
+    return dumps_json(data, path.name).encode()
 
 
 def _check_folder(folder: Path) -> None:

@@ -27,6 +27,27 @@ class MethodOptions:
 
 
 @dataclass(frozen=True)
+class Parameter:
+    """What one method parameter (a field of :class:`MethodOptions` besides ``compute_dtype`` and ``svd``)
+    accepts: a number in ``[low, high]`` (``low`` itself excluded when ``low_open``), or one of ``choices``.
+    :class:`hf_tsv.options.MergeOptions` checks every parameter against its declaration, and the merge report
+    records the parameters of the method that ran. A new parameter is one field above and one line below."""
+
+    methods: tuple[str, ...]  # the methods that read it
+    flag: str  # its command-line flag, named in error messages
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] | None = None
+
+
+PARAMETERS: dict[str, Parameter] = {
+    "ties_density": Parameter(("ties",), "--ties-density", low=0.0, high=1.0, low_open=True),
+    "iso_common_fraction": Parameter(("iso-cts",), "--iso-common-fraction", low=0.0, high=1.0, low_open=True),
+}
+
+
+@dataclass(frozen=True)
 class MergeMethod:
     name: str
     description: str
@@ -70,13 +91,6 @@ def get_method(name: str) -> MergeMethod:
         return METHODS[name]
     except KeyError:
         raise MergeInputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
-
-
-def check_svd_mode(svd: str) -> str:
-    """Refuse an unknown SVD mode before any checkpoint is read."""
-    if svd not in core.SVD_MODES:
-        raise MergeInputError(f"unknown SVD mode {svd!r}; choose one of {', '.join(core.SVD_MODES)}")
-    return svd
 
 
 def resolve_alpha(method: MergeMethod, alpha: float | None) -> float:

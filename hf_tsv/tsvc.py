@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 from .core import truncated_task_factors
-from .engine import Timer, build_plan, iter_units, resolve_device
+from .engine import Timer, build_plan, check_finite, iter_units, resolve_device
 from .errors import MergeInputError
 from .io.reader import SafetensorsFiles
 from .io.resolve import resolve_model
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
-from .merge import _set_config_dtype, _write_metadata, as_dtype
-from .methods import check_svd_mode
+from .json_io import write_json
+from .merge import OUTPUT_OVERFLOW_HINT, _set_config_dtype, _write_metadata
+from .options import MergeOptions, finite_number
 from .report import library_versions
 
 INDEX_NAME = "tsv_c.json"
@@ -55,11 +56,12 @@ def _rank(shape: tuple[int, int], num_tasks: int, rank_fraction: float | None) -
 
 def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: float | None = None,
              fuse_qkv: bool = False, exclude: str | None = None, device="auto", dtype=torch.float32,
-             compute_dtype=torch.float32, svd: str = "exact", overwrite: bool = False,
+             compute_dtype=torch.float32, svd: str = "exact", allow_duplicates: bool = False, overwrite: bool = False,
              max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, token=None) -> CompressResult:
     """TSV-C: keep each task's top k = ⌊r/T⌋ singular triplets per matrix key (or ⌊rank_fraction·r⌋).
 
-    Factors are stored in ``dtype`` (float32 by default); other keys' task vectors are stored whole.
+    Factors are stored in ``dtype`` (float32 by default); other keys' task vectors are stored whole. Options
+    are checked as :func:`hf_tsv.merge` checks them (:class:`hf_tsv.options.MergeOptions`), before any work.
 
     Example:
         >>> res = hf_tsv.compress("base", ["ft_a", "ft_b", "ft_c"], "tsvc")  # doctest: +SKIP
@@ -67,13 +69,17 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
         >>> hf_tsv.expand("tsvc", task="ft_b", output_dir="ft_b_rebuilt")  # doctest: +SKIP
     """
     started = time.perf_counter()
-    store_dtype, compute_dtype = as_dtype(dtype), as_dtype(compute_dtype)
-    if rank_fraction is not None and not 0.0 < rank_fraction <= 1.0:
-        raise MergeInputError(f"rank fraction must be in (0, 1], got {rank_fraction}")
-    check_svd_mode(svd)
+    options = MergeOptions.from_arguments(fuse_qkv=fuse_qkv, exclude=exclude, device=device, dtype=dtype,
+                                          compute_dtype=compute_dtype, svd=svd, allow_duplicates=allow_duplicates)
+    store_dtype, compute_dtype = options.dtype or torch.float32, options.compute_dtype
+    svd, dev = options.svd, options.device
+    if rank_fraction is not None:
+        rank_fraction = finite_number(rank_fraction, "rank_fraction")
+        if not 0.0 < rank_fraction <= 1.0:
+            raise MergeInputError(f"rank_fraction (--rank-fraction) must be in (0, 1], got {rank_fraction:g}")
     check_output_dir(output_dir, overwrite)
-    dev = resolve_device(device)
-    plan = build_plan(base, models, fuse_qkv=fuse_qkv, exclude=exclude, token=token, min_models=1)
+    plan = build_plan(base, models, fuse_qkv=options.fuse_qkv, exclude=options.exclude,
+                      allow_duplicates=options.allow_duplicates, token=token, min_models=1)
     t_count = plan.num_tasks
     layout: dict[str, tuple[torch.dtype, tuple]] = {}
     ranks: dict[str, int] = {}
@@ -92,6 +98,11 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
     stored_bytes = sum(torch.empty((), dtype=d).element_size() * _numel(s) for d, s in layout.values())
     with atomic_output_dir(output_dir, overwrite) as tmp:
         writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size, file_stem="tsv_c")
+
+        def write(name: str, tensor: torch.Tensor) -> None:
+            stored = tensor.to("cpu", store_dtype)
+            writer.write(name, check_finite(stored, f"the stored tensor {name!r}", OUTPUT_OVERFLOW_HINT))
+
         for item in iter_units(plan, dev, compute_dtype, Timer(), desc="TSV-C"):
             unit = item.unit
             if unit.is_matrix:
@@ -99,10 +110,10 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
                                            svd=svd)
                 for t in range(t_count):
                     for part, tensor in (("u", f.u[t]), ("s", f.s[t]), ("v", f.v[t])):
-                        writer.write(f"tasks.{t}.{unit.name}.{part}", tensor.to("cpu", store_dtype))
+                        write(f"tasks.{t}.{unit.name}.{part}", tensor)
             else:
                 for t in range(t_count):
-                    writer.write(f"tasks.{t}.{unit.name}.delta", item.task_vectors[t].to("cpu", store_dtype))
+                    write(f"tasks.{t}.{unit.name}.delta", item.task_vectors[t])
         writer.close()
         config = plan.output_config
         _set_config_dtype(config, plan.base_infos[plan.units[0].keys[0]].dtype)
@@ -121,7 +132,9 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
             "seconds": round(time.perf_counter() - started, 3),
             "versions": library_versions(),
         }
-        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        if plan.warnings:
+            index["warnings"] = plan.warnings
+        write_json(tmp / INDEX_NAME, index)
     return CompressResult(Path(output_dir), index)
 
 
@@ -201,7 +214,9 @@ def expand(compressed_dir: str | os.PathLike, task: str | int, output_dir: str |
             parts = dict(zip(keys, torch.split(merged, sizes))) if len(keys) > 1 else {keys[0]: merged}
             for canon, tensor in parts.items():
                 saved = output_names[canon]
-                writer.write(saved, tensor.to("cpu", layout[saved][0]))
+                rebuilt = tensor.to("cpu", layout[saved][0])
+                writer.write(saved, check_finite(rebuilt, f"the rebuilt tensor of key {saved!r}",
+                                                 f"check the factors in {folder} (tsv_c*.safetensors)"))
         writer.close()
         report = {"method": "tsv-c expand", "task": index["tasks"][t], "base": resolved.provenance(),
                   "k": index["k"], "versions": library_versions()}

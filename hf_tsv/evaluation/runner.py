@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..json_io import dumps_json
 from .data import Normalizer, PreparedSplit, prepare_split
 from .heads import ClipTextEncoder, EvalInputError, TaskHead, _as_tensor, load_heads, save_heads, text_head
 from .tasks import TasksConfig, TaskSpec
@@ -154,7 +154,7 @@ class EvalReport:
     def save_json(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.write_text(dumps_json(self.to_dict(), path.name))
         os.replace(tmp, path)
         return path
 
