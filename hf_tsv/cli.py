@@ -373,8 +373,8 @@ def _eval(args: argparse.Namespace) -> int:
     from hf_tsv.evaluation import evaluate_model, load_tasks_spec, load_vision_model, prepare_tasks
     from hf_tsv.evaluation.select import fill_finetuned_references, projection_for
 
+    device = resolve_device(args.device)  # options first, before the spec and the model are read
     config = load_tasks_spec(args.tasks)
-    device = resolve_device(args.device)
     prepared = prepare_tasks(config, args.model, splits=(args.split,), max_examples=args.max_examples,
                              device=device)
     if args.finetuned:

@@ -131,7 +131,7 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
         >>> plan = build_plan("base", ["ft_a", "ft_b"])  # doctest: +SKIP
         >>> plan.counts()  # doctest: +SKIP
     """
-    models = check_model_references(base, models, min_models)
+    models = check_model_references(base, models, min_models, revision)
     exclude_re = re.compile(exclude) if exclude else None
     resolved_base = resolve_model(base, name="base" if isinstance(base, torch.nn.Module) else None,
                                   revision=revision, token=token)

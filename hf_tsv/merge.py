@@ -15,7 +15,7 @@ from .engine import MergePlan, Timer, build_plan, check_finite, iter_units, spli
 from .errors import MergeInputError
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
 from .json_io import write_json
-from .options import MergeOptions, finite_number
+from .options import MergeOptions, check_output_options, finite_number
 from .report import device_description, format_sti_table, library_versions
 
 REPORT_NAME = "merge_report.json"
@@ -60,6 +60,7 @@ class MergeResult:
     def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False,
                         max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Path:
         """Write a folder that ``from_pretrained`` loads, atomically (temporary folder, then rename)."""
+        check_output_options(overwrite, max_shard_size)
         state = self.state_dict()
         layout = {k: (t.dtype, tuple(t.shape)) for k, t in state.items()}
         with atomic_output_dir(save_directory, overwrite) as tmp:
@@ -342,6 +343,7 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
     options = MergeOptions.from_arguments(method=method, alpha=alpha, fuse_qkv=fuse_qkv, exclude=exclude,
                                           device=device, dtype=dtype, compute_dtype=compute_dtype, svd=svd,
                                           allow_duplicates=allow_duplicates, **method_params)
+    check_output_options(overwrite, max_shard_size)
     if output_dir is not None:
         check_output_dir(output_dir, overwrite)
     job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)

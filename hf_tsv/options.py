@@ -23,6 +23,7 @@ import torch
 
 from .core.svd import COMPUTE_DTYPES, SVD_MODES
 from .errors import MergeInputError
+from .io.writer import parse_size
 from .methods import METHODS, PARAMETERS, MergeMethod, MethodOptions, Parameter, get_method, resolve_alpha
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -33,7 +34,8 @@ MAX_GRID_SIZE = 1000  # α values one search may try
 # How the command line spells each option (method parameters declare their own flags)
 FLAGS = {"method": "--method", "alpha": "--alpha", "alpha_grid": "--alpha-grid", "fuse_qkv": "--fuse-qkv",
          "exclude": "--exclude", "device": "--device", "dtype": "--dtype", "compute_dtype": "--svd-dtype",
-         "svd": "--svd", "allow_duplicates": "--allow-duplicates"}
+         "svd": "--svd", "allow_duplicates": "--allow-duplicates", "overwrite": "--overwrite",
+         "max_shard_size": "--max-shard-size", "revision": "--revision"}
 
 
 def option_label(name: str) -> str:
@@ -319,14 +321,33 @@ def _check_reference(reference: Any, what: str) -> None:
         raise MergeInputError(f"{what} is an empty string; give a local folder or a Hub id ('namespace/name')")
 
 
-def check_model_references(base: Any, models: Any, min_models: int = 2) -> list:
+def check_output_options(overwrite: Any, max_shard_size: Any) -> None:
+    """The output options of :func:`hf_tsv.merge`, :func:`hf_tsv.compress` and :func:`hf_tsv.expand`:
+    ``overwrite`` a bool (a string such as ``"False"`` would be true), ``max_shard_size`` a positive number of
+    bytes or a size such as ``"5GB"``.
+
+    Example:
+        >>> check_output_options(False, "2GB")
+    """
+    check_flag(overwrite, "overwrite")
+    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, (int, str)):
+        raise _refuse("max_shard_size", "a number of bytes or a size such as '5GB'", max_shard_size)
+    if parse_size(max_shard_size) < 1:
+        raise MergeInputError(f"{option_label('max_shard_size')} must be at least 1 byte, got "
+                              f"{_shown(max_shard_size)}")
+
+
+def check_model_references(base: Any, models: Any, min_models: int = 2, revision: Any = None) -> list:
     """The fine-tuned models as a list, after checking that ``base`` and each model is a folder path, a Hub id or
-    an in-memory model, and that there are at least ``min_models`` of them (before anything is resolved).
+    an in-memory model, that there are at least ``min_models`` of them, and that ``revision`` (the base's) is a
+    string or None, before anything is resolved.
 
     Example:
         >>> check_model_references("base", "ft_a", min_models=1)
         ['ft_a']
     """
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise _refuse("revision", "a branch, tag or commit (a non-empty string) or None", revision)
     _check_reference(base, "base")
     if isinstance(models, (str, os.PathLike, torch.nn.Module)):
         models = [models]

@@ -101,14 +101,14 @@ def make_checkpoints(
     Models are generated one at a time, so memory stays near two models whatever ``num_tasks`` is.
     Returns ``{"base": path, "tasks": [paths...]}``; the folders are ``base/`` and ``task_00/``... .
     """
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
     if preset not in PRESETS:
         raise MergeInputError(f"unknown preset {preset!r} (--preset); choose one of {', '.join(sorted(PRESETS))}")
     if spectrum not in SPECTRA:
         raise MergeInputError(f"unknown spectrum {spectrum!r}; choose one of {', '.join(SPECTRA)}")
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
         raise MergeInputError(f"num_tasks (--num-tasks) must be a whole number of at least 1, got {num_tasks!r}")
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
     out = Path(out_dir)
     config = CLIPVisionConfig(**{**PRESETS[preset], **(config_overrides or {})})
     config.architectures = ["CLIPVisionModel"]

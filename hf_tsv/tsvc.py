@@ -19,7 +19,7 @@ from .io.resolve import resolve_model
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
 from .json_io import write_json
 from .merge import OUTPUT_OVERFLOW_HINT, _set_config_dtype, _write_metadata
-from .options import MergeOptions, finite_number
+from .options import MergeOptions, check_output_options, finite_number
 from .report import library_versions
 
 INDEX_NAME = "tsv_c.json"
@@ -71,6 +71,7 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
     started = time.perf_counter()
     options = MergeOptions.from_arguments(fuse_qkv=fuse_qkv, exclude=exclude, device=device, dtype=dtype,
                                           compute_dtype=compute_dtype, svd=svd, allow_duplicates=allow_duplicates)
+    check_output_options(overwrite, max_shard_size)
     store_dtype, compute_dtype = options.dtype or torch.float32, options.compute_dtype
     svd, dev = options.svd, options.device
     if rank_fraction is not None:
@@ -165,6 +166,8 @@ def expand(compressed_dir: str | os.PathLike, task: str | int, output_dir: str |
 
     ``base`` defaults to the base recorded at compression (its Hub id and revision, or its local path).
     """
+    dev = resolve_device(device)  # options first, before any file is read
+    check_output_options(overwrite, max_shard_size)
     folder = Path(compressed_dir)
     index_path = folder / INDEX_NAME
     if not index_path.is_file():
@@ -188,7 +191,6 @@ def expand(compressed_dir: str | os.PathLike, task: str | int, output_dir: str |
                               f"against (fingerprint {resolved.fingerprint} ≠ {recorded['fingerprint']})")
     base_reader = resolved.reader
     factors = SafetensorsFiles(folder, "tsv_c", f"TSV-C folder {folder}")
-    dev = resolve_device(device)
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(folder))

@@ -36,11 +36,14 @@ def strict_json(path: Path):
 
 
 def run_cli(args: list, capsys) -> tuple[int, str]:
-    """``hf-tsv ARGS`` in this process: (exit code, stderr)."""
+    """``hf-tsv ARGS`` in this process: (exit code, stderr). The CLI sets torch's thread count; it is restored."""
+    threads = torch.get_num_threads()
     try:
         code = main([str(a) for a in args])
     except SystemExit as exc:  # argparse
         code = exc.code
+    finally:
+        torch.set_num_threads(threads)
     return code, capsys.readouterr().err
 
 
@@ -97,6 +100,10 @@ CLI_OPTION_ROWS = [
     pytest.param(["example", "-o", "{out}", "--preset", "bogus"], r"unknown preset 'bogus' \(--preset\)",
                  id="OPT-19"),
     pytest.param(["example", "-o", "{out}", "--num-tasks", "1"], r"--num-tasks must be at least 2", id="OPT-20"),
+    pytest.param(["eval", UNCACHED[0], "--tasks", "{missing_spec}", "--device", "bogus"],
+                 r"cannot compute on 'bogus'", id="OPT-60"),
+    pytest.param(["expand", "{missing_spec}", "--task", "0", "-o", "{out}", "--device", "meta"],
+                 r"cannot compute on 'meta'", id="OPT-61"),
 ]
 
 
@@ -174,6 +181,16 @@ API_ROWS = [
                  "search; it cannot be combined with a fixed alpha", id="OPT-47"),
     pytest.param(lambda: _search(grid="0:1e9:1e-3"), r"has 1000000000001 values; at most 1000", id="OPT-48"),
     pytest.param(lambda: _search(models=None), r"models must be a list", id="OPT-49"),
+    pytest.param(lambda: hf_tsv.merge(UNCACHED[0], UNCACHED[1:], output_dir="never", overwrite="False"),
+                 r"overwrite \(--overwrite\) must be True or False, got str 'False'", id="OPT-63"),
+    pytest.param(lambda: hf_tsv.merge(UNCACHED[0], UNCACHED[1:], output_dir="never", max_shard_size=1.5),
+                 r"max_shard_size \(--max-shard-size\) must be a number of bytes", id="OPT-64"),
+    pytest.param(lambda: hf_tsv.compress(UNCACHED[0], UNCACHED[1:], "never", max_shard_size="5XB"),
+                 r"cannot read size '5XB'", id="OPT-65"),
+    pytest.param(lambda: hf_tsv.merge(UNCACHED[0], UNCACHED[1:], output_dir="never", max_shard_size=0),
+                 r"max_shard_size \(--max-shard-size\) must be at least 1 byte", id="OPT-66"),
+    pytest.param(lambda: hf_tsv.plan(UNCACHED[0], UNCACHED[1:], revision=3),
+                 r"revision \(--revision\) must be a branch, tag or commit", id="OPT-67"),
 ]
 
 
@@ -314,6 +331,22 @@ def test_output_dtype_overflow_is_refused(tiny, tmp_path):
     """θ₀ + α·Δ finite in float32 but beyond float16's range: refused, not written as inf."""
     with pytest.raises(MergeInputError, match=r"merged tensor of key .*\(float16\) is not finite"):
         hf_tsv.merge(tiny["base"], tiny["tasks"], alpha=1e12, dtype="float16", output_dir=tmp_path / "out")
+    nothing_left(tmp_path)
+
+
+@pytest.mark.parametrize("part", [pytest.param("u", id="OPT-62")])
+def test_expand_refuses_non_finite_factors(part, tiny, tmp_path):
+    """An edited TSV-C folder whose factors hold NaN: the rebuilt tensor is checked before it is written."""
+    from safetensors.torch import load_file, save_file
+
+    hf_tsv.compress(tiny["base"], tiny["tasks"], tmp_path / "c")
+    factors = load_file(str(tmp_path / "c" / "tsv_c.safetensors"))
+    key = f"tasks.1.encoder.layers.0.mlp.fc1.weight.{part}"
+    factors[key].view(-1)[0] = float("nan")
+    save_file(factors, str(tmp_path / "c" / "tsv_c.safetensors"))
+    with pytest.raises(MergeInputError, match=r"the rebuilt tensor of key 'encoder\.layers\.0\.mlp\.fc1\.weight' "
+                       r"is not finite"):
+        hf_tsv.expand(tmp_path / "c", "task_01", tmp_path / "out")
     nothing_left(tmp_path)
 
 
