@@ -249,6 +249,7 @@ def test_merge_options_normalise_and_record_method_parameters():
     from hf_tsv.methods import PARAMETERS, MethodOptions
     from hf_tsv.options import MergeOptions
 
+    assert hf_tsv.MergeOptions is MergeOptions
     opts = MergeOptions.from_arguments(method="ties", alpha=1, ties_density=0.5, dtype="bf16", compute_dtype="fp64",
                                        device="cpu", alpha_grid=None)
     assert opts.alpha == 1.0 and isinstance(opts.alpha, float)
