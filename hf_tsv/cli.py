@@ -244,7 +244,7 @@ def _check_merge_arguments(args: argparse.Namespace) -> dict:
     """Every option of ``hf-tsv merge`` checked before any work (the API checks them again, identically);
     returns them as the API's keyword arguments."""
     import hf_tsv
-    from hf_tsv.methods import PARAMETERS
+    from hf_tsv.methods import PARAMETERS, MethodOptions
     from hf_tsv.options import MergeOptions
 
     options = _option_arguments(args)
@@ -254,8 +254,9 @@ def _check_merge_arguments(args: argparse.Namespace) -> dict:
     MergeOptions.from_arguments(**options, alpha_grid=args.alpha_grid)
     if args.method == "avg" and args.alpha is not None:
         print("note: avg ignores --alpha", file=sys.stderr)
+    defaults = MethodOptions()
     for name, spec in PARAMETERS.items():
-        if getattr(args, name, None) is not None and args.method not in spec.methods:
+        if getattr(args, name, None) not in (None, getattr(defaults, name)) and args.method not in spec.methods:
             print(f"note: {spec.flag} only applies to --method {' or '.join(spec.methods)}; {args.method} "
                   "ignores it", file=sys.stderr)
     return options

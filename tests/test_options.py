@@ -525,3 +525,11 @@ def test_cli_bad_options_print_one_line_without_traceback(tmp_path):
                            "--method", "ties", "--ties-density", "7"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--ties-density" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_method_parameter_another_method_ignores_is_noted(tiny, capsys):
+    code, err = run_cli(["merge", tiny["base"], *tiny["tasks"], "--dry-run", "--ties-density", "0.3"], capsys)
+    assert code == 0 and "note: --ties-density only applies to --method ties; tsv-m ignores it" in err
+    code, err = run_cli(["merge", tiny["base"], *tiny["tasks"], "--dry-run", "--method", "ties", "--ties-density",
+                         "0.3"], capsys)
+    assert code == 0 and "note:" not in err
