@@ -117,8 +117,12 @@ def _load_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _write_metadata(folder: Path, config, report: dict) -> None:
+    """``config.json`` and ``merge_report.json``, the report as published (:func:`hf_tsv.secrets.public_json`:
+    no secret, local paths reduced to names)."""
+    from .secrets import public_json
+
     config.save_pretrained(str(folder))
-    (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    (folder / REPORT_NAME).write_text(json.dumps(public_json(report), indent=2) + "\n")
 
 
 def _output_layout(plan: MergePlan, dtype: torch.dtype | None) -> dict[str, tuple[torch.dtype, tuple]]:
@@ -189,10 +193,7 @@ class _MergeJob:
         report["output"] = {"class": plan.output_class.__name__,
                             "dtype": str(_main_dtype(layout)).removeprefix("torch.")}
         if command:
-            from .card import public_command
-
-            hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
-            report["command"] = public_command(command, hub_ids)  # local paths reduced to folder names
+            report["command"] = command  # made public (no secret, no local path) where it is written
         self.report = report
 
     def deltas(self):
