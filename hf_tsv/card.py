@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import CardError
 from .report import sti_table
-from .secrets import path_name, public_json, redact
+from .secrets import normalize_token, path_name, public_json, redact
 from .secrets import public_command as public_command  # re-exported: it was defined here before hf_tsv.secrets
 
 logger = logging.getLogger(__name__)
@@ -546,6 +546,7 @@ def build_card(folder: str | os.PathLike, *, repo_id: str | None = None, license
     from huggingface_hub import ModelCard, ModelCardData
 
     folder = Path(folder)
+    token = normalize_token(token)
     if not folder.is_dir():
         raise CardError(f"{folder.name!r} is not a folder")
     kind = folder_kind(folder)
