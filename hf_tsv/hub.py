@@ -1,7 +1,8 @@
 """Publishing an hf-tsv output folder to the Hugging Face Hub in one commit.
 
 :func:`push_to_hub` (re)writes the model card, creates the repository (and branch) when missing, and uploads
-the weights, config, card, reports, STI heatmap and evaluation files with a single ``HfApi.create_commit``.
+exactly the files of :data:`PUBLISHED_FILES` (weights, config, card, reports, STI heatmap and evaluation files;
+every JSON and text file scrubbed of secrets and local paths) with a single ``HfApi.create_commit``.
 If that commit fails, a repository that this call created is deleted again. The token is never written to the
 card, the reports, a log line or an exception message.
 

@@ -38,9 +38,9 @@ MIN_SECRET_LENGTH = 8
 # Options whose value is kept as typed in a public command (Hub ids, regexes, names), not read as a path
 KEEP_VALUE_OPTIONS = frozenset({"--exclude", "--push-to-hub", "--repo-id", "--method", "--task"})
 
-# hf_… (user access tokens) and api_… (old API tokens): a run of token characters with at least one upper-case
-# letter or digit, so that lower-case identifiers such as hf_tsv_version stay readable
-_TOKEN_LIKE = re.compile(r"(?<![A-Za-z0-9])(?:hf|api)_(?=[A-Za-z0-9_]*[A-Z0-9])[A-Za-z0-9_]{6,}")
+# hf_… (user access tokens) and api_… (old API tokens): 34 letters after the prefix; 30 or more letters and digits
+# are taken for one, while names such as hf_tsv_version or ns/hf_clip_vit_b32 (shorter runs) stay readable
+_TOKEN_LIKE = re.compile(r"(?<![A-Za-z0-9])(?:hf|api)_[A-Za-z0-9]{30,}")
 _BEARER = re.compile(r"(?i)\b(bearer)(\s+)[^\s'\",;)\]}\\]+")
 # a URL (kept), or an absolute local path: /a/b, ~/b, C:\\a\\b or \\\\server\\b (reduced to its last component)
 _URL_OR_PATH = re.compile(

@@ -114,11 +114,14 @@ def test_a_token_that_cannot_be_one_is_refused_before_reading(given, message, ti
     assert not (tmp_path / "api").exists() and not (tmp_path / "cli").exists()
 
 
-def test_a_broken_hf_token_is_refused_before_any_download(tiny, tmp_path, monkeypatch):
-    """HF_TOKEN is read when a Hub model is resolved: a newline inside it is refused, naming HF_TOKEN."""
-    monkeypatch.setenv("HF_TOKEN", f"{TOKEN[:10]}\n{TOKEN[10:]}")
+@pytest.mark.parametrize("variable", [pytest.param("HF_TOKEN", id="SEC-25"),
+                                      pytest.param("HUGGING_FACE_HUB_TOKEN", id="SEC-26")])
+def test_a_broken_hf_token_is_refused_before_any_download(variable, tiny, tmp_path, monkeypatch):
+    """HF_TOKEN is read when a Hub model is resolved: a newline inside it is refused, naming the variable."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv(variable, f"{TOKEN[:10]}\n{TOKEN[10:]}")
     with mock.patch("hf_tsv.io.resolve._download") as download, \
-            pytest.raises(hf_tsv.HFTSVError, match="HF_TOKEN has whitespace, control or non-ASCII") as refused:
+            pytest.raises(hf_tsv.HFTSVError, match=f"{variable} {INSIDE}") as refused:
         hf_tsv.merge(tiny["base"], ["ns/ft-a", "ns/ft-b"])
     download.assert_not_called()
     assert_token_nowhere(TOKEN[10:], [], _exception_texts(refused.value))
@@ -181,7 +184,8 @@ def test_recorded_command_is_rebuilt_from_the_parsed_arguments():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["--token", "--token=", "whitespace", "HF_TOKEN"])
+@pytest.mark.parametrize("how", [pytest.param("--token", id="SEC-18"), pytest.param("--token=", id="SEC-19"),
+                                 pytest.param("whitespace", id="SEC-20"), pytest.param("HF_TOKEN", id="SEC-21")])
 def test_cli_merge_writes_the_token_nowhere(how, tiny, tmp_path, capfd, caplog, monkeypatch):
     caplog.set_level(logging.DEBUG)
     out = tmp_path / "out"
@@ -222,7 +226,8 @@ def test_python_merge_and_push_write_the_token_nowhere(tiny, hub, tmp_path, capf
     assert_token_nowhere(LOWERCASE_TOKEN, [tmp_path], [captured.out, captured.err, caplog.text])
 
 
-@pytest.mark.parametrize("how", ["--token", "whitespace", "HF_TOKEN"])
+@pytest.mark.parametrize("how", [pytest.param("--token", id="SEC-22"), pytest.param("whitespace", id="SEC-23"),
+                                 pytest.param("HF_TOKEN", id="SEC-24")])
 def test_cli_merge_push_to_hub_and_push_write_the_token_nowhere(how, tiny, hub, tmp_path, capfd, caplog,
                                                                  monkeypatch):
     caplog.set_level(logging.DEBUG)
@@ -259,7 +264,8 @@ def test_merge_with_eval_writes_the_token_nowhere(tiny, tmp_path, capfd, caplog)
     assert_token_nowhere(TOKEN, [tmp_path], [captured.out, captured.err, caplog.text])
 
 
-def test_hub_download_errors_do_not_show_the_token(tiny, hub, tmp_path, caplog):
+@pytest.mark.parametrize("wrong", [pytest.param("X", id="SEC-28")])
+def test_hub_download_errors_do_not_show_the_token(wrong, tiny, hub, tmp_path, caplog):
     """Merging private Hub models: a token with a newline around it is stripped (it used to fail with `Illegal
     header value b'Bearer hf_…\\n'`, token included); a wrong token's failure does not show it."""
     caplog.set_level(logging.DEBUG)
@@ -269,7 +275,7 @@ def test_hub_download_errors_do_not_show_the_token(tiny, hub, tmp_path, caplog):
         api.upload_folder(repo_id=f"hf-tsv-tester/{name}", folder_path=folder)
     with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "0"}):
         with pytest.raises(hf_tsv.MergeInputError, match="Hub download failed") as failed:
-            hf_tsv.merge("hf-tsv-tester/base", ["hf-tsv-tester/ft0", "hf-tsv-tester/ft1"], token=TOKEN + "X")
+            hf_tsv.merge("hf-tsv-tester/base", ["hf-tsv-tester/ft0", "hf-tsv-tester/ft1"], token=TOKEN + wrong)
         result = hf_tsv.merge("hf-tsv-tester/base", ["hf-tsv-tester/ft0", "hf-tsv-tester/ft1"], device="cpu",
                               token=f"{TOKEN}\n")
         assert result.report["base"]["repo_id"] == "hf-tsv-tester/base"
@@ -346,8 +352,9 @@ def test_push_uploads_only_the_documented_files(stray, folder, hub, tmp_path):
     assert url.warnings[-1].endswith(stray)
 
 
-def test_push_refuses_a_folder_whose_only_weights_are_not_published(folder, hub):
-    (folder / "model.safetensors").rename(folder / "private_weights.safetensors")
+@pytest.mark.parametrize("weights", [pytest.param("private_weights.safetensors", id="SEC-27")])
+def test_push_refuses_a_folder_whose_only_weights_are_not_published(weights, folder, hub):
+    (folder / "model.safetensors").rename(folder / weights)
     with pytest.raises(hf_tsv.PushError, match="has no config.json and safetensors weights"):
         hf_tsv.push_to_hub(folder, "hf-tsv-tester/none", token=TOKEN)
     assert hub.repos == {}
@@ -406,8 +413,8 @@ def test_redact_and_public_text():
     assert redact(f"a {TOKEN} b") == "a *** b"
     assert redact(f"Illegal header value b'Bearer {LOWERCASE_TOKEN}\\n'") == "Illegal header value b'Bearer ***\\n'"
     assert redact(f"x {LOWERCASE_TOKEN} y", [f" {LOWERCASE_TOKEN}\n"]) == "x *** y"
-    assert redact("api_AbCdEfGhIjKlMnOpQrStUv and hf_tsv_version, hf_tsv.merge, HF_TSV_SPACE_TASKS") == \
-        "*** and hf_tsv_version, hf_tsv.merge, HF_TSV_SPACE_TASKS"
+    names = "hf_tsv_version, hf_tsv.merge, HF_TSV_SPACE_TASKS, ns/hf_clip_vit_base_patch32, hf_SECRET123"
+    assert redact(f"api_{TOKEN[3:]} and {names}") == f"*** and {names}"
     assert public_text("cannot read /srv/cache/models--ns--x/snapshots/ab12/model.safetensors (3 bytes)") == \
         "cannot read model.safetensors (3 bytes)"
     assert public_text("see https://huggingface.co/ns/x/tree/main, C:\\Users\\me\\ft and ~/.cache/x, r/T, 1/2") == \
@@ -424,7 +431,8 @@ def test_redact_and_public_text():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def test_space_errors_show_no_server_path(tiny, tmp_path):
+@pytest.mark.parametrize("weights", [pytest.param(b"abc", id="SEC-29")])
+def test_space_errors_show_no_server_path(weights, tiny, tmp_path):
     """A visitor's Hub model that the worker cannot read: the message names the file, not where the server's Hub
     cache keeps it (nor any other server path)."""
     from space_helpers import import_space
@@ -436,7 +444,7 @@ def test_space_errors_show_no_server_path(tiny, tmp_path):
         api = HfApi()
         api.create_repo("ns/broken")
         api.upload_file(path_or_fileobj=b"{}", path_in_repo="config.json", repo_id="ns/broken")
-        api.upload_file(path_or_fileobj=b"abc", path_in_repo="model.safetensors", repo_id="ns/broken")
+        api.upload_file(path_or_fileobj=weights, path_in_repo="model.safetensors", repo_id="ns/broken")
         assert hub_server.repos["ns/broken"]
         job = {"kind": "sti", "base": "ns/broken", "models": [str(tiny["tasks"][0]), str(tiny["tasks"][1])],
                "fuse_qkv": False, "device": "cpu", "scrub": [str(tmp_path / "workspace")]}
