@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .methods import METHODS
 
     parser = _Parser(prog="hf-tsv", description="Task Singular Vectors model merging "
-                                     "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
+                     "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
     parser.add_argument("--version", action="version", version=f"hf-tsv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -60,7 +60,7 @@ PUBLISHED_FILES = (
                    "TSV-C folders (`hf-tsv compress`) instead of the weights and merge report"),
 )
 PUBLISHED_PATTERNS = tuple(pattern for group in PUBLISHED_FILES for pattern in group.patterns)
-WEIGHT_PATTERNS = ("model.safetensors", "model-*-of-*.safetensors", "tsv_c.safetensors", "tsv_c-*-of-*.safetensors")
+WEIGHT_PATTERNS = tuple(pattern for pattern in PUBLISHED_PATTERNS if pattern.endswith(".safetensors"))
 TEXT_SUFFIXES = (".md", ".csv")
 
 
@@ -153,7 +153,7 @@ def _check_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise PushError(f"{folder.name!r} is not a folder; push the output folder of `hf-tsv merge` "
                         "(or `compress`/`expand`)")
-    weights = [p for p in folder.iterdir() if p.is_file() and _matches(p.name, WEIGHT_PATTERNS)]
+    weights = [p for p in folder.iterdir() if p.is_file() and not p.is_symlink() and _matches(p.name, WEIGHT_PATTERNS)]
     if not (folder / "config.json").is_file() or not weights:
         raise PushError(f"folder {folder.name!r} has no config.json and safetensors weights; push the output "
                         "folder of `hf-tsv merge` (or `compress`/`expand`)")
