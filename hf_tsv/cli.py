@@ -10,12 +10,37 @@ import shlex
 import sys
 
 from .core.svd import SVD_MODES
+from .secrets import REDACTED, SECRET_OPTIONS, known_secrets, redact, redact_json
 
 
 def default_threads() -> int:
     """Half the CPUs (at least 1). Measured on 2 cores (B/32-width, 2 layers, T=8): 2 threads were only 9% faster
     than 1 on an idle machine (25.5 s vs 27.9 s) but 1.6x slower when the other core was busy (41 s vs 26 s)."""
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that accepts options only as written in full (``--tok`` is not taken for
+    ``--token``) and whose error messages never echo a secret: an unknown option is named without its value,
+    and every message is redacted. Sub-commands get the same class (``add_subparsers`` uses it)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 - argparse's, with unknown values hidden
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            names = [a.partition("=")[0] for a in unknown if a.startswith("-")]
+            hidden = sum(1 for a in unknown if not a.startswith("-") or "=" in a)
+            plural = "s" if hidden > 1 else ""
+            values = f"{' and ' if names else ''}{hidden} value{plural} (not shown)" if hidden else ""
+            self.error(f"unrecognized arguments: {' '.join(names)}{values}; write options in full (abbreviations "
+                       "are not accepted) and see --help")
+        return parsed
+
+    def error(self, message: str):
+        super().error(redact(message))
 
 
 def _positive_int(text: str) -> int:
@@ -75,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .methods import METHODS
 
-    parser = argparse.ArgumentParser(prog="hf-tsv", description="Task Singular Vectors model merging "
-                                     "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
+    parser = _Parser(prog="hf-tsv", description="Task Singular Vectors model merging "
+                     "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
     parser.add_argument("--version", action="version", version=f"hf-tsv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -221,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
         _print_plan(info)
         if getattr(args, "json", None):
             with open(args.json, "w") as f:
-                json.dump(info, f, indent=2)
+                json.dump(redact_json(info), f, indent=2)
         return 0
     if args.command == "merge":
         if not args.output and not args.push_to_hub:
@@ -237,7 +262,7 @@ def _run(args: argparse.Namespace) -> int:
                               compute_dtype=args.svd_dtype, svd=args.svd, ties_density=args.ties_density,
                               iso_common_fraction=args.iso_common_fraction, output_dir=args.output,
                               overwrite=args.overwrite, max_shard_size=args.max_shard_size,
-                              revision=args.revision, token=args.token, command=_command_line(args.argv))
+                              revision=args.revision, token=args.token, command=args.recorded_command)
         r = result.report
         print(f"merged {r['num_tasks']} models with {r['method']} (alpha={r['alpha']}) into "
               f"{args.output or 'memory'} in {r['timings']['total_s']:.2f} s")
@@ -291,7 +316,7 @@ def _run(args: argparse.Namespace) -> int:
 def _merge_options(args: argparse.Namespace) -> dict:
     return dict(fuse_qkv=args.fuse_qkv, exclude=args.exclude, dtype=args.dtype, compute_dtype=args.svd_dtype,
                 svd=args.svd, ties_density=args.ties_density, iso_common_fraction=args.iso_common_fraction,
-                revision=args.revision, token=args.token, command=_command_line(args.argv))
+                revision=args.revision, token=args.token, command=args.recorded_command)
 
 
 def _merge_with_eval(args: argparse.Namespace) -> int:
@@ -399,7 +424,7 @@ def _example(args: argparse.Namespace) -> int:
     print("\nSingular Task Interference per layer (k = floor(r/T)):")
     print(report.table())
     result = hf_tsv.merge(paths["base"], paths["tasks"], method="tsv-m", output_dir=work / "merged",
-                          overwrite=True, command=_command_line(args.argv))
+                          overwrite=True, command=args.recorded_command)
     from transformers import CLIPVisionModel
 
     model = CLIPVisionModel.from_pretrained(str(work / "merged"))
@@ -408,40 +433,66 @@ def _example(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line(argv: list[str] | None = None) -> str:
-    """The command as typed (``argv``, default ``sys.argv[1:]``), with any --token value masked."""
-    argv = ["hf-tsv"] + (sys.argv[1:] if argv is None else list(argv))
-    masked = []
-    hide = False
-    for a in argv:
-        if hide:
-            masked.append("***")
-            hide = False
-        elif a == "--token":
-            masked.append(a)
-            hide = True
-        elif a.startswith("--token="):
-            masked.append("--token=***")
-        else:
-            masked.append(a)
-    return shlex.join(masked)
+def recorded_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The command that reproduces this run, rebuilt from the parsed arguments (never from the raw command
+    line, where an abbreviated option could hide a secret): the sub-command(s), the positional arguments, then
+    every option whose value differs from its default, in the parser's order. The value of a secret option
+    (``--token``) is replaced by ``***``. Local paths are reduced to names when the command is made public
+    (:func:`hf_tsv.secrets.public_command`).
+
+    Example:
+        >>> parser = build_parser()
+        >>> recorded_command(parser, parser.parse_args(["plan", "base", "a", "b", "--token", "hf_x"]))
+        "hf-tsv plan base a b --token '***'"
+    """
+    words = [parser.prog]
+    current = parser
+    while True:
+        sub = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None:
+            break
+        words.append(getattr(args, sub.dest))
+        current = sub.choices[words[-1]]
+    options: list[str] = []
+    for action in current._actions:
+        if action.dest == argparse.SUPPRESS or action.help == argparse.SUPPRESS:
+            continue
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if not action.option_strings:
+            words += [str(v) for v in values if v is not None]
+        elif value is not None and value is not False and value != action.default:
+            flag = action.option_strings[0]
+            if action.nargs == 0:
+                options.append(flag)
+            elif action.dest in SECRET_OPTIONS:
+                options += [flag, REDACTED]
+            else:
+                options += [flag, *map(str, values)]
+    return shlex.join(words + options)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = parser.parse_args(None if argv is None else [str(a) for a in argv])
+    args.recorded_command = recorded_command(parser, args)
     _configure_threads(getattr(args, "threads", None))
     from .errors import HFTSVError
 
+    secrets = known_secrets(getattr(args, "token", None))
     try:
         return _run(args)
     except HFTSVError as exc:
-        print(f"hf-tsv {args.command}: error: {exc}", file=sys.stderr)
+        print(f"hf-tsv {args.command}: error: {redact(str(exc), secrets)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hf-tsv: interrupted; no partial output was left", file=sys.stderr)
         return 130
+    except Exception:  # a bug: show its traceback, but never a token that a library put in a message
+        import traceback
+
+        print(redact(traceback.format_exc(), secrets), file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

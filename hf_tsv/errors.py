@@ -26,3 +26,8 @@ class CardError(HFTSVError, ValueError):
 class PushError(HFTSVError, RuntimeError):
     """Publishing to the Hub failed. The message says which step failed and what was left on the Hub
     (a repository created by the failed push is deleted); it never contains the token."""
+
+
+class TokenError(HFTSVError, ValueError):
+    """A Hub token that cannot be used as given (empty, or with whitespace or control characters inside it).
+    The message names where the token came from (``--token``, ``HF_TOKEN``) and never contains it."""

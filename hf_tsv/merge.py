@@ -17,6 +17,7 @@ from .errors import MergeInputError
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
 from .methods import MethodOptions, check_svd_mode, get_method, resolve_alpha
 from .report import device_description, format_sti_table, library_versions
+from .secrets import known_secrets, public_command, public_json
 
 REPORT_NAME = "merge_report.json"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -117,8 +118,10 @@ def _load_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _write_metadata(folder: Path, config, report: dict) -> None:
+    """``config.json`` and ``merge_report.json``, the report as published (:func:`hf_tsv.secrets.public_json`:
+    no secret, local paths reduced to names)."""
     config.save_pretrained(str(folder))
-    (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    (folder / REPORT_NAME).write_text(json.dumps(public_json(report), indent=2) + "\n")
 
 
 def _output_layout(plan: MergePlan, dtype: torch.dtype | None) -> dict[str, tuple[torch.dtype, tuple]]:
@@ -188,11 +191,9 @@ class _MergeJob:
             report["options"]["iso_common_fraction"] = iso_common_fraction
         report["output"] = {"class": plan.output_class.__name__,
                             "dtype": str(_main_dtype(layout)).removeprefix("torch.")}
-        if command:
-            from .card import public_command
-
+        if command:  # with no secret and local paths reduced to names, as in every file that holds it
             hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
-            report["command"] = public_command(command, hub_ids)  # local paths reduced to folder names
+            report["command"] = public_command(command, hub_ids, known_secrets(token))
         self.report = report
 
     def deltas(self):

@@ -20,6 +20,7 @@ from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_
 from .merge import _set_config_dtype, _write_metadata, as_dtype
 from .methods import check_svd_mode
 from .report import library_versions
+from .secrets import redact_json
 
 INDEX_NAME = "tsv_c.json"
 FORMAT = "hf-tsv/tsv-c"
@@ -121,7 +122,7 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
             "seconds": round(time.perf_counter() - started, 3),
             "versions": library_versions(),
         }
-        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / INDEX_NAME).write_text(json.dumps(redact_json(index), indent=2) + "\n")  # keeps the base's path
     return CompressResult(Path(output_dir), index)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..secrets import redact, redact_json
 from .alpha import AlphaSearch, search_alpha
 from .heads import ClipTextEncoder, EvalInputError
 from .runner import EvalReport, PreparedTask, evaluate_model, load_metric, load_vision_model, prepare_tasks
@@ -56,10 +57,10 @@ def write_eval_files(folder: str | os.PathLike, test: EvalReport, search: AlphaS
     if search is not None:
         payload["alpha"] = search.best_alpha
         payload["alpha_selection"] = search.to_dict()["criterion"]
-    (folder / EVAL_RESULTS_NAME).write_text(json.dumps(payload, indent=2) + "\n")
-    (folder / EVAL_TABLE_NAME).write_text(test.table() + "\n")
+    (folder / EVAL_RESULTS_NAME).write_text(json.dumps(redact_json(payload), indent=2) + "\n")
+    (folder / EVAL_TABLE_NAME).write_text(redact(test.table()) + "\n")
     if search is not None:
-        (folder / ALPHA_SEARCH_NAME).write_text(json.dumps(search.to_dict(), indent=2) + "\n")
+        (folder / ALPHA_SEARCH_NAME).write_text(json.dumps(redact_json(search.to_dict()), indent=2) + "\n")
 
 
 def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: str = "tsv-m",
