@@ -26,3 +26,13 @@ class CardError(HFTSVError, ValueError):
 class PushError(HFTSVError, RuntimeError):
     """Publishing to the Hub failed. The message says which step failed and what was left on the Hub
     (a repository created by the failed push is deleted); it never contains the token."""
+
+
+class OutputPathError(HFTSVError, ValueError):
+    """The output path cannot be used: it is, contains or lies inside an input, lies below a file, or its folder
+    is missing or not writable. Raised before any heavy work."""
+
+
+class OutputWriteError(HFTSVError, OSError):
+    """Writing an output failed (disk full, I/O error, a rename refused). Nothing was left at the target: a
+    partial result is removed and an earlier output there is kept."""
