@@ -153,7 +153,7 @@ def _check_parent(target: Path, shown: str, what: str, create_parents: bool) -> 
     if not create_parents and not os.path.exists(parent):
         raise OutputPathError(f"cannot write {what} {shown}: folder {str(parent)!r} does not exist; create it "
                               "first or choose another path")
-    existing = next(p for p in target.parents if os.path.exists(p))
+    existing = next((p for p in (parent, *parent.parents) if os.path.exists(p)), Path(target.absolute().anchor))
     if not os.path.isdir(existing):
         raise OutputPathError(f"cannot write {what} {shown}: {str(existing)!r} is a file, not a folder; choose "
                               "another path")
@@ -381,21 +381,29 @@ def _exchange(new: Path, target: Path) -> None:
     os.rename(backup, new)
 
 
-def _sync(path: Path) -> None:
-    """Flush a file or folder to disk (ignored where folders cannot be opened, e.g. Windows)."""
-    with contextlib.suppress(OSError):
+def _sync(path: Path, *, folder: bool = False) -> None:
+    """Flush a file (or a folder's entries) to disk: a write error the kernel held back surfaces here (EIO).
+    A folder that cannot be opened or synced (Windows, some network filesystems) is skipped, save for EIO."""
+    try:
         fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not folder or exc.errno == errno.EIO:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _sync_tree(folder: Path) -> None:
     for entry in os.scandir(folder):
         if entry.is_file(follow_symlinks=False):
             _sync(Path(entry.path))
-    _sync(folder)
+    _sync(folder, folder=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -483,7 +491,7 @@ def _commit(scratch: Path, target: Path, shown: str, replacing: bool) -> None:
             shutil.rmtree(scratch, ignore_errors=True)  # the new output is in place; a leftover is swept later
     else:
         _rename_noreplace_or_refuse(scratch, target, shown)
-    _sync(target.parent)
+    _sync(target.parent, folder=True)
 
 
 def _rename_noreplace_or_refuse(scratch: Path, target: Path, shown: str) -> None:
