@@ -23,7 +23,7 @@ Guarantees (and how they are kept):
   :class:`Terminated` while an output is being written, unless the program handles SIGTERM itself). A process
   killed outright (SIGKILL, power loss) leaves its temporary folder, named
   ``.<target>.tmp-hf-tsv.<host>.<pid>.<random>``; the next run into the same parent removes those of processes of
-  this host that no longer exist.
+  this host that no longer exist (on POSIX systems; a pid reused by a new process keeps its folder, which is safe).
 * **Permissions follow the user's umask**, as for any folder ``mkdir`` makes.
 * **Failures are one line.** A path that cannot be used raises :class:`~hf_tsv.errors.OutputPathError`, an
   existing target :class:`~hf_tsv.errors.OutputExistsError`, a failed write (disk full, I/O error, a refused
@@ -257,6 +257,7 @@ def check_output_file(path: str | os.PathLike, inputs: Iterable = ()) -> Path:
     shown = repr(os.fspath(path))
     _check_parent(Path(path).expanduser(), shown, "file", create_parents=False)
     target = Path(path).expanduser().absolute()
+    sweep_stale(target.parent)
     _refuse_input_overlap(target, shown, "file", inputs)
     if os.path.isdir(target):
         raise OutputPathError(f"cannot write file {shown}: it is a folder; give a file name")
@@ -526,12 +527,13 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False, inputs: 
     try:
         with _terminate_raises():
             created = _make_parents(target.parent)
-            scratch = _make_scratch_dir(target)
             try:
+                scratch = _make_scratch_dir(target)
                 yield scratch
                 _commit(scratch, target, shown, replacing)
             except BaseException:
-                shutil.rmtree(scratch, ignore_errors=True)
+                if scratch is not None:
+                    shutil.rmtree(scratch, ignore_errors=True)
                 raise
     except BaseException as exc:
         for folder in reversed(created):
