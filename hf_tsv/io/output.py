@@ -455,7 +455,10 @@ def _make_parents(folder: Path) -> list[Path]:
     missing = [p for p in [folder, *folder.parents] if not os.path.exists(p)]
     created = []
     for path in reversed(missing):
-        os.mkdir(path)
+        try:
+            os.mkdir(path)
+        except FileExistsError:  # another run made it meanwhile: not ours to remove
+            continue
         created.append(path)
     return created
 
