@@ -628,7 +628,7 @@ def test_portable_fallback_merges_and_overwrites(ck, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027])
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask-022", "umask-027"])
 def test_output_folders_follow_the_umask(umask, ck, tmp_path):
     previous = os.umask(umask)
     try:
@@ -665,7 +665,7 @@ def test_write_file_atomic_keeps_the_old_content_on_failure(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
 
 
-def test_sti_and_eval_json_go_through_the_atomic_writer(ck, tmp_path, capsys):
+def test_sti_and_plan_json_are_written(ck, tmp_path, capsys):
     code, err = cli(capsys, "sti", ck["base"], *ck["tasks"][:2], "--json", tmp_path / "sti.json")
     assert code == 0, err
     assert json.loads((tmp_path / "sti.json").read_text())["k"] == "floor(r/T)"
