@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CardError
+from .files import CARD_NAME, HEATMAP_NAME, REPORT_NAME, STI_STATS_NAME, TSVC_INDEX_NAME
+from .files import EVAL_RESULTS_NAME as EVAL_NAME
+from .io.output import write_file_atomic
 from .report import sti_table
 from .secrets import normalize_token, path_name, public_json, redact
 from .secrets import public_command as public_command  # re-exported: it was defined here before hf_tsv.secrets
@@ -29,12 +32,6 @@ from .secrets import public_command as public_command  # re-exported: it was def
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
-CARD_NAME = "README.md"
-HEATMAP_NAME = "sti_heatmap.png"
-STI_STATS_NAME = "sti_stats.json"
-EVAL_NAME = "eval_results.json"
-REPORT_NAME = "merge_report.json"
-TSVC_INDEX_NAME = "tsv_c.json"
 PAPER_URL = "https://arxiv.org/abs/2412.00081"
 PIPELINE_TAG = "image-feature-extraction"
 COMMON_TAGS = ["hf-tsv", "task-singular-vectors", "clip"]
@@ -591,15 +588,6 @@ def write_card(folder: str | os.PathLike, *, repo_id: str | None = None, license
     ``sti_stats.json`` beside it for a TSV-M merge. See :func:`build_card` for the arguments."""
     result, side_files = build_card(folder, repo_id=repo_id, license=license, token=token)
     for name, data in side_files.items():
-        _write_atomic(result.folder / name, data)
-    _write_atomic(result.folder / CARD_NAME, result.text.encode("utf-8"))
+        write_file_atomic(result.folder / name, data)
+    write_file_atomic(result.folder / CARD_NAME, result.text)
     return result
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -4,7 +4,6 @@ one-line reason."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -237,16 +236,26 @@ def _print_plan(info: dict) -> None:
           f"{info['estimated_peak_memory_bytes'] / 2**20:.0f} MiB; estimated time {info['estimated_seconds']:.1f} s")
 
 
+def _check_json_file(args: argparse.Namespace) -> None:
+    """Refuse a ``--json FILE`` that cannot be written (missing folder, inside an input...) before any work."""
+    from hf_tsv.io.output import check_output_file
+
+    if getattr(args, "json", None):
+        inputs = [args.model, *(args.finetuned or [])] if args.command == "eval" else [args.base, *args.models]
+        check_output_file(args.json, inputs=inputs)
+
+
 def _run(args: argparse.Namespace) -> int:
     import hf_tsv
+    from hf_tsv.io.output import write_json
 
+    _check_json_file(args)
     if args.command in ("merge", "plan") and (args.command == "plan" or args.dry_run):
         info = hf_tsv.plan(args.base, args.models, method=args.method, svd=args.svd, fuse_qkv=args.fuse_qkv,
                            exclude=args.exclude, revision=args.revision, token=args.token)
         _print_plan(info)
         if getattr(args, "json", None):
-            with open(args.json, "w") as f:
-                json.dump(redact_json(info), f, indent=2)
+            write_json(args.json, redact_json(info))
         return 0
     if args.command == "merge":
         if not args.output and not args.push_to_hub:
@@ -478,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     args.recorded_command = recorded_command(parser, args)
     _configure_threads(getattr(args, "threads", None))
     from .errors import HFTSVError
+    from .io.output import Terminated
 
     secrets = known_secrets(getattr(args, "token", None))
     try:
@@ -488,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hf-tsv: interrupted; no partial output was left", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print("hf-tsv: terminated (SIGTERM); no partial output was left", file=sys.stderr)
+        return exc.code
     except Exception:  # a bug: show its traceback, but never a token that a library put in a message
         import traceback
 

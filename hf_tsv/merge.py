@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -14,12 +13,13 @@ import torch
 from . import __version__
 from .engine import MergePlan, Timer, build_plan, iter_units, resolve_device, split_rows
 from .errors import MergeInputError
+from .files import CONFIG_NAME, REPORT_NAME
+from .io.output import InputLocation, input_locations, naming_file, write_json
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
 from .methods import MethodOptions, check_svd_mode, get_method, resolve_alpha
 from .report import device_description, format_sti_table, library_versions
 from .secrets import known_secrets, public_command, public_json
 
-REPORT_NAME = "merge_report.json"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64, "fp64": torch.float64}
 
@@ -48,12 +48,13 @@ class MergeResult:
     """
 
     def __init__(self, report: dict, config, model_class: type, state_dict: dict | None = None,
-                 folder: Path | None = None):
+                 folder: Path | None = None, inputs: tuple[InputLocation, ...] = ()):
         self.report = report
         self.config = config
         self.model_class = model_class
         self._state_dict = state_dict
         self.folder = folder
+        self.inputs = inputs  # where the merged models live: save_pretrained never writes there
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The merged weights, keyed as ``model_class`` saves them."""
@@ -69,16 +70,23 @@ class MergeResult:
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False,
                         max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Path:
-        """Write a folder that ``from_pretrained`` loads, atomically (temporary folder, then rename)."""
-        state = self.state_dict()
-        layout = {k: (t.dtype, tuple(t.shape)) for k, t in state.items()}
-        with atomic_output_dir(save_directory, overwrite) as tmp:
-            writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
-            for key, tensor in state.items():
-                writer.write(key, tensor)
-            writer.close()
-            _write_metadata(tmp, self.config, self.report)
+        """Write a folder that ``from_pretrained`` loads, atomically (temporary folder, then rename; see
+        :mod:`hf_tsv.io.output`): ``overwrite`` replaces only an empty folder or an earlier hf-tsv output, and
+        never a folder of the merged models."""
+        with atomic_output_dir(save_directory, overwrite, inputs=self.inputs) as tmp:
+            self.write_files(tmp, max_shard_size=max_shard_size)
         return Path(save_directory)
+
+    def write_files(self, folder: Path, *, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> None:
+        """Write the weights, config and report into ``folder`` as it is: the body of :meth:`save_pretrained`,
+        for a caller that already holds a scratch folder of :func:`~hf_tsv.io.output.atomic_output_dir`."""
+        state = self.state_dict()
+        writer = ShardedSafetensorsWriter(folder, {k: (t.dtype, tuple(t.shape)) for k, t in state.items()},
+                                          max_shard_size)
+        for key, tensor in state.items():
+            writer.write(key, tensor)
+        writer.close()
+        _write_metadata(folder, self.config, self.report)
 
     def __repr__(self) -> str:
         r = self.report
@@ -120,8 +128,9 @@ def _load_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
 def _write_metadata(folder: Path, config, report: dict) -> None:
     """``config.json`` and ``merge_report.json``, the report as published (:func:`hf_tsv.secrets.public_json`:
     no secret, local paths reduced to names)."""
-    config.save_pretrained(str(folder))
-    (folder / REPORT_NAME).write_text(json.dumps(public_json(report), indent=2) + "\n")
+    with naming_file(folder / CONFIG_NAME):
+        config.save_pretrained(str(folder))
+    write_json(folder / REPORT_NAME, public_json(report))
 
 
 def _output_layout(plan: MergePlan, dtype: torch.dtype | None) -> dict[str, tuple[torch.dtype, tuple]]:
@@ -211,6 +220,10 @@ class _MergeJob:
         if self.method == "tsv-m":
             self.report["sti"] = {"k": "floor(r/T)", "total": sum(sti_keys.values()), "keys": sti_keys}
 
+    def input_locations(self) -> tuple[InputLocation, ...]:
+        """Where the resolved inputs live on disk (an output must stay clear of them)."""
+        return tuple(input_locations([self.plan.base, *self.plan.models]))
+
     def finish(self) -> None:
         self.report["timings"] = {k: round(v, 4) for k, v in self.timer.totals.items()}
         self.report["timings"]["total_s"] = round(time.perf_counter() - self.started, 4)
@@ -227,7 +240,8 @@ class LinearMerge:
     """
 
     def __init__(self, base_state: dict[str, torch.Tensor], delta_state: dict[str, torch.Tensor], report: dict,
-                 config, model_class: type, dtypes: dict[str, torch.dtype]):
+                 config, model_class: type, dtypes: dict[str, torch.dtype], inputs: tuple[InputLocation, ...] = ()):
+        self.inputs = inputs  # where the merged models live (see MergeResult.inputs)
         self.base_state = base_state
         self.delta_state = delta_state
         self.report = report
@@ -248,7 +262,8 @@ class LinearMerge:
         report = copy.deepcopy(self.report)
         report["alpha"] = float(alpha)
         report.update(report_extra)
-        return MergeResult(report, copy.deepcopy(self.config), self.model_class, state_dict=self.state_dict(alpha))
+        return MergeResult(report, copy.deepcopy(self.config), self.model_class, state_dict=self.state_dict(alpha),
+                           inputs=self.inputs)
 
     def to_model(self, alpha: float):
         """A new model instance (eval mode) holding θ₀ + α·Δ."""
@@ -296,7 +311,8 @@ def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False,
     if job.merge_method.default_alpha is None:  # averaging: α is not a parameter of the method
         job.report["alpha"] = 1.0
     dtypes = {k: v[0] for k, v in job.layout.items()}
-    return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes)
+    return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes,
+                       inputs=job.input_locations())
 
 
 def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fuse_qkv: bool = False,
@@ -327,7 +343,7 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
     """
     started = time.perf_counter()
     if output_dir is not None:
-        check_output_dir(output_dir, overwrite)
+        check_output_dir(output_dir, overwrite, inputs=[base, *_as_list(models)])
     job = _MergeJob(base, models, method, alpha, fuse_qkv=fuse_qkv, exclude=exclude, device=device, dtype=dtype,
                     compute_dtype=compute_dtype, svd=svd, ties_density=ties_density,
                     iso_common_fraction=iso_common_fraction, revision=revision, token=token, command=command,
@@ -342,18 +358,24 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
                 write(saved, tensor.to(device="cpu", dtype=layout[saved][0]))
 
     finish = job.finish
+    inputs = job.input_locations()
     if output_dir is None:
         state: dict[str, torch.Tensor] = {}
         run(state.__setitem__)
         finish()
-        return MergeResult(report, config, plan.output_class, state_dict=state)
-    with atomic_output_dir(output_dir, overwrite) as tmp:
+        return MergeResult(report, config, plan.output_class, state_dict=state, inputs=inputs)
+    with atomic_output_dir(output_dir, overwrite, inputs=inputs) as tmp:
         writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
         run(writer.write)
         writer.close()
         finish()
         _write_metadata(tmp, config, report)
-    return MergeResult(report, config, plan.output_class, folder=Path(output_dir))
+    return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs)
+
+
+def _as_list(models) -> list:
+    """``models`` as a list for the output check (anything else is left to the preflight to refuse)."""
+    return list(models) if isinstance(models, (list, tuple)) else []
 
 
 @dataclass
@@ -370,7 +392,8 @@ class STIReport:
                 "fuse_qkv": self.fuse_qkv}
 
     def to_json(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write :meth:`to_dict` to ``path`` atomically (see :func:`hf_tsv.io.output.write_file_atomic`)."""
+        write_json(path, self.to_dict())
 
     def table(self) -> str:
         """A per-layer plain-text table (columns: layer types)."""

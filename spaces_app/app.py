@@ -288,6 +288,7 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         import tempfile
 
         from hf_tsv.card import sti_heatmap_png
+        from hf_tsv.io.output import write_file_atomic
 
         with visitor_errors():
             base, models, _, fuse = prepare(base_library, base_hub, models_library, models_hub, fuse_qkv, device)
@@ -303,7 +304,7 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         heatmap = None
         if png is not None:
             heatmap = job_dir / "sti_heatmap.png"
-            heatmap.write_bytes(png)
+            write_file_atomic(heatmap, png)
         headers, rows = sti_rows(keys)
         raw = {"k": "floor(r/T)", "total": total, "num_tasks": result["num_tasks"], "fuse_qkv": result["fuse_qkv"],
                "keys": keys}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..io.output import write_json
 from ..secrets import redact_json
 from .data import Normalizer, PreparedSplit, prepare_split
 from .heads import ClipTextEncoder, EvalInputError, TaskHead, _as_tensor, load_heads, save_heads, text_head
@@ -153,11 +153,8 @@ class EvalReport:
         return "\n".join(lines)
 
     def save_json(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(redact_json(self.to_dict()), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        """Write :meth:`to_dict` to ``path`` atomically (see :func:`hf_tsv.io.output.write_file_atomic`)."""
+        return write_json(path, redact_json(self.to_dict()))
 
 
 def evaluate_model(model, tasks: list[PreparedTask], *, split: str = "test", batch_size: int = 256,
