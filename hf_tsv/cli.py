@@ -9,13 +9,37 @@ import shlex
 import sys
 
 from .core.svd import SVD_MODES
-from .json_io import write_json
+from .secrets import REDACTED, SECRET_OPTIONS, known_secrets, redact, redact_json
 
 
 def default_threads() -> int:
     """Half the CPUs (at least 1). Measured on 2 cores (B/32-width, 2 layers, T=8): 2 threads were only 9% faster
     than 1 on an idle machine (25.5 s vs 27.9 s) but 1.6x slower when the other core was busy (41 s vs 26 s)."""
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that accepts options only as written in full (``--tok`` is not taken for
+    ``--token``) and whose error messages never echo a secret: an unknown option is named without its value,
+    and every message is redacted. Sub-commands get the same class (``add_subparsers`` uses it)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 - argparse's, with unknown values hidden
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            names = [a.partition("=")[0] for a in unknown if a.startswith("-")]
+            hidden = sum(1 for a in unknown if not a.startswith("-") or "=" in a)
+            plural = "s" if hidden > 1 else ""
+            values = f"{' and ' if names else ''}{hidden} value{plural} (not shown)" if hidden else ""
+            self.error(f"unrecognized arguments: {' '.join(names)}{values}; write options in full (abbreviations "
+                       "are not accepted) and see --help")
+        return parsed
+
+    def error(self, message: str):
+        super().error(redact(message))
 
 
 def _positive_int(text: str) -> int:
@@ -78,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .methods import METHODS
 
-    parser = argparse.ArgumentParser(prog="hf-tsv", description="Task Singular Vectors model merging "
-                                     "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
+    parser = _Parser(prog="hf-tsv", description="Task Singular Vectors model merging "
+                     "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
     parser.add_argument("--version", action="version", version=f"hf-tsv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -262,15 +286,26 @@ def _check_merge_arguments(args: argparse.Namespace) -> dict:
     return options
 
 
+def _check_json_file(args: argparse.Namespace) -> None:
+    """Refuse a ``--json FILE`` that cannot be written (missing folder, inside an input...) before any work."""
+    from hf_tsv.io.output import check_output_file
+
+    if getattr(args, "json", None):
+        inputs = [args.model, *(args.finetuned or [])] if args.command == "eval" else [args.base, *args.models]
+        check_output_file(args.json, inputs=inputs)
+
+
 def _run(args: argparse.Namespace) -> int:
     import hf_tsv
+    from hf_tsv.io.output import write_json
 
     options = _check_merge_arguments(args) if args.command == "merge" else _option_arguments(args)
+    _check_json_file(args)
     if args.command in ("merge", "plan") and (args.command == "plan" or args.dry_run):
         info = hf_tsv.plan(args.base, args.models, revision=args.revision, token=args.token, **options)
         _print_plan(info)
         if getattr(args, "json", None):
-            write_json(args.json, info)
+            write_json(args.json, redact_json(info))
         return 0
     if args.command == "merge":
         if not args.output and not args.push_to_hub:
@@ -281,7 +316,7 @@ def _run(args: argparse.Namespace) -> int:
             return _merge_with_eval(args, options)
         result = hf_tsv.merge(args.base, args.models, output_dir=args.output, overwrite=args.overwrite,
                               max_shard_size=args.max_shard_size, revision=args.revision, token=args.token,
-                              command=_command_line(args.argv), **options)
+                              command=args.recorded_command, **options)
         r = result.report
         _print_warnings(r.get("warnings", []))
         print(f"merged {r['num_tasks']} models with {r['method']} (alpha={r['alpha']}) into "
@@ -349,7 +384,7 @@ def _merge_with_eval(args: argparse.Namespace, options: dict) -> int:
     result, search, test = merge_with_alpha_search(
         args.base, args.models, config, grid=args.alpha_grid, output_dir=args.output, overwrite=args.overwrite,
         batch_size=args.batch_size, max_examples=args.max_examples, revision=args.revision, token=args.token,
-        command=_command_line(args.argv), **options)
+        command=args.recorded_command, **options)
     alpha = result.report["alpha"]
     _print_warnings(result.report.get("warnings", []))
     if search is not None:
@@ -435,7 +470,7 @@ def _example(args: argparse.Namespace) -> int:
     print("\nSingular Task Interference per layer (k = floor(r/T)):")
     print(report.table())
     result = hf_tsv.merge(paths["base"], paths["tasks"], method="tsv-m", output_dir=work / "merged",
-                          overwrite=True, command=_command_line(args.argv))
+                          overwrite=True, command=args.recorded_command)
     from transformers import CLIPVisionModel
 
     model = CLIPVisionModel.from_pretrained(str(work / "merged"))
@@ -444,40 +479,70 @@ def _example(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line(argv: list[str] | None = None) -> str:
-    """The command as typed (``argv``, default ``sys.argv[1:]``), with any --token value masked."""
-    argv = ["hf-tsv"] + (sys.argv[1:] if argv is None else list(argv))
-    masked = []
-    hide = False
-    for a in argv:
-        if hide:
-            masked.append("***")
-            hide = False
-        elif a == "--token":
-            masked.append(a)
-            hide = True
-        elif a.startswith("--token="):
-            masked.append("--token=***")
-        else:
-            masked.append(a)
-    return shlex.join(masked)
+def recorded_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The command that reproduces this run, rebuilt from the parsed arguments (never from the raw command
+    line, where an abbreviated option could hide a secret): the sub-command(s), the positional arguments, then
+    every option whose value differs from its default, in the parser's order. The value of a secret option
+    (``--token``) is replaced by ``***``. Local paths are reduced to names when the command is made public
+    (:func:`hf_tsv.secrets.public_command`).
+
+    Example:
+        >>> parser = build_parser()
+        >>> recorded_command(parser, parser.parse_args(["plan", "base", "a", "b", "--token", "hf_x"]))
+        "hf-tsv plan base a b --token '***'"
+    """
+    words = [parser.prog]
+    current = parser
+    while True:
+        sub = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None:
+            break
+        words.append(getattr(args, sub.dest))
+        current = sub.choices[words[-1]]
+    options: list[str] = []
+    for action in current._actions:
+        if action.dest == argparse.SUPPRESS or action.help == argparse.SUPPRESS:
+            continue
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if not action.option_strings:
+            words += [str(v) for v in values if v is not None]
+        elif value is not None and value is not False and value != action.default:
+            flag = action.option_strings[0]
+            if action.nargs == 0:
+                options.append(flag)
+            elif action.dest in SECRET_OPTIONS:
+                options += [flag, REDACTED]
+            else:
+                options += [flag, *map(str, values)]
+    return shlex.join(words + options)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = parser.parse_args(None if argv is None else [str(a) for a in argv])
+    args.recorded_command = recorded_command(parser, args)
     _configure_threads(getattr(args, "threads", None))
     from .errors import HFTSVError
+    from .io.output import Terminated
 
+    secrets = known_secrets(getattr(args, "token", None))
     try:
         return _run(args)
     except HFTSVError as exc:
-        print(f"hf-tsv {args.command}: error: {exc}", file=sys.stderr)
+        print(f"hf-tsv {args.command}: error: {redact(str(exc), secrets)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hf-tsv: interrupted; no partial output was left", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print("hf-tsv: terminated (SIGTERM); no partial output was left", file=sys.stderr)
+        return exc.code
+    except Exception:  # a bug: show its traceback, but never a token that a library put in a message
+        import traceback
+
+        print(redact(traceback.format_exc(), secrets), file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

@@ -328,10 +328,10 @@ def _mixed_precision(base_infos: dict[str, TensorInfo], models: list[ResolvedMod
 
 def check_finite(value, what: str, hint: str):
     """``value`` (a tensor or a number) unchanged when all of it is finite; else a :class:`MergeInputError`
-    saying that ``what`` is not finite, and ``hint`` (what to do)."""
+    saying that ``what`` contains NaN or inf values, and ``hint`` (what to do)."""
     finite = math.isfinite(value) if isinstance(value, (int, float)) else bool(torch.isfinite(value).all())
     if not finite:
-        raise MergeInputError(f"{what} is not finite (NaN or inf); {hint}")
+        raise MergeInputError(f"{what} contains NaN or inf values; {hint}")
     return value
 
 

@@ -1,12 +1,11 @@
-"""Every JSON file hf_tsv writes goes through :func:`dumps_json`: strict JSON only (``NaN`` and ``Infinity`` are
-not JSON, and many readers reject them), with the place of a non-finite number named in the error."""
+"""Every JSON file hf_tsv writes goes through :func:`dumps_json` (files through
+:func:`hf_tsv.io.output.write_json`, pushed copies directly): strict JSON only (``NaN`` and ``Infinity`` are not
+JSON, and many readers reject them), with the place of a non-finite number named in the error."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 from .errors import MergeInputError
@@ -53,9 +52,3 @@ infinity; a non-finite number reached the output (check the inputs and options)
         raise MergeInputError(f"cannot write {what}: {where} is {value}, and JSON has no NaN or infinity; a "
                               "non-finite number reached the output (check the inputs and options)") from None
     return text + "\n" if indent is not None else text
-
-
-def write_json(path: str | os.PathLike, data: Any, **kwargs: Any) -> None:
-    """Write ``data`` to ``path`` as strict, indented JSON (see :func:`dumps_json`)."""
-    path = Path(path)
-    path.write_text(dumps_json(data, path.name, **kwargs), encoding="utf-8")

@@ -13,12 +13,13 @@ import torch
 from . import __version__
 from .engine import MergePlan, Timer, build_plan, check_finite, iter_units, split_rows
 from .errors import MergeInputError
+from .files import CONFIG_NAME, REPORT_NAME
+from .io.output import InputLocation, input_locations, naming_file, write_json
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
-from .json_io import write_json
-from .options import MergeOptions, check_output_options, finite_number
+from .options import MergeOptions, check_model_references, check_output_options, finite_number
 from .report import device_description, format_sti_table, library_versions
+from .secrets import known_secrets, public_command, public_json
 
-REPORT_NAME = "merge_report.json"
 # What the output check says to do when a merged tensor is not finite although every input was
 OUTPUT_OVERFLOW_HINT = ("the inputs' magnitudes or alpha are too large for this precision; check the inputs, or use "
                         "a smaller alpha, a wider --dtype or --svd-dtype float64")
@@ -38,12 +39,13 @@ class MergeResult:
     """
 
     def __init__(self, report: dict, config, model_class: type, state_dict: dict | None = None,
-                 folder: Path | None = None):
+                 folder: Path | None = None, inputs: tuple[InputLocation, ...] = ()):
         self.report = report
         self.config = config
         self.model_class = model_class
         self._state_dict = state_dict
         self.folder = folder
+        self.inputs = inputs  # where the merged models live: save_pretrained never writes there
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The merged weights, keyed as ``model_class`` saves them."""
@@ -59,17 +61,24 @@ class MergeResult:
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False,
                         max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Path:
-        """Write a folder that ``from_pretrained`` loads, atomically (temporary folder, then rename)."""
+        """Write a folder that ``from_pretrained`` loads, atomically (temporary folder, then rename; see
+        :mod:`hf_tsv.io.output`): ``overwrite`` replaces only an empty folder or an earlier hf-tsv output, and
+        never a folder of the merged models."""
         check_output_options(overwrite, max_shard_size)
-        state = self.state_dict()
-        layout = {k: (t.dtype, tuple(t.shape)) for k, t in state.items()}
-        with atomic_output_dir(save_directory, overwrite) as tmp:
-            writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
-            for key, tensor in state.items():
-                writer.write(key, tensor)
-            writer.close()
-            _write_metadata(tmp, self.config, self.report)
+        with atomic_output_dir(save_directory, overwrite, inputs=self.inputs) as tmp:
+            self.write_files(tmp, max_shard_size=max_shard_size)
         return Path(save_directory)
+
+    def write_files(self, folder: Path, *, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> None:
+        """Write the weights, config and report into ``folder`` as it is: the body of :meth:`save_pretrained`,
+        for a caller that already holds a scratch folder of :func:`~hf_tsv.io.output.atomic_output_dir`."""
+        state = self.state_dict()
+        writer = ShardedSafetensorsWriter(folder, {k: (t.dtype, tuple(t.shape)) for k, t in state.items()},
+                                          max_shard_size)
+        for key, tensor in state.items():
+            writer.write(key, tensor)
+        writer.close()
+        _write_metadata(folder, self.config, self.report)
 
     def __repr__(self) -> str:
         r = self.report
@@ -109,8 +118,11 @@ def _load_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _write_metadata(folder: Path, config, report: dict) -> None:
-    config.save_pretrained(str(folder))
-    write_json(folder / REPORT_NAME, report)
+    """``config.json`` and ``merge_report.json``, the report as published (:func:`hf_tsv.secrets.public_json`:
+    no secret, local paths reduced to names)."""
+    with naming_file(folder / CONFIG_NAME):
+        config.save_pretrained(str(folder))
+    write_json(folder / REPORT_NAME, public_json(report))
 
 
 def _check_output(tensor: torch.Tensor, key: str) -> torch.Tensor:
@@ -184,11 +196,9 @@ class _MergeJob:
         report["options"].update(options.method_parameters())
         report["output"] = {"class": plan.output_class.__name__,
                             "dtype": str(_main_dtype(layout)).removeprefix("torch.")}
-        if command:
-            from .card import public_command
-
+        if command:  # with no secret and local paths reduced to names, as in every file that holds it
             hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
-            report["command"] = public_command(command, hub_ids)  # local paths reduced to folder names
+            report["command"] = public_command(command, hub_ids, known_secrets(token))
         self.report = report
 
     def deltas(self):
@@ -208,6 +218,10 @@ class _MergeJob:
         if self.method == "tsv-m":
             self.report["sti"] = {"k": "floor(r/T)", "total": sum(sti_keys.values()), "keys": sti_keys}
 
+    def input_locations(self) -> tuple[InputLocation, ...]:
+        """Where the resolved inputs live on disk (an output must stay clear of them)."""
+        return tuple(input_locations([self.plan.base, *self.plan.models]))
+
     def finish(self) -> None:
         self.report["timings"] = {k: round(v, 4) for k, v in self.timer.totals.items()}
         self.report["timings"]["total_s"] = round(time.perf_counter() - self.started, 4)
@@ -224,7 +238,8 @@ class LinearMerge:
     """
 
     def __init__(self, base_state: dict[str, torch.Tensor], delta_state: dict[str, torch.Tensor], report: dict,
-                 config, model_class: type, dtypes: dict[str, torch.dtype]):
+                 config, model_class: type, dtypes: dict[str, torch.dtype], inputs: tuple[InputLocation, ...] = ()):
+        self.inputs = inputs  # where the merged models live (see MergeResult.inputs)
         self.base_state = base_state
         self.delta_state = delta_state
         self.report = report
@@ -247,7 +262,8 @@ class LinearMerge:
         report = copy.deepcopy(self.report)
         report["alpha"] = finite_number(alpha, "alpha")
         report.update(report_extra)
-        return MergeResult(report, copy.deepcopy(self.config), self.model_class, state_dict=self.state_dict(alpha))
+        return MergeResult(report, copy.deepcopy(self.config), self.model_class, state_dict=self.state_dict(alpha),
+                           inputs=self.inputs)
 
     def to_model(self, alpha: float):
         """A new model instance (eval mode) holding θ₀ + α·Δ."""
@@ -298,7 +314,8 @@ def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False,
     if job.merge_method.default_alpha is None:  # averaging: α is not a parameter of the method
         job.report["alpha"] = 1.0
     dtypes = {k: v[0] for k, v in job.layout.items()}
-    return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes)
+    return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes,
+                       inputs=job.input_locations())
 
 
 def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fuse_qkv: bool = False,
@@ -344,8 +361,9 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
                                           device=device, dtype=dtype, compute_dtype=compute_dtype, svd=svd,
                                           allow_duplicates=allow_duplicates, **method_params)
     check_output_options(overwrite, max_shard_size)
+    models = check_model_references(base, models, revision=revision)
     if output_dir is not None:
-        check_output_dir(output_dir, overwrite)
+        check_output_dir(output_dir, overwrite, inputs=[base, *models])
     job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
     report, layout, config, plan = job.report, job.layout, job.config, job.plan
 
@@ -357,18 +375,19 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
                 write(saved, _check_output(tensor.to(device="cpu", dtype=layout[saved][0]), saved))
 
     finish = job.finish
+    inputs = job.input_locations()
     if output_dir is None:
         state: dict[str, torch.Tensor] = {}
         run(state.__setitem__)
         finish()
-        return MergeResult(report, config, plan.output_class, state_dict=state)
-    with atomic_output_dir(output_dir, overwrite) as tmp:
+        return MergeResult(report, config, plan.output_class, state_dict=state, inputs=inputs)
+    with atomic_output_dir(output_dir, overwrite, inputs=inputs) as tmp:
         writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
         run(writer.write)
         writer.close()
         finish()
         _write_metadata(tmp, config, report)
-    return MergeResult(report, config, plan.output_class, folder=Path(output_dir))
+    return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs)
 
 
 @dataclass
@@ -389,6 +408,7 @@ class STIReport:
         return data
 
     def to_json(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_dict` to ``path`` atomically (see :func:`hf_tsv.io.output.write_file_atomic`)."""
         write_json(path, self.to_dict())
 
     def table(self) -> str:

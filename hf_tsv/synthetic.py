@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .errors import MergeInputError
-from .json_io import write_json
+from .io.output import write_json
 
 PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

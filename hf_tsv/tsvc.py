@@ -14,16 +14,17 @@ import torch
 from .core import truncated_task_factors
 from .engine import Timer, build_plan, check_finite, iter_units, resolve_device
 from .errors import MergeInputError
+from .files import CONFIG_NAME
+from .files import TSVC_FORMAT as FORMAT
+from .files import TSVC_INDEX_NAME as INDEX_NAME
+from .io.output import naming_file, write_json
 from .io.reader import SafetensorsFiles
 from .io.resolve import resolve_model
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
-from .json_io import write_json
 from .merge import OUTPUT_OVERFLOW_HINT, _set_config_dtype, _write_metadata
-from .options import MergeOptions, check_output_options, finite_number
+from .options import MergeOptions, check_model_references, check_output_options, finite_number
 from .report import library_versions
-
-INDEX_NAME = "tsv_c.json"
-FORMAT = "hf-tsv/tsv-c"
+from .secrets import redact_json
 
 
 @dataclass
@@ -78,7 +79,8 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
         rank_fraction = finite_number(rank_fraction, "rank_fraction")
         if not 0.0 < rank_fraction <= 1.0:
             raise MergeInputError(f"rank_fraction (--rank-fraction) must be in (0, 1], got {rank_fraction:g}")
-    check_output_dir(output_dir, overwrite)
+    models = check_model_references(base, models, min_models=1)
+    check_output_dir(output_dir, overwrite, inputs=[base, *models])
     plan = build_plan(base, models, fuse_qkv=options.fuse_qkv, exclude=options.exclude,
                       allow_duplicates=options.allow_duplicates, token=token, min_models=1)
     t_count = plan.num_tasks
@@ -97,7 +99,7 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
     full_bytes = t_count * sum(i.nbytes for i in plan.base_infos.values())
     full_bytes = full_bytes * store_dtype.itemsize // plan.base_infos[plan.units[0].keys[0]].dtype.itemsize
     stored_bytes = sum(torch.empty((), dtype=d).element_size() * _numel(s) for d, s in layout.values())
-    with atomic_output_dir(output_dir, overwrite) as tmp:
+    with atomic_output_dir(output_dir, overwrite, inputs=[plan.base, *plan.models]) as tmp:
         writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size, file_stem="tsv_c")
 
         def write(name: str, tensor: torch.Tensor) -> None:
@@ -118,7 +120,8 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
         writer.close()
         config = plan.output_config
         _set_config_dtype(config, plan.base_infos[plan.units[0].keys[0]].dtype)
-        config.save_pretrained(str(tmp))
+        with naming_file(tmp / CONFIG_NAME):
+            config.save_pretrained(str(tmp))
         index = {
             "format": FORMAT, "version": 1, "num_tasks": t_count,
             "k": "floor(r/T)" if rank_fraction is None else f"floor({rank_fraction}*r)",
@@ -135,7 +138,7 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
         }
         if plan.warnings:
             index["warnings"] = plan.warnings
-        write_json(tmp / INDEX_NAME, index)
+        write_json(tmp / INDEX_NAME, redact_json(index))  # keeps the base's path
     return CompressResult(Path(output_dir), index)
 
 
@@ -176,7 +179,7 @@ def expand(compressed_dir: str | os.PathLike, task: str | int, output_dir: str |
     if index.get("format") != FORMAT:
         raise MergeInputError(f"{index_path}: format {index.get('format')!r} is not {FORMAT!r}")
     t = _task_index(index, task)
-    check_output_dir(output_dir, overwrite)
+    check_output_dir(output_dir, overwrite, inputs=[folder, base])
     recorded = index["base"]
     if base is None:
         if recorded["source"] == "hub":
@@ -200,7 +203,7 @@ def expand(compressed_dir: str | os.PathLike, task: str | int, output_dir: str |
     for canon, saved in output_names.items():
         info = base_reader.infos[base_keys[canon]]
         layout[saved] = (info.dtype, info.shape)
-    with atomic_output_dir(output_dir, overwrite) as tmp:
+    with atomic_output_dir(output_dir, overwrite, inputs=[folder, resolved]) as tmp:
         writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
         for unit in index["units"]:
             name = unit["name"]

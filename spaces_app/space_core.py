@@ -10,6 +10,7 @@ of its choosing. The heavy work (STI, merge, evaluation, card, zip) runs in a se
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import json
 import logging
@@ -42,6 +43,20 @@ DEFAULT_HUB_CACHE = Path("~/.cache/hf-tsv-space/hub").expanduser()
 
 class SpaceError(Exception):
     """A problem to show to the visitor; the message never holds a server path or a token."""
+
+
+def visitor_message(text: str, server_paths: Iterable[str | os.PathLike] = (), secrets: Iterable[str] | None = None
+                    ) -> str:
+    """A message of hf_tsv (an ``HFTSVError``) as a visitor may see it: the server folders in ``server_paths``
+    removed from the paths that start with them (a job's files keep their names relative to the job), then
+    :func:`hf_tsv.secrets.public_text`: every other absolute path (the Hub cache, a spec's data) reduced to its
+    last component, and every token redacted (``secrets``, default: the ones this process knows)."""
+    from hf_tsv.secrets import public_text
+
+    message = str(text)
+    for folder in sorted({str(p) for p in server_paths if p}, key=len, reverse=True):
+        message = message.replace(folder.rstrip("/") + "/", "").replace(folder, "")
+    return " ".join(public_text(message, secrets).split())
 
 
 class WorkerDied(SpaceError):
@@ -79,6 +94,7 @@ class Settings:
     threads: int | None = None  # HF_TSV_SPACE_THREADS: torch threads per worker (default: torch's)
     worker_memory_gb: float | None = None  # HF_TSV_SPACE_WORKER_MEMORY_GB: address-space cap per worker
     result_ttl_s: int = 3600  # HF_TSV_SPACE_RESULT_TTL_S: how long a session's results are kept
+    max_results_gb: float = 20.0  # HF_TSV_SPACE_MAX_RESULTS_GB: disk for all sessions' kept results together
     hub_cache: Path | None = None  # HF_TSV_SPACE_HUB_CACHE: the workers' Hub cache (default: DEFAULT_HUB_CACHE)
     max_cache_gb: float = 40.0  # HF_TSV_SPACE_MAX_CACHE_GB: Hub downloads kept there for later jobs, at most
     tasks: Path | None = None  # HF_TSV_SPACE_TASKS: task spec (JSON/YAML) of hf_tsv.evaluation; enables evaluation
@@ -106,6 +122,7 @@ class Settings:
             threads=threads,
             worker_memory_gb=memory,
             result_ttl_s=_env_number(env, "HF_TSV_SPACE_RESULT_TTL_S", cls.result_ttl_s, int, 60),
+            max_results_gb=_env_number(env, "HF_TSV_SPACE_MAX_RESULTS_GB", cls.max_results_gb, float, 0.0),
             hub_cache=Path(env["HF_TSV_SPACE_HUB_CACHE"]).expanduser() if env.get("HF_TSV_SPACE_HUB_CACHE") else None,
             max_cache_gb=_env_number(env, "HF_TSV_SPACE_MAX_CACHE_GB", cls.max_cache_gb, float, 0.0),
             tasks=Path(env["HF_TSV_SPACE_TASKS"]).expanduser() if env.get("HF_TSV_SPACE_TASKS") else None,
@@ -387,12 +404,77 @@ def prune_hub_cache(cache_dir: str | os.PathLike, max_bytes: float) -> list[str]
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _disk_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (symbolic links not followed)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass  # removed meanwhile
+    return total
+
+
 class Workspace:
-    """A private temporary folder for this server; one sub-folder per visitor session, removed with it."""
+    """A private temporary folder for this server; one sub-folder per visitor session, removed with it. Each job
+    of a session (an STI analysis, a merge) keeps its result in a folder of its own there, until the session
+    ends, a newer job of the session replaces it, or :meth:`make_room` evicts it to keep the disk used by all
+    results within the operator's cap."""
 
     def __init__(self, parent: str | os.PathLike | None = None):
         self.root = Path(tempfile.mkdtemp(prefix="hf-tsv-space-", dir=parent)).resolve()
+        self._lock = threading.Lock()
+        self._in_use: dict[Path, int] = {}
         atexit.register(self.close)
+
+    @contextlib.contextmanager
+    def in_use(self, folder: str | os.PathLike):
+        """Keep ``folder`` (a job's folder, or a folder inside one) from eviction while the block runs (a
+        running job, a push reading a merge)."""
+        real = Path(folder).resolve()
+        with self._lock:
+            self._in_use[real] = self._in_use.get(real, 0) + 1
+        try:
+            yield real
+        finally:
+            with self._lock:
+                self._in_use[real] -= 1
+                if not self._in_use[real]:
+                    del self._in_use[real]
+
+    def results(self) -> list[tuple[Path, int]]:
+        """Every kept result (the job folders of every session) with its size in bytes, oldest first."""
+        found = []
+        for session in self.root.glob("session-*"):
+            try:
+                jobs = [p for p in session.iterdir() if p.is_dir() and not p.is_symlink()]
+            except OSError:
+                continue  # the session ended meanwhile
+            for job in jobs:
+                try:
+                    found.append((job.stat().st_mtime, job, _disk_bytes(job)))
+                except OSError:
+                    continue
+        return [(job, size) for _, job, size in sorted(found, key=lambda item: (item[0], str(item[1])))]
+
+    def make_room(self, max_bytes: float, reserve: float = 0, keep: Iterable[str | os.PathLike] = ()) -> bool:
+        """Evict the oldest results (of any session) until they take at most ``max_bytes`` with ``reserve`` bytes
+        more for a new one; results in use and those in ``keep`` are never evicted. Returns whether it fits."""
+        with self._lock:
+            protected = [*self._in_use, *(Path(p).resolve() for p in keep)]
+            results = self.results()
+            total = sum(size for _, size in results)
+            for job, size in results:
+                if total + reserve <= max_bytes:
+                    break
+                real = job.resolve()
+                if any(p == real or p.is_relative_to(real) for p in protected):
+                    continue
+                self.delete(job)
+                total -= size
+                logger.info("evicted a kept result of %.1f MB (HF_TSV_SPACE_MAX_RESULTS_GB)", size / 1e6)
+            return total + reserve <= max_bytes
 
     def session_dir(self, state: dict | None) -> Path:
         if state and state.get("dir"):

@@ -300,15 +300,16 @@ def test_nan_in_the_base_names_the_base_and_key(call, tiny, tmp_path):
              "sti": lambda: hf_tsv.sti(base, tiny["tasks"]),
              "compress": lambda: hf_tsv.compress(base, tiny["tasks"], tmp_path / "out")}
     with pytest.raises(MergeInputError, match=r"model 'nan_base' \(.*model\.safetensors\): key "
-                       r"'encoder\.layers\.0\.mlp\.fc1\.weight' is not finite \(NaN or inf\)"):
+                       r"'encoder\.layers\.0\.mlp\.fc1\.weight' contains NaN or inf values"):
         calls[call]()
     nothing_left(tmp_path)
 
 
-def test_inf_in_the_base_on_the_command_line(tiny, tmp_path, capsys):
+@pytest.mark.parametrize("_row", [pytest.param(None, id="OPT-68")])
+def test_inf_in_the_base_on_the_command_line(_row, tiny, tmp_path, capsys):
     base = _poisoned(tiny["base"], tmp_path / "inf_base", float("inf"), key="post_layernorm.weight")
     code, err = run_cli(["merge", base, *tiny["tasks"], "-o", tmp_path / "out"], capsys)
-    assert_one_line_error(code, err, r"model 'inf_base' .*key 'post_layernorm\.weight' is not finite")
+    assert_one_line_error(code, err, r"model 'inf_base' .*key 'post_layernorm\.weight' contains NaN or inf values")
     nothing_left(tmp_path)
 
 
@@ -321,16 +322,17 @@ def test_huge_finite_inputs_fail_at_the_output_check(method, tiny, tmp_path, cap
 
     base, *tasks = (copy_checkpoint(p, tmp_path / Path(p).name, edit=scale) for p in [tiny["base"], *tiny["tasks"]])
     code, err = run_cli(["merge", base, *tasks, "-o", tmp_path / "out", "--method", method], capsys)
-    assert_one_line_error(code, err, r"the merged tensor of key '.*' \(float32\) is not finite \(NaN or inf\).*"
+    assert_one_line_error(code, err, r"the merged tensor of key '.*' \(float32\) contains NaN or inf values.*"
                           r"--svd-dtype float64")
     nothing_left(tmp_path)
-    with pytest.raises(MergeInputError, match=r"the STI of key .* is not finite"):
+    with pytest.raises(MergeInputError, match=r"the STI of key .* contains NaN or inf values"):
         hf_tsv.sti(base, tasks)
 
 
-def test_output_dtype_overflow_is_refused(tiny, tmp_path):
+@pytest.mark.parametrize("_row", [pytest.param(None, id="OPT-69")])
+def test_output_dtype_overflow_is_refused(_row, tiny, tmp_path):
     """θ₀ + α·Δ finite in float32 but beyond float16's range: refused, not written as inf."""
-    with pytest.raises(MergeInputError, match=r"merged tensor of key .*\(float16\) is not finite"):
+    with pytest.raises(MergeInputError, match=r"merged tensor of key .*\(float16\) contains NaN or inf values"):
         hf_tsv.merge(tiny["base"], tiny["tasks"], alpha=1e12, dtype="float16", output_dir=tmp_path / "out")
     nothing_left(tmp_path)
 
@@ -346,12 +348,13 @@ def test_expand_refuses_non_finite_factors(part, tiny, tmp_path):
     factors[key].view(-1)[0] = float("nan")
     save_file(factors, str(tmp_path / "c" / "tsv_c.safetensors"))
     with pytest.raises(MergeInputError, match=r"the rebuilt tensor of key 'encoder\.layers\.0\.mlp\.fc1\.weight' "
-                       r"is not finite"):
+                       r"contains NaN or inf values"):
         hf_tsv.expand(tmp_path / "c", "task_01", tmp_path / "out")
     nothing_left(tmp_path)
 
 
-def test_linear_merge_refuses_non_finite_alpha(tiny):
+@pytest.mark.parametrize("_row", [pytest.param(None, id="OPT-72")])
+def test_linear_merge_refuses_non_finite_alpha(_row, tiny):
     linear = hf_tsv.merge_linear(tiny["base"], tiny["tasks"], method="ta")
     with pytest.raises(MergeInputError, match="finite"):
         linear.at(float("nan"))
@@ -360,7 +363,8 @@ def test_linear_merge_refuses_non_finite_alpha(tiny):
 
 
 def test_every_json_written_is_strict(tiny, tmp_path, capsys):
-    from hf_tsv.json_io import dumps_json, write_json
+    from hf_tsv.io.output import write_json
+    from hf_tsv.json_io import dumps_json
 
     with pytest.raises(MergeInputError, match=r"cannot write report\.json: sti\.keys\['a\.b'\] is nan"):
         write_json(tmp_path / "report.json", {"sti": {"keys": {"a.b": float("nan")}}})
@@ -431,7 +435,8 @@ def test_different_fine_tunes_with_equal_fingerprints_are_not_duplicates(tiny, t
     hf_tsv.plan(tiny["base"], tiny["tasks"])  # no error: their weights differ
 
 
-def test_in_memory_model_given_twice_is_refused(tiny):
+@pytest.mark.parametrize("_row", [pytest.param(None, id="OPT-71")])
+def test_in_memory_model_given_twice_is_refused(_row, tiny):
     from transformers import CLIPVisionModel
 
     model = CLIPVisionModel.from_pretrained(tiny["tasks"][0])
@@ -453,7 +458,8 @@ def hub_models(tiny, tmp_path, monkeypatch):
         yield hub
 
 
-def test_hub_id_and_its_main_revision_are_one_model(hub_models):
+@pytest.mark.parametrize("_row", [pytest.param(None, id="OPT-70")])
+def test_hub_id_and_its_main_revision_are_one_model(_row, hub_models):
     sha = hub_models.repos["ns/ft0"].commits[-1].oid
     with pytest.raises(MergeInputError, match=rf"one checkpoint \(the same Hub commit {sha}\)"):
         hf_tsv.plan("ns/base", ["ns/ft0", "ns/ft0@main", "ns/ft1"])

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HFTSVError
-from ..json_io import write_json
+from ..io.output import write_json
 
 BUILD_INFO = "build.json"
 SPEC_NAME = "tasks.json"

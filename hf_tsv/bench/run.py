@@ -22,7 +22,7 @@ from ..evaluation import (
     search_alpha,
 )
 from ..evaluation.alpha import default_grid
-from ..json_io import write_json
+from ..io.output import write_json
 from .build import BUILD_INFO, SPEC_NAME, BenchError, build_dir
 
 MERGE_METHODS = ("avg", "ta", "ties", "iso-c", "iso-cts", "tsv-m")

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..json_io import dumps_json
+from ..io.output import write_json
+from ..secrets import redact_json
 from .data import Normalizer, PreparedSplit, prepare_split
 from .heads import ClipTextEncoder, EvalInputError, TaskHead, _as_tensor, load_heads, save_heads, text_head
 from .tasks import TasksConfig, TaskSpec
@@ -152,11 +153,8 @@ class EvalReport:
         return "\n".join(lines)
 
     def save_json(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(dumps_json(self.to_dict(), path.name))
-        os.replace(tmp, path)
-        return path
+        """Write :meth:`to_dict` to ``path`` atomically (see :func:`hf_tsv.io.output.write_file_atomic`)."""
+        return write_json(path, redact_json(self.to_dict()))
 
 
 def evaluate_model(model, tasks: list[PreparedTask], *, split: str = "test", batch_size: int = 256,

@@ -8,15 +8,13 @@ from pathlib import Path
 
 import torch
 
-from ..json_io import write_json
+from ..files import ALPHA_SEARCH_NAME, EVAL_RESULTS_NAME, EVAL_TABLE_NAME
+from ..io.output import write_file_atomic, write_json
+from ..secrets import redact, redact_json
 from .alpha import AlphaSearch, search_alpha
 from .heads import ClipTextEncoder, EvalInputError
 from .runner import EvalReport, PreparedTask, evaluate_model, load_metric, load_vision_model, prepare_tasks
 from .tasks import TasksConfig
-
-EVAL_RESULTS_NAME = "eval_results.json"  # what the model card reads
-ALPHA_SEARCH_NAME = "eval_alpha_search.json"
-EVAL_TABLE_NAME = "eval_results.md"
 
 
 def projection_for(model: torch.nn.Module, config: TasksConfig) -> torch.Tensor | None:
@@ -56,10 +54,10 @@ def write_eval_files(folder: str | os.PathLike, test: EvalReport, search: AlphaS
     if search is not None:
         payload["alpha"] = search.best_alpha
         payload["alpha_selection"] = search.to_dict()["criterion"]
-    write_json(folder / EVAL_RESULTS_NAME, payload)
-    (folder / EVAL_TABLE_NAME).write_text(test.table() + "\n")
+    write_json(folder / EVAL_RESULTS_NAME, redact_json(payload))
+    write_file_atomic(folder / EVAL_TABLE_NAME, redact(test.table()) + "\n")
     if search is not None:
-        write_json(folder / ALPHA_SEARCH_NAME, search.to_dict())
+        write_json(folder / ALPHA_SEARCH_NAME, redact_json(search.to_dict()))
 
 
 def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: str = "tsv-m",
@@ -89,7 +87,7 @@ def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: 
     models = check_model_references(base, models)
     device, grid = options.device, options.alpha_grid
     if output_dir is not None:
-        check_output_dir(output_dir, overwrite)
+        check_output_dir(output_dir, overwrite, inputs=[base, *models])
     searching = alpha is None
     splits = ("validation", "test") if searching else ("test",)
     prepared = prepare_tasks(config, base, splits=splits, max_examples=max_examples, device=device,
@@ -114,8 +112,9 @@ def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: 
                           progress=progress)
     result = linear.at(alpha, **({"alpha_search": search.to_dict()} if search else {}))
     if output_dir is not None:
-        with atomic_output_dir(output_dir, overwrite) as tmp:
-            result.save_pretrained(tmp, overwrite=True)
+        with atomic_output_dir(output_dir, overwrite, inputs=result.inputs) as tmp:
+            result.write_files(tmp)
             write_eval_files(tmp, test, search)
-        result = type(result)(result.report, result.config, result.model_class, folder=Path(output_dir))
+        result = type(result)(result.report, result.config, result.model_class, folder=Path(output_dir),
+                              inputs=result.inputs)
     return result, search, test

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MergeInputError
+from ..secrets import describe_exception, known_secrets, normalize_token, resolve_token, safe_cause
 from .reader import CheckpointReader, InMemoryReader
 
 
@@ -88,6 +89,7 @@ def resolve_model(reference, *, name: str | None = None, revision: str | None = 
         >>> resolve_model("openai/clip-vit-base-patch32@main").revision  # doctest: +SKIP
         '3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268'
     """
+    token = normalize_token(token)  # stripped; refused (before anything is read) if it cannot be a token
     if isinstance(reference, torch.nn.Module):
         label = name or Path(getattr(getattr(reference, "config", None), "name_or_path", "") or "model").name
         return ResolvedModel(label or "model", InMemoryReader(reference, label or "model"))
@@ -110,13 +112,15 @@ def resolve_model(reference, *, name: str | None = None, revision: str | None = 
     except HFValidationError:
         raise MergeInputError(f"model {ref!r}: no such local folder, and not a valid Hub id "
                               "(expected a folder path or 'namespace/name')") from None
+    token = resolve_token(token)  # and HF_TOKEN checked, now that the Hub will be asked
     try:
         folder = _download(ref, rev, token)
     except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types; all mean the same here
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         hint = ("HF_HUB_OFFLINE is set and it is not in the local cache" if offline
                 else "check the id, the revision, your token and the network")
+        secrets = known_secrets(token)
         raise MergeInputError(f"model {ref!r}: no local folder of that name and the Hub download failed "
-                              f"({hint}): {type(exc).__name__}: {exc}") from exc
+                              f"({hint}): {describe_exception(exc, secrets)}") from safe_cause(exc, secrets)
     label = name or ref
     return ResolvedModel(label, CheckpointReader(folder, label), hub_id=ref, revision=folder.name)

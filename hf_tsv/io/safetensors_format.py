@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MergeInputError
+from .output import naming_file
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -117,9 +118,10 @@ class SafetensorsFileWriter:
         encoded = json.dumps(header, separators=(",", ":")).encode()
         encoded += b" " * (-len(encoded) % 8)  # keep tensor data 8-byte aligned, as safetensors does
         self._data_start = 8 + len(encoded)
-        self._file = open(self.path, "wb")
-        self._file.write(struct.pack("<Q", len(encoded)) + encoded)
-        self._file.truncate(self._data_start + offset)
+        with naming_file(self.path):  # a failed write (disk full...) names this file
+            self._file = open(self.path, "wb")
+            self._file.write(struct.pack("<Q", len(encoded)) + encoded)
+            self._file.truncate(self._data_start + offset)
         self._pending = set(layout)
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
@@ -127,8 +129,9 @@ class SafetensorsFileWriter:
         if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
             raise ValueError(f"{key}: expected {dtype} {tuple(shape)}, got {tensor.dtype} {tuple(tensor.shape)}")
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._file.seek(self._data_start + self._offsets[key])
-        self._file.write(memoryview(data))
+        with naming_file(self.path):
+            self._file.seek(self._data_start + self._offsets[key])
+            self._file.write(memoryview(data))
         self._pending.discard(key)
 
     def close(self) -> None:
@@ -136,4 +139,5 @@ class SafetensorsFileWriter:
             self._file.close()
             raise RuntimeError(f"{self.path}: {len(self._pending)} tensors were never written, "
                                f"e.g. {sorted(self._pending)[0]!r}")
-        self._file.close()
+        with naming_file(self.path):
+            self._file.close()
