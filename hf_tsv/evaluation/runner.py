@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import Normalizer, PreparedSplit, prepare_split
+from .data import Normalizer, PreparedSplit, check_split, prepare_split
 from .heads import ClipTextEncoder, EvalInputError, TaskHead, _as_tensor, load_heads, save_heads, text_head
 from .tasks import TasksConfig, TaskSpec
 
@@ -269,6 +269,12 @@ def prepare_tasks(config: TasksConfig, model_ref=None, *, splits: tuple[str, ...
             if task.validation_split is None:
                 raise EvalInputError(f"task {task.name!r} has no 'validation_split' in {config.source}; α search "
                                      "selects on validation data, never on the test split")
+    def source(task: TaskSpec, split: str) -> str:
+        return task.validation_split if split == "validation" else (task.split if split == "test" else split)
+
+    # every task's columns and labels are checked before heads are built or any image is decoded
+    checked = {(task.name, split): check_split(task, source(task, split), max_examples=max_examples)
+               for task in config.tasks for split in splits}
     processor = _processor_for(config, model_ref)
     normalizer = Normalizer.from_processor(processor)
     heads = build_heads(config, device=device)
@@ -276,8 +282,7 @@ def prepare_tasks(config: TasksConfig, model_ref=None, *, splits: tuple[str, ...
     for task in tqdm(config.tasks, desc="loading tasks", unit="task", leave=False, disable=not progress):
         splits_data = {}
         for split in splits:
-            source = task.validation_split if split == "validation" else (task.split if split == "test" else split)
-            data, names = prepare_split(task, source, processor, max_examples=max_examples)
+            data, names = prepare_split(task, source(task, split), processor, checked=checked[task.name, split])
             if len(names) != len(heads[task.name].class_names):
                 raise EvalInputError(f"task {task.name!r}: the dataset has {len(names)} classes but its head has "
                                      f"{len(heads[task.name].class_names)} rows")
