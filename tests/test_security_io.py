@@ -160,6 +160,28 @@ def test_files_outside_the_model_are_never_opened(build, tiny, tmp_path, capsys)
     assert messages[0] == messages[1], "the message tells whether the outside file exists"
 
 
+@pytest.mark.parametrize("build", [pytest.param(ESCAPES[0].values[0], id="IO-66"),
+                                   pytest.param(ESCAPES[3].values[0], id="IO-67")])
+def test_evaluation_loads_only_files_inside_the_model(build, tiny, tmp_path):
+    """`load_vision_model(BAD)` (what `hf-tsv eval` and the Space's evaluation call) applies the same rule
+    before transformers opens anything: the index's outside shard, or a weights link leading out, is refused."""
+    from hf_tsv.evaluation import load_vision_model
+
+    secret = tmp_path / "outside" / "secret.safetensors"
+    secret.parent.mkdir()
+    secret.write_bytes(Path(tiny["tasks"][0], "model.safetensors").read_bytes())  # a loadable outside file
+    model, fragments = build(tiny, _mkdir(tmp_path / "models"), secret)
+    with opened_files() as paths, pytest.raises(hf_tsv.MergeInputError) as info:
+        load_vision_model(model)
+    assert all(fragment in str(info.value) for fragment in fragments), str(info.value)
+    assert not within(paths, secret.parent)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
 @pytest.mark.parametrize("layout", [pytest.param("snapshot", id="IO-09"), pytest.param("sharded", id="IO-10")])
 def test_snapshots_and_sharded_folders_still_read(layout, tiny, tmp_path):
     """Works: a Hub-cache snapshot whose files link into its own repository's blobs (given as a local folder),

@@ -43,24 +43,29 @@ class PreparedTask:
 
 def load_vision_model(reference, *, device: str | torch.device = "cpu", revision: str | None = None):
     """A CLIP vision encoder from a folder or Hub id (``ns/name@rev``): CLIPVisionModelWithProjection,
-    CLIPVisionModel or a full CLIPModel, as its config says. ``trust_remote_code`` is never enabled."""
+    CLIPVisionModel or a full CLIPModel, as its config says. ``trust_remote_code`` is never enabled. The model
+    is resolved as merge inputs are (:func:`~hf_tsv.io.resolve.resolve_model`: a Hub revision pinned to one commit,
+    only the files the reader opens downloaded, every file checked to lie inside the model) before transformers
+    loads that folder."""
     if isinstance(reference, torch.nn.Module):
         return reference.to(device).eval()
     from transformers import AutoConfig, CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
 
-    from ..io.resolve import split_revision
+    from ..io.resolve import resolve_model
 
-    ref, rev = split_revision(str(reference), revision)
+    resolved = resolve_model(reference, revision=revision)
+    folder = str(resolved.reader.folder)
     try:
-        config = AutoConfig.from_pretrained(ref, revision=rev)
+        config = AutoConfig.from_pretrained(folder)
     except Exception as exc:  # noqa: BLE001
-        raise EvalInputError(f"model {ref!r}: cannot read its config.json ({type(exc).__name__}: {exc})") from exc
+        raise EvalInputError(f"model {resolved.name!r}: cannot read its config.json ({type(exc).__name__}: "
+                             f"{exc})") from exc
     arch = (getattr(config, "architectures", None) or [""])[0]
     classes = {"CLIPModel": CLIPModel, "CLIPVisionModelWithProjection": CLIPVisionModelWithProjection,
                "CLIPVisionModel": CLIPVisionModel}
     if arch not in classes:
         arch = "CLIPModel" if config.model_type == "clip" else "CLIPVisionModel"
-    return classes[arch].from_pretrained(ref, revision=rev).to(device).eval()
+    return classes[arch].from_pretrained(folder).to(device).eval()
 
 
 class ImageFeatures:
