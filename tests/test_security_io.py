@@ -252,11 +252,11 @@ def fetched(hub, repo_id: str) -> tuple[set[str], set[str]]:
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
+def hub(tmp_path):
+    """The loopback test Hub; huggingface_hub points at it, online (HF_HUB_OFFLINE=0), for the test's duration."""
     from hub_server import running_hub
 
     with running_hub(tmp_path / "hub") as server:
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
         yield server
 
 

@@ -26,18 +26,26 @@ from .layout import (
 from .safetensors_format import TensorInfo, read_header, read_tensor
 
 
-def _index_files(folder: Path, root: Path, index_name: str, who: str) -> list[Path]:
-    """The shards an index names, each checked to be a file inside the model (see :mod:`.layout`)."""
-    index_path = inside(folder, root, index_name, who)
+def _weight_files(folder: Path, root: Path, single: str, who: str) -> tuple[Path, list[Path]]:
+    """``(main file, files to read)``: ``single`` (e.g. ``model.safetensors``) if present, else its index
+    ``{single}.index.json`` and the shards it names, each checked to be a file inside the model (see
+    :mod:`.layout`)."""
+    single_path = find_member(folder, root, single, who)
+    if single_path is not None:
+        return single_path, [single_path]
+    index_name = f"{single}.index.json"
+    index_path = find_member(folder, root, index_name, who)
+    if index_path is None:
+        raise MergeInputError(f"{who}: neither {single} nor {index_name} in {folder}")
     weight_map = parse_weight_map(read_member(index_path, who), who, index_name)
     files = []
     for name, key in shards_of(weight_map).items():
         path = inside(folder, root, name, who, named_by=index_name, key=key)
         if not is_file(path):
-            raise MergeInputError(f"{who}: shard {name!r} named in {index_name} for key {key!r} is missing from "
-                                  f"{folder}; re-download the checkpoint")
+            raise MergeInputError(f"{who}: shard {name!r} named in {index_name} for key {key!r} is missing; "
+                                  "re-download the checkpoint")
         files.append(path)
-    return files
+    return index_path, files
 
 
 class SafetensorsFiles:
@@ -49,21 +57,10 @@ class SafetensorsFiles:
     def __init__(self, folder: Path, stem: str, who: str, root: Path | None = None):
         folder = Path(folder)
         root = model_root(folder) if root is None else root
-        single, index = f"{stem}.safetensors", f"{stem}.safetensors.index.json"
-        single_path = find_member(folder, root, single, who)
-        if single_path is not None:
-            self.main_file = single_path
-            files = [single_path]
-        else:
-            self.main_file = folder / index
-            files = _index_files(folder, root, index, who)
+        self.main_file, files = _weight_files(folder, root, f"{stem}.safetensors", who)
         self.infos: dict[str, TensorInfo] = {}
         for file in files:
             self.infos.update(read_header(file, who))
-
-    @staticmethod
-    def present(folder: Path, stem: str) -> bool:
-        return any(os.path.lexists(Path(folder) / f"{stem}.safetensors{end}") for end in ("", ".index.json"))
 
     def get(self, key: str) -> torch.Tensor:
         return read_tensor(self.infos[key])
@@ -75,13 +72,7 @@ class TorchBinFiles:
     inside ``root``."""
 
     def __init__(self, folder: Path, who: str, root: Path):
-        single_path = find_member(folder, root, "pytorch_model.bin", who)
-        if single_path is not None:
-            self.main_file = single_path
-            files = [single_path]
-        else:
-            self.main_file = folder / "pytorch_model.bin.index.json"
-            files = _index_files(folder, root, "pytorch_model.bin.index.json", who)
+        self.main_file, files = _weight_files(folder, root, "pytorch_model.bin", who)
         self.infos: dict[str, TensorInfo] = {}
         self._tensors: dict[str, torch.Tensor] = {}
         for file in files:

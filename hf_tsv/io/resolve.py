@@ -98,7 +98,9 @@ def _download(repo_id: str, revision: str | None, token: str | bool | None) -> P
 
 def resolve_model(reference, *, name: str | None = None, revision: str | None = None,
                   token: str | bool | None = None) -> ResolvedModel:
-    """Turn a reference into a :class:`ResolvedModel` (downloading Hub files unless HF_HUB_OFFLINE=1).
+    """Turn a reference into a :class:`ResolvedModel`. A Hub id's revision is resolved to one commit and exactly
+    the files the reader opens are downloaded at it (unless HF_HUB_OFFLINE=1: the cached snapshot); every file
+    read must lie inside the model's folder (see :mod:`hf_tsv.io.layout`).
 
     Example:
         >>> resolve_model("openai/clip-vit-base-patch32@main").revision  # doctest: +SKIP
