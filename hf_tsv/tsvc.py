@@ -181,7 +181,7 @@ def _index_problem(index: object) -> str | None:
                                                          for t in tasks):
         return "'tasks' must be a non-empty list of objects with a 'name'"
     if index.get("num_tasks") != len(tasks):
-        return f"'num_tasks' is {index.get('num_tasks')!r} but 'tasks' lists {len(tasks)}"
+        return f"'num_tasks' is {index.get('num_tasks')!r}, not the number of entries in 'tasks' ({len(tasks)})"
     if not isinstance(base, dict) or base.get("source") not in ("local", "hub", "memory"):
         return "'base' must be an object with 'source' local, hub or memory"
     if not is_text(base.get("fingerprint")):
