@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("expand", help="rebuild one task's full checkpoint from a TSV-C folder")
     p.add_argument("compressed", help="folder written by `hf-tsv compress`")
-    p.add_argument("--task", required=True, help="task name (as listed in tsv_c.json) or index")
+    p.add_argument("--task", required=True, help="task name as listed in tsv_c.json (names are matched first), or "
+                   "its index written N or #N (read as an index only when no task has that name)")
     p.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
     p.add_argument("--base", help="the base checkpoint, if not where compression found it")
     p.add_argument("--max-shard-size", default="5GB")

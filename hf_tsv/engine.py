@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .adapters.clip import ARCHITECTURE_FIELDS, PROJECTION_KEY, ClipVisionAdapter
 from .errors import MergeInputError
-from .io.resolve import ResolvedModel, _fingerprint, resolve_model
+from .io.resolve import ResolvedModel, resolve_model
 from .io.safetensors_format import TensorInfo
 from .options import check_model_references, resolve_device  # noqa: F401 - resolve_device: used from here too
 
@@ -227,7 +227,7 @@ def _content_digest(model: ResolvedModel) -> str:
     in-memory model a hash of every key, dtype, shape and first values. Equal digests are confirmed by
     :func:`_same_weights` before two models are called identical."""
     if model.reader.folder is not None:
-        return model.fingerprint or _fingerprint(model.reader)
+        return model.content_fingerprint()
     digest = hashlib.sha256()
     for key in sorted(model.reader.infos):
         tensor = model.reader.get(key)

@@ -246,7 +246,7 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
     def prepare(base_library, base_hub, models_library, models_hub, fuse_qkv, device):
         base, models = space_core.resolve_inputs(base_library, base_hub, models_library, models_hub, settings)
         _check_choice(device, devices, "device")
-        total = space_core.check_total_size([base, *models], settings)
+        (base, *models), total = space_core.pin_models([base, *models], settings)  # workers read those commits
         return base, models, total, bool(fuse_qkv)
 
     def server_paths() -> list[str]:

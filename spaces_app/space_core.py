@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -180,13 +181,16 @@ class ModelRef:
     path: Path | None = None
     repo_id: str | None = None
     revision: str | None = None
+    commit: str | None = None  # the commit the size check resolved ``revision`` to (see pin_models)
 
     @property
     def worker_ref(self) -> str:
-        """What the worker hands to hf_tsv: an absolute folder, or ``ns/name[@revision]``."""
+        """What the worker hands to hf_tsv: an absolute folder, or ``ns/name@commit`` (``ns/name[@revision]``
+        before :func:`pin_models`)."""
         if self.path is not None:
             return str(self.path)
-        return f"{self.repo_id}@{self.revision}" if self.revision else str(self.repo_id)
+        revision = self.commit or self.revision
+        return f"{self.repo_id}@{revision}" if revision else str(self.repo_id)
 
 
 def _shown(text: str, limit: int = 60) -> str:
@@ -304,32 +308,47 @@ def resolve_inputs(base_library, base_hub, models_library, models_hub, settings:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Size limits (checked before anything is downloaded)
+# Size limits (checked before any weights are downloaded)
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _weight_files(names_and_sizes: Iterable[tuple[str, int | None]]) -> list[tuple[str, int | None]]:
-    items = [(n, s) for n, s in names_and_sizes if "/" not in n]
-    safetensors = [(n, s) for n, s in items if n.endswith(".safetensors")]
-    if safetensors:
-        return safetensors
-    return [(n, s) for n, s in items if n.startswith("pytorch_model") and n.endswith(".bin")]
+MAX_INDEX_BYTES = 16 * 2**20  # a shard index larger than this is refused before it is downloaded
 
 
-def model_bytes(ref: ModelRef) -> int:
-    """Bytes of the weights of a model: file sizes of a library folder, or the Hub's file metadata."""
-    if ref.path is not None:
-        files = _weight_files((p.name, p.stat().st_size) for p in ref.path.iterdir() if p.is_file())
-        if not files:
-            raise SpaceError(f"library model {ref.label} has no safetensors (or pytorch_model.bin) weights")
-        return sum(size for _, size in files)
-    from huggingface_hub import HfApi
+def _library_files(ref: ModelRef) -> list[tuple[str, int]]:
+    """The files the reader opens in a library model, with their sizes; each must lie inside the model's folder
+    (symlinks followed), else the model is refused without a word about where the link leads."""
+    from hf_tsv.errors import HFTSVError
+    from hf_tsv.io.layout import files_to_read, inside, model_root
+
+    folder, who = ref.path, f"library model {ref.label!r}"
+    root = model_root(folder)
+
+    def member(name: str) -> Path:
+        return inside(folder, root, name, who)
+
+    try:
+        names = files_to_read(lambda name: os.path.lexists(folder / name), lambda name: member(name).read_bytes(),
+                              who)
+        return [(name, member(name).stat().st_size) for name in names]
+    except HFTSVError as exc:
+        raise SpaceError(str(exc).replace(str(folder), ref.label)) from None
+    except OSError:
+        raise SpaceError(f"{who}: its files cannot be read") from None
+
+
+def _hub_files(ref: ModelRef, cache_dir: str | os.PathLike | None) -> tuple[str, list[tuple[str, int | None]]]:
+    """Resolve a Hub model's revision to a commit and list the files the reader opens at that commit with the
+    Hub's sizes; a shard index is downloaded (into ``cache_dir``, where the worker finds it) to learn its shards."""
+    from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import (
         GatedRepoError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+
+    from hf_tsv.io.layout import files_to_read
 
     try:
         info = HfApi().model_info(ref.repo_id, revision=ref.revision, files_metadata=True, token=False)
@@ -344,25 +363,63 @@ def model_bytes(ref: ModelRef) -> int:
                          "use the models of its library") from None
     except Exception as exc:  # noqa: BLE001 - network errors of many kinds mean the same to the visitor
         raise SpaceError(f"{ref.label}: could not read its file list from the Hub ({type(exc).__name__})") from None
-    files = _weight_files((s.rfilename, s.size) for s in (info.siblings or []))
-    if not files:
-        raise SpaceError(f"{ref.label} has no safetensors (or pytorch_model.bin) weights on the Hub")
+    sizes = {sibling.rfilename: sibling.size for sibling in info.siblings or ()}
+
+    def read_index(name: str) -> bytes:
+        if sizes[name] is None or sizes[name] > MAX_INDEX_BYTES:
+            raise SpaceError(f"{ref.label}: its shard index {name} is missing a size or larger than "
+                             f"{MAX_INDEX_BYTES // 2**20} MiB; this server does not read it")
+        try:
+            return Path(hf_hub_download(ref.repo_id, name, revision=info.sha, token=False,
+                                        cache_dir=cache_dir)).read_bytes()
+        except Exception as exc:  # noqa: BLE001 - network errors of many kinds mean the same to the visitor
+            raise SpaceError(f"{ref.label}: could not download {name} ({type(exc).__name__})") from None
+
+    return info.sha, [(name, sizes[name]) for name in files_to_read(sizes.__contains__, read_index,
+                                                                    f"model {ref.label!r}")]
+
+
+def model_files(ref: ModelRef, cache_dir: str | os.PathLike | None = None) -> tuple[str | None, list[tuple[str, int]]]:
+    """Exactly the files a worker reads for ``ref`` (``config.json``, then ``model.safetensors`` or an index and
+    the shards it names, else ``pytorch_model.bin`` the same way; :func:`hf_tsv.io.layout.files_to_read`) with
+    their sizes, and for a Hub model the commit its revision resolves to (``None`` for a library model)."""
+    from hf_tsv.io.layout import WEIGHT_ENTRIES
+
+    commit, files = (None, _library_files(ref)) if ref.path is not None else _hub_files(ref, cache_dir)
+    if not any(name in WEIGHT_ENTRIES for name, _ in files):
+        where = "on the Hub" if ref.path is None else "in the library"
+        raise SpaceError(f"{ref.label} has no safetensors (or pytorch_model.bin) weights {where}")
     if any(size is None for _, size in files):
         raise SpaceError(f"{ref.label}: the Hub did not tell the size of its weights, so it cannot be checked "
                          "against this server's limits")
-    return sum(size for _, size in files)
+    return commit, files
 
 
-def check_total_size(refs: list[ModelRef], settings: Settings) -> int:
-    """Refuse a job whose models' weights add up to more than ``max_total_gb``; return the total bytes."""
-    total = 0
+def model_bytes(ref: ModelRef, cache_dir: str | os.PathLike | None = None) -> int:
+    """Bytes of the files a worker reads for ``ref`` (see :func:`model_files`), before any weights are downloaded."""
+    return sum(size for _, size in model_files(ref, cache_dir)[1])
+
+
+def pin_models(refs: list[ModelRef], settings: Settings) -> tuple[list[ModelRef], int]:
+    """Resolve every Hub model to one commit and size exactly the files its worker will read at that commit;
+    refuse a job whose models add up to more than ``max_total_gb``. Returns the refs pinned to those commits
+    (what the worker downloads is what was counted) and the total bytes."""
+    total, pinned = 0, []
     for ref in refs:
-        total += model_bytes(ref)
+        commit, files = model_files(ref, settings.hub_cache)
+        pinned.append(dataclasses.replace(ref, commit=commit))
+        total += sum(size for _, size in files)
         if total > settings.max_total_gb * GB:
             raise SpaceError(f"the models' weights add up to more than this server's limit of "
                              f"{settings.max_total_gb:g} GB (HF_TSV_SPACE_MAX_TOTAL_GB) "
                              f"({total / GB:.2f} GB with {ref.label}); choose fewer or smaller models")
-    return total
+    return pinned, total
+
+
+def check_total_size(refs: list[ModelRef], settings: Settings) -> int:
+    """Refuse a job whose models' files add up to more than ``max_total_gb``; return the total bytes (see
+    :func:`pin_models`, which also returns the refs pinned to the commits that were counted)."""
+    return pin_models(refs, settings)[1]
 
 
 def check_repo_target(repo_id) -> str:

@@ -430,7 +430,6 @@ def test_different_fine_tunes_with_equal_fingerprints_are_not_duplicates(tiny, t
     """The sampled fingerprint is only a first filter: models are called identical when every tensor is."""
     from hf_tsv import engine
 
-    monkeypatch.setattr(engine, "_fingerprint", lambda reader: "sha256:always-the-same")
     monkeypatch.setattr(engine, "_content_digest", lambda model: "sha256:always-the-same")
     hf_tsv.plan(tiny["base"], tiny["tasks"])  # no error: their weights differ
 
@@ -445,7 +444,8 @@ def test_in_memory_model_given_twice_is_refused(_row, tiny):
 
 
 @pytest.fixture
-def hub_models(tiny, tmp_path, monkeypatch):
+def hub_models(tiny, tmp_path):
+    """The loopback test Hub (online for the test's duration: running_hub sets and restores HF_HUB_OFFLINE)."""
     from hub_server import running_hub
     from huggingface_hub import HfApi
 
@@ -454,7 +454,6 @@ def hub_models(tiny, tmp_path, monkeypatch):
         for name, folder in [("base", tiny["base"]), ("ft0", tiny["tasks"][0]), ("ft1", tiny["tasks"][1])]:
             api.create_repo(f"ns/{name}")
             api.upload_folder(repo_id=f"ns/{name}", folder_path=folder)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
         yield hub
 
 
