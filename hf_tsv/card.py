@@ -47,8 +47,10 @@ METHOD_RULES = {
              "the merged weight is W_0 + α · U⊥ diag(σ) V⊥ᵀ. Biases, LayerNorms, the class embedding and the patch "
              "convolution are averaged.",
     "ta": "θ = θ_0 + α · Σ_t τ_t, with task vectors τ_t = θ_t − θ_0.",
-    "ties": "Each task vector is trimmed to its largest entries per tensor, a sign is elected per entry and the "
-            "agreeing entries are averaged (disjoint mean); θ = θ_0 + α · that.",
+    "ties": "Each task vector is trimmed to its largest entries (the top 20% over the whole model, as the reference "
+            "code does, unless the report says ties_scope tensor), a sign is elected per entry (the sign of the "
+            "sum; the majority sign where that is 0) and the agreeing entries are averaged (disjoint mean; summed "
+            "with ties_merge sum); θ = θ_0 + α · that.",
     "avg": "θ = mean_t θ_t (α is not used).",
     "iso-c": "The summed task matrix Σ_t τ_t of every weight matrix is given a flat spectrum (its mean singular "
              "value times U Vᵀ); θ = θ_0 + α · that. Other parameters are averaged.",

@@ -114,20 +114,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output folder (written atomically)")
     p.add_argument("--method", default="tsv-m", choices=list(METHODS), help="merge method (default tsv-m)")
     p.add_argument("--alpha", type=_alpha_arg,
-                   help="scaling α of the merged delta (default 1.0 for tsv-m/iso-*, 0.3 for ta/ties; avg ignores "
-                   "it), or 'search': choose α on the validation splits of --eval's tasks")
+                   help="scaling α of the merged delta (default 1.0 for tsv-m/iso-*/ties, 0.3 for ta and ties "
+                   "--ties-merge sum; avg ignores it), or 'search': choose α on the validation splits of --eval's "
+                   "tasks")
     p.add_argument("--eval", metavar="TASKS_SPEC",
                    help="task spec (JSON/YAML): evaluate the merge on each task's test split and write "
                    "eval_results.json beside it (the card shows it); needed by --alpha search")
     p.add_argument("--alpha-grid", metavar="GRID",
                    help="α values for --alpha search: 0.1,0.5,1 or start:stop:step (default 0.1:3.0:0.1 for "
-                   "tsv-m/iso-*, 1/30..1 for ta/ties)")
+                   "tsv-m/iso-*/ties, 1/30..1 for ta and ties --ties-merge sum)")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="evaluation batch size")
     p.add_argument("--max-examples", type=_positive_int, help="evaluate at most N examples per task and split")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="output dtype (default: the base's)")
     p.add_argument("--ties-density", type=float, help="TIES: fraction of entries kept per task, in (0, 1] "
                    "(default 0.2)")
+    p.add_argument("--ties-merge", choices=["mean", "sum"],
+                   help="TIES: mean of the agreeing entries (default, the paper's) or their sum (FusionBench's)")
+    p.add_argument("--ties-scope", choices=["model", "tensor"],
+                   help="TIES: trim each task's top entries over the whole model (default, the reference code's) "
+                   "or per tensor")
     p.add_argument("--iso-common-fraction", type=float, help="Iso-CTS: common-subspace share of r, in (0, 1] "
                    "(default 0.8)")
     p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors past this size (e.g. 2GB)")

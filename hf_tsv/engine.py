@@ -9,13 +9,14 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from .adapters.clip import ARCHITECTURE_FIELDS, PROJECTION_KEY, ClipVisionAdapter
+from .core.svd import InputPrecision
 from .errors import MergeInputError
 from .io.resolve import ResolvedModel, resolve_model
 from .io.safetensors_format import TensorInfo
@@ -340,6 +341,7 @@ class UnitTensors:
     unit: Unit
     base: torch.Tensor  # (stacked) base tensor in compute dtype on the device
     task_vectors: torch.Tensor  # (T, *shape) in compute dtype on the device
+    precision: InputPrecision  # how precisely the inputs give the task vectors (storage dtype, base size)
 
 
 class Timer:
@@ -373,6 +375,7 @@ def iter_units(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype
     key). A fine-tune stored narrower than the base is taken against the base rounded to its dtype
     (:func:`base_rounding`)."""
     units = plan.units if units is None else units
+    readers = plan.readers()
     for unit in tqdm(units, desc=desc, unit="key", leave=False):
         start = time.perf_counter()
         base_parts = [_read_input(plan, 0, key, device, compute_dtype) for key in unit.keys]
@@ -393,8 +396,21 @@ def iter_units(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype
                          f"{str(compute_dtype).removeprefix('torch.')})",
                          "it overflows this precision; use --svd-dtype float64 (compute_dtype=torch.float64)")
         del references, base_parts
+        stored = [reader.infos[raw[key]].dtype for reader, raw in zip(readers, plan.raw_keys) for key in unit.keys]
+        coarsest = max(stored, key=lambda d: torch.finfo(d).eps)
+        precision = InputPrecision(coarsest, float(base.norm()) / max(1, base.numel()) ** 0.5)
         timer.add("read_s", start)
-        yield UnitTensors(unit, base, task_vectors)
+        yield UnitTensors(unit, base, task_vectors, precision)
+
+
+def task_vector_scan(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype, timer: Timer,
+                     desc: str = "model pass") -> Callable[[], Iterator[torch.Tensor]]:
+    """A callable that streams every unit's task vectors ``(T, ...)`` once per call, in the plan's order: what
+    a method's model-wide pass (TIES's exact global trim) reads before the merge. Each call re-reads the inputs."""
+    def scan() -> Iterator[torch.Tensor]:
+        for item in iter_units(plan, device, compute_dtype, timer, desc=desc):
+            yield item.task_vectors
+    return scan
 
 
 def split_rows(unit: Unit, plan: MergePlan, tensor: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -20,7 +20,8 @@ def estimate_seconds(plan, method, options) -> float:
     """Seconds the merge of ``plan`` with ``method`` (a :class:`~hf_tsv.methods.MergeMethod`) and ``options``
     (:class:`~hf_tsv.methods.MethodOptions`) should take on this machine."""
     t = plan.num_tasks
-    read = sum(info.nbytes for info in plan.base_infos.values()) * (t + 1) / READ_BYTES_PER_SECOND
+    reads = 1 + method.model_pass_reads(options)  # TIES over the whole model reads every input 3-5 more times
+    read = reads * sum(info.nbytes for info in plan.base_infos.values()) * (t + 1) / READ_BYTES_PER_SECOND
     matrices = [u for u in plan.units if u.is_matrix]
     if not method.uses_svd or not matrices:
         return round(read, 1)

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .engine import MergePlan, Timer, build_plan, check_finite, iter_units, split_rows
+from .engine import MergePlan, Timer, build_plan, check_finite, iter_units, split_rows, task_vector_scan
 from .errors import MergeInputError
 from .files import CONFIG_NAME, REPORT_NAME
 from .io.output import InputLocation, input_locations, naming_file, write_json
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
+from .methods import KeyContext
 from .options import MergeOptions, check_model_references, check_output_options, finite_number
 from .report import device_description, format_sti_table, library_versions
 from .secrets import known_secrets, public_command, public_json
@@ -205,9 +206,15 @@ class _MergeJob:
         """Yield ``(unit, base, Δ)`` per unit, streaming; records STI (TSV-M) in the report at the end."""
         sti_keys: dict[str, float] = {}
         timer = self.timer
+        start = time.perf_counter()
+        scan = task_vector_scan(self.plan, self.device, self.compute_dtype, Timer(), desc=f"{self.method} model pass")
+        statistics = self.merge_method.statistics(scan, self.opts)  # TIES over the whole model: its thresholds
+        if statistics is not None:
+            timer.add("model_pass_s", start)
         for item in iter_units(self.plan, self.device, self.compute_dtype, timer, desc=f"{self.method} merge"):
             start = time.perf_counter()
-            delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts)
+            delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts,
+                                                           KeyContext(item.precision, statistics))
             if sti_value is not None:
                 sti_keys[self.plan.base_key(item.unit)] = sti_value
             start = timer.add("compute_s", start)
@@ -238,8 +245,10 @@ class LinearMerge:
     """
 
     def __init__(self, base_state: dict[str, torch.Tensor], delta_state: dict[str, torch.Tensor], report: dict,
-                 config, model_class: type, dtypes: dict[str, torch.dtype], inputs: tuple[InputLocation, ...] = ()):
+                 config, model_class: type, dtypes: dict[str, torch.dtype], inputs: tuple[InputLocation, ...] = (),
+                 alpha_grid: list[float] | None = None):
         self.inputs = inputs  # where the merged models live (see MergeResult.inputs)
+        self.alpha_grid = alpha_grid  # the method's default α grid for its options (None: look it up by name)
         self.base_state = base_state
         self.delta_state = delta_state
         self.report = report
@@ -315,7 +324,7 @@ def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False,
         job.report["alpha"] = 1.0
     dtypes = {k: v[0] for k, v in job.layout.items()}
     return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes,
-                       inputs=job.input_locations())
+                       inputs=job.input_locations(), alpha_grid=list(job.options.search_grid))
 
 
 def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fuse_qkv: bool = False,
@@ -331,13 +340,17 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
     ``output_dir`` the result is written straight to disk (atomically) and never held whole in memory;
     without it the merged weights are kept in memory.
 
-    Methods: ``tsv-m`` (α default 1.0), ``iso-c``/``iso-cts`` (1.0), ``ta``/``ties`` (0.3), ``avg``
-    (ignores α). ``dtype`` is the output dtype (default: the base's); SVDs run in ``compute_dtype``
-    (float32, or float64). ``svd`` chooses how each task's top-k triplets are computed: ``"exact"``
-    (default: Gram matrix + float64 eigendecomposition + Rayleigh-Ritz), ``"fast"`` (float32
+    Methods: ``tsv-m`` (α default 1.0), ``iso-c``/``iso-cts`` (1.0), ``ta`` (0.3), ``ties`` (1.0 with
+    ``ties_merge="mean"``, 0.3 with ``"sum"``), ``avg`` (ignores α); each method's definition is the docstring
+    of its :mod:`hf_tsv.core` function. TIES trims each task's top ``ties_density`` of entries over the whole
+    model (``ties_scope="model"``, as its reference code; this reads the inputs 3 more times, 5 with float64
+    compute) or per key (``"tensor"``). ``dtype`` is the output dtype (default: the base's); SVDs run in
+    ``compute_dtype`` (float32, or float64). ``svd`` chooses how each task's top-k triplets are computed:
+    ``"exact"`` (default: Gram matrix + float64 eigendecomposition + Rayleigh-Ritz), ``"fast"`` (float32
     eigendecomposition) or ``"lapack"`` (a full SVD per task, as the paper's code does). Method parameters
     are keyword arguments named as in :data:`hf_tsv.methods.PARAMETERS`: ``ties_density`` (TIES, in (0, 1],
-    default 0.2) and ``iso_common_fraction`` (Iso-CTS, in (0, 1], default 0.8).
+    default 0.2), ``ties_merge`` (``"mean"``/``"sum"``), ``ties_scope`` (``"model"``/``"tensor"``) and
+    ``iso_common_fraction`` (Iso-CTS, in (0, 1], default 0.8).
 
     Every option is checked (:class:`hf_tsv.options.MergeOptions`) before any model is read or downloaded.
     A model given twice, or the base given again as a fine-tuned model, is refused unless
@@ -434,7 +447,8 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
     matrix_units = [u for u in plan.units if u.is_matrix]
     keys: dict[str, float] = {}
     for item in iter_units(plan, options.device, options.compute_dtype, Timer(), units=matrix_units, desc="STI"):
-        factors = truncated_task_factors(item.task_vectors, compute_dtype=options.compute_dtype, svd=options.svd)
+        factors = truncated_task_factors(item.task_vectors, compute_dtype=options.compute_dtype, svd=options.svd,
+                                         precision=item.precision)
         key = plan.base_key(item.unit)
         keys[key] = check_finite(singular_task_interference(factors), f"the STI of key {key!r}", OUTPUT_OVERFLOW_HINT)
     return STIReport(keys, sum(keys.values()), plan.num_tasks, options.fuse_qkv, plan.warnings)

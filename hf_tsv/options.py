@@ -290,7 +290,12 @@ class MergeOptions:
     @property
     def effective_alpha(self) -> float:
         """α as the merge uses it: the given one, else the method's default (1.0 for averaging, which ignores α)."""
-        return resolve_alpha(self.merge_method, self.alpha)
+        return resolve_alpha(self.merge_method, self.alpha, self.method_options)
+
+    @property
+    def search_grid(self) -> tuple[float, ...]:
+        """The α values an α search scores: the given grid, else the method's own (for these options)."""
+        return self.alpha_grid or tuple(self.merge_method.alpha_grid(self.method_options))
 
     @property
     def compute_dtype(self) -> torch.dtype:

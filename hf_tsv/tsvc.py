@@ -110,7 +110,7 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
             unit = item.unit
             if unit.is_matrix:
                 f = truncated_task_factors(item.task_vectors, ranks[unit.name], compute_dtype=compute_dtype,
-                                           svd=svd)
+                                           svd=svd, precision=item.precision)
                 for t in range(t_count):
                     for part, tensor in (("u", f.u[t]), ("s", f.s[t]), ("v", f.v[t])):
                         write(f"tasks.{t}.{unit.name}.{part}", tensor)

@@ -27,7 +27,7 @@ logger = logging.getLogger("hf_tsv.space")
 
 METHOD_LABELS = {"tsv-m": "TSV-M (Task Singular Vectors)", "ta": "Task arithmetic", "ties": "TIES",
                  "avg": "Weight averaging", "iso-c": "Iso-C", "iso-cts": "Iso-CTS"}
-DEFAULT_ALPHA = {"tsv-m": 1.0, "iso-c": 1.0, "iso-cts": 1.0, "ta": 0.3, "ties": 0.3}
+DEFAULT_ALPHA = {"tsv-m": 1.0, "iso-c": 1.0, "iso-cts": 1.0, "ta": 0.3, "ties": 1.0}  # hf_tsv.METHODS' defaults
 MAX_ALPHA = 10.0
 # System fonts only: the page loads nothing from outside the server.
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],

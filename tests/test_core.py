@@ -166,11 +166,12 @@ def test_ties_trim_elect_disjoint_mean():
     tau = torch.tensor([[0.9, -0.1, 0.5, 0.0, -0.8],
                         [0.7, 0.2, -0.6, 0.05, -0.1],
                         [-0.2, 0.3, -0.4, 0.1, 0.9]])
-    # density 0.4 keeps the top 2 |entries| of each task:
-    # t0: 0.9, -0.8   t1: 0.7, -0.6   t2: 0.9, -0.4
-    # sums: [1.6, 0, -1.0, 0, 0.1] -> signs [+, 0, -, 0, +]
+    # density 0.4, d = 5: the reference's threshold is the (5 - int(5 * 0.4)) = 3rd smallest |entry|, and
+    # entries >= it survive, i.e. the top 3 of each task:
+    # t0: 0.9, 0.5, -0.8   t1: 0.7, 0.2, -0.6   t2: 0.3, -0.4, 0.9
+    # sums: [1.6, 0.5, -0.5, 0, 0.1] -> signs [+, +, -, 0, +]
     out = core.ties(tau, density=0.4)
-    expected = torch.tensor([0.8, 0.0, -0.5, 0.0, 0.9])
+    expected = torch.tensor([0.8, 0.25, -0.5, 0.0, 0.9])
     torch.testing.assert_close(out, expected)
     assert core.ties(tau, density=1.0).shape == (5,)
     with pytest.raises(ValueError):
@@ -260,3 +261,75 @@ def test_rank_deficient_tasks_in_every_mode():
                        for t in range(4)])  # rank 2 < k = 4
     for mode in ("exact", "fast", "lapack"):
         torch.testing.assert_close(core.tsv_merge(tau, svd=mode), tau.sum(0), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("density", [0.2, 0.37, 1e-6, 1.0])
+def test_ties_model_thresholds_equal_kthvalue_over_the_flattened_model(dtype, density):
+    """The streaming radix select finds exactly the reference's threshold (kthvalue over all keys), also with
+    ties at the threshold, zeros, subnormals and huge values, over keys of different sizes."""
+    gen = torch.Generator().manual_seed(4)
+    keys = [torch.randn(3, 40, 9, generator=gen, dtype=dtype),
+            (torch.randn(3, 25, generator=gen, dtype=dtype) * 3).round(),  # many exact ties
+            torch.zeros(3, 7, dtype=dtype),
+            torch.full((3, 4), torch.finfo(dtype).tiny / 8, dtype=dtype),  # subnormal
+            torch.tensor([[1e30], [-1e-30], [0.0]], dtype=dtype)]
+    stats = core.ties_model_statistics(lambda: keys, density)
+    flat = torch.cat([k.reshape(3, -1) for k in keys], dim=1)
+    rank = flat.shape[1] - int(flat.shape[1] * density)
+    expected = flat.abs().kthvalue(rank, dim=1).values if rank else torch.zeros(3, dtype=dtype)
+    assert torch.equal(stats.thresholds, expected)
+    assert stats.numel == flat.shape[1]
+
+
+def test_ties_majority_sign_decides_zero_sums_over_the_whole_scope():
+    # Entry 0 sums to exactly 0 with both tasks kept: the reference gives it the majority sign of all elected
+    # signs (here +: two positive entries elsewhere), then averages the agreeing entry.
+    tau = torch.tensor([[0.5, 0.3, 0.2], [-0.5, 0.1, 0.4]])
+    out = core.ties(tau, density=1.0)
+    torch.testing.assert_close(out, torch.tensor([0.5, 0.2, 0.3]))
+    negative = core.ties(-tau, density=1.0)  # majority -: the negative entry survives
+    torch.testing.assert_close(negative, torch.tensor([-0.5, -0.2, -0.3]))
+    assert torch.equal(core.ties(tau, density=1.0, merge="sum"), torch.tensor([0.5, 0.4, 0.6]))
+
+
+def test_ties_model_scope_streaming_equals_one_flattened_vector():
+    """Model-scope TIES key by key from the streamed statistics equals TIES on the whole model flattened."""
+    gen = torch.Generator().manual_seed(6)
+    keys = [torch.randn(4, 12, 5, generator=gen), torch.randn(4, 30, generator=gen) * 0.01,
+            torch.randn(4, 3, generator=gen) * 10]
+    flat = torch.cat([k.reshape(4, -1) for k in keys], dim=1)
+    for merge in core.TIES_MERGES:
+        stats = core.ties_model_statistics(lambda: keys, 0.2)
+        streamed = torch.cat([core.ties_merge_trimmed(k, stats.thresholds, stats.majority, merge).reshape(-1)
+                              for k in keys])
+        assert torch.equal(streamed, core.ties(flat, 0.2, merge))
+
+
+def test_iso_cts_keeps_exactly_r_directions():
+    for r in (1, 2, 17, 32, 64, 768):
+        for num_tasks in (1, 2, 4, 8, 14, 20):
+            common, per_task = core.iso_cts_sizes(r, num_tasks)
+            assert common >= 0 and per_task >= 0 and common + per_task * num_tasks == r
+    tau = torch.randn(8, 64, 64, dtype=F64)
+    s = torch.linalg.svdvals(core.iso_cts(tau, compute_dtype=F64))
+    assert int((s > 1e-9 * s[0]).sum()) == 64  # 48 common + 8 x 2 task directions, all kept
+
+
+def test_null_directions_do_not_depend_on_the_compute_dtype():
+    """A rank-2 task stored as float32 weights (base + low rank, rounded): float32 and float64 SVDs keep the same
+    2 triplets when told the inputs' precision (not with the compute dtype's epsilon: 0.3-0.8 apart)."""
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(32, 48, generator=gen) * 0.02
+    low_rank = torch.stack([torch.randn(32, 2, generator=gen, dtype=F64) @ torch.randn(2, 48, generator=gen,
+                                                                                       dtype=F64)
+                            for _ in range(4)])
+    low_rank *= 1e-3 * float(base.norm()) / low_rank.norm(dim=(1, 2), keepdim=True)
+    tau = ((base.to(F64) + low_rank).float() - base).to(F64)  # what the engine reads from float32 checkpoints
+    precision = core.InputPrecision(torch.float32, float(base.norm()) / (32 * 48) ** 0.5)
+    for mode in core.SVD_MODES:
+        single = core.truncated_task_factors(tau.float(), svd=mode, precision=precision)
+        double = core.truncated_task_factors(tau, svd=mode, compute_dtype=F64, precision=precision)
+        assert int((single.s > 0).sum()) == int((double.s > 0).sum()) == 4 * 2
+        merged = core.tsv_merge_factors(single).to(F64)
+        torch.testing.assert_close(merged, core.tsv_merge_factors(double), rtol=0, atol=1e-5 * float(merged.norm()))

@@ -11,7 +11,7 @@ from conftest import copy_checkpoint, load_state, max_rel_diff
 
 import hf_tsv
 from hf_tsv import core
-from hf_tsv.methods import METHODS, MethodOptions
+from hf_tsv.methods import METHODS, KeyContext, MethodOptions
 
 
 def in_memory_reference(base: str, tasks: list[str], method: str, alpha: float) -> dict[str, torch.Tensor]:
@@ -19,10 +19,11 @@ def in_memory_reference(base: str, tasks: list[str], method: str, alpha: float) 
     theta0 = load_state(base)
     thetas = [load_state(t) for t in tasks]
     m = METHODS[method]
+    taus = {key: torch.stack([th[key].float() - w0.float() for th in thetas]) for key, w0 in theta0.items()}
+    statistics = m.statistics(lambda: taus.values(), MethodOptions())  # TIES: its model-wide thresholds
     out = {}
     for key, w0 in theta0.items():
-        tau = torch.stack([th[key].float() - w0.float() for th in thetas])
-        delta, _ = m.key_delta(tau, w0.ndim == 2, MethodOptions())
+        delta, _ = m.key_delta(taus[key], w0.ndim == 2, MethodOptions(), KeyContext(statistics=statistics))
         out[key] = (w0.float() + alpha * delta).to(w0.dtype)
     return out
 
@@ -42,7 +43,8 @@ def test_streaming_equals_in_memory(tiny, tmp_path, method):
 def test_default_alphas(tiny):
     assert hf_tsv.merge(tiny["base"], tiny["tasks"]).report["alpha"] == 1.0
     assert hf_tsv.merge(tiny["base"], tiny["tasks"], method="ta").report["alpha"] == 0.3
-    assert hf_tsv.merge(tiny["base"], tiny["tasks"], method="ties").report["alpha"] == 0.3
+    assert hf_tsv.merge(tiny["base"], tiny["tasks"], method="ties").report["alpha"] == 1.0  # the disjoint mean
+    assert hf_tsv.merge(tiny["base"], tiny["tasks"], method="ties", ties_merge="sum").report["alpha"] == 0.3
     avg = hf_tsv.merge(tiny["base"], tiny["tasks"], method="avg", alpha=5.0).state_dict()
     mean = {k: torch.stack([load_state(t)[k] for t in tiny["tasks"]]).mean(0) for k in avg}
     assert max(max_rel_diff(avg[k], mean[k]) for k in avg) < 1e-6

@@ -27,7 +27,7 @@ from .build import BUILD_INFO, SPEC_NAME, BenchError, build_dir
 
 MERGE_METHODS = ("avg", "ta", "ties", "iso-c", "iso-cts", "tsv-m")
 QUICK_GRIDS = {"tsv-m": [0.5, 1.0, 1.5, 2.0], "iso-c": [0.5, 1.0, 1.5, 2.0], "iso-cts": [0.5, 1.0, 1.5, 2.0],
-               "ta": [0.1, 0.2, 0.3, 0.5, 1.0], "ties": [0.1, 0.2, 0.3, 0.5, 1.0], "avg": [1.0]}
+               "ta": [0.1, 0.2, 0.3, 0.5, 1.0], "ties": [0.5, 1.0, 1.5, 2.0], "avg": [1.0]}
 
 
 def _entry(report: EvalReport, alpha=None, **extra) -> dict:

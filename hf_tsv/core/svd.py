@@ -2,9 +2,67 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class InputPrecision:
+    """How precisely the task vectors of one key are known; it decides which singular directions are null.
+
+    A task of rank below the kept count (a LoRA merged into its base, say) has singular triplets that carry
+    nothing: LAPACK returns arbitrary vectors for them, and those vectors would still steer a polar factor
+    (TSV-M, Iso-CTS) and STI, or get the mean singular value (Iso-C, Iso-CTS). A triplet is **null** when
+
+        σ ≤ ε·(max(m, n)·σ_max + terms·rms(θ₀)·(√m + √n))
+
+    with ε the machine epsilon of the precision τ = θ_t − θ₀ is exact in: the stored dtype, promoted to at least
+    float32 (differences of half-precision weights are exact in float32).
+
+    * ε·max(m, n)·σ_max is numpy's ``matrix_rank`` rule at that precision;
+    * ε·rms(θ₀)·(√m + √n) is √12 times the spectral norm of a rounding of the weights at that precision
+      (entries off by up to ε·|θ|/2): a fine-tune computed in float32 and stored (a merged LoRA, say) carries it,
+      and its directions are noise that no float32 SVD resolves. ``terms`` counts the task vectors summed into
+      the decomposed matrix (T for Σ_t τ_t). Half-precision rounding is larger, resolvable, and for a model
+      trained in half precision part of the fine-tune, so it is kept.
+
+    Both terms depend on the inputs only, never on the SVD's compute dtype, so float32 and float64 SVDs agree on
+    which directions exist. The authors' code (and FusionBench) keep the arbitrary null vectors, so their result
+    on a rank-deficient task depends on the LAPACK build; hf_tsv departs from it there. On full fine-tunes
+    nothing is dropped: their smallest kept σ lies orders of magnitude above this threshold.
+
+    Args:
+        dtype: the coarsest dtype the key is stored in (base and fine-tunes).
+        weight_rms: root mean square of the base weights θ₀ of the key (0 when unknown: first term only).
+
+    Example:
+        >>> p = InputPrecision(torch.bfloat16)  # τ of bfloat16 weights is exact in float32
+        >>> float(p.null_tolerance(torch.tensor(1.0), (100, 10))) == 100 * torch.finfo(torch.float32).eps
+        True
+    """
+
+    dtype: torch.dtype = torch.float32
+    weight_rms: float = 0.0
+
+    @property
+    def eps(self) -> float:
+        """Machine epsilon of the precision the task vectors are exact in."""
+        return torch.finfo(torch.promote_types(self.dtype, torch.float32)).eps
+
+    def null_tolerance(self, sigma_max: torch.Tensor, shape: tuple[int, int], terms: int = 1) -> torch.Tensor:
+        """The σ at or below which a triplet of an ``shape`` matrix with largest singular value ``sigma_max``
+        is null (elementwise over a batch of ``sigma_max``)."""
+        m, n = int(shape[-2]), int(shape[-1])
+        return self.eps * (max(m, n) * sigma_max + terms * self.weight_rms * (math.sqrt(m) + math.sqrt(n)))
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> InputPrecision:
+        """The precision of task vectors given as they are stored (the default of the core functions)."""
+        return cls(tensor.dtype if tensor.dtype.is_floating_point else torch.float32)
 
 
 def check_compute_dtype(dtype: torch.dtype) -> torch.dtype:

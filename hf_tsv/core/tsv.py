@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .svd import polar_factor, top_k_svd
+from .svd import InputPrecision, polar_factor, top_k_svd
 
 
 def tasks_rank(shape: tuple[int, int] | torch.Size, num_tasks: int) -> int:
@@ -56,12 +56,14 @@ def truncated_task_factors(
     *,
     compute_dtype: torch.dtype = torch.float32,
     svd: str = "exact",
+    precision: InputPrecision | None = None,
 ) -> TaskFactors:
     """TSV-C: each task's top-k singular triplets (default k = ⌊r/T⌋), computed in one batched SVD.
 
-    Triplets whose singular value is numerically zero (a task of rank < k) are returned as zero vectors.
-    ``svd`` picks how the triplets are computed (``"exact"``, ``"fast"`` or ``"lapack"``, see
-    :func:`~hf_tsv.core.svd.top_k_svd`).
+    Null triplets (a task of rank < k) are returned as zero vectors; what is null depends on ``precision``,
+    the inputs' precision (default: the dtype ``task_matrices`` come in), never on ``compute_dtype`` (see
+    :class:`~hf_tsv.core.svd.InputPrecision`). ``svd`` picks how the triplets are computed (``"exact"``,
+    ``"fast"`` or ``"lapack"``, see :func:`~hf_tsv.core.svd.top_k_svd`).
 
     Example:
         >>> f = truncated_task_factors(torch.randn(4, 12, 10))
@@ -77,12 +79,11 @@ def truncated_task_factors(
     if k == 0:
         z = task_matrices.new_zeros((), dtype=compute_dtype)
         return TaskFactors(z.expand(num_tasks, m, 0), z.expand(num_tasks, 0), z.expand(num_tasks, n, 0))
+    precision = precision or InputPrecision.of(task_matrices)
     u, s, v = top_k_svd(task_matrices, k, mode=svd, compute_dtype=compute_dtype)
-    # A task of rank < k has kept triplets with σ = 0 whose vectors LAPACK picks arbitrarily; they are not
-    # task directions, yet they would steer the polar step and STI. Zero them, as numpy's matrix_rank
-    # decides rank: σ ≤ max(m, n)·eps·σ_max.
-    tol = max(m, n) * torch.finfo(compute_dtype).eps * s[..., :1]
-    null = s <= tol
+    # A task of rank < k has kept triplets with σ ≈ 0 whose vectors LAPACK picks arbitrarily; they are not
+    # task directions, yet they would steer the polar step and STI. Zero them.
+    null = s <= precision.null_tolerance(s[..., :1], (m, n))
     if bool(null.any()):
         keep = (~null).to(s.dtype)
         u, s, v = u * keep[:, None, :], s * keep, v * keep[:, None, :]
@@ -111,6 +112,7 @@ def tsv_merge(
     *,
     compute_dtype: torch.dtype = torch.float32,
     svd: str = "exact",
+    precision: InputPrecision | None = None,
 ) -> torch.Tensor:
     """TSV-M merged delta of one matrix key (before α): returns Δ in ``compute_dtype``, shape (m, n).
 
@@ -119,7 +121,8 @@ def tsv_merge(
         >>> torch.allclose(tsv_merge(tau, compute_dtype=torch.float64), tau[0])  # T = 1: the task itself
         True
     """
-    return tsv_merge_factors(truncated_task_factors(task_matrices, k, compute_dtype=compute_dtype, svd=svd))
+    factors = truncated_task_factors(task_matrices, k, compute_dtype=compute_dtype, svd=svd, precision=precision)
+    return tsv_merge_factors(factors)
 
 
 def singular_task_interference(factors: TaskFactors) -> float:

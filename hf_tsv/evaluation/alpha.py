@@ -7,27 +7,22 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..methods import METHODS, MethodOptions
 from ..options import parse_alpha_grid
 from .heads import EvalInputError
 from .runner import EvalReport, PreparedTask, evaluate_model, load_metric
 
-# The paper's grids: scaling factors 0.1...3.0 for the SVD methods, 1/30...1 for task arithmetic and TIES.
-DEFAULT_GRIDS: dict[str, list[float]] = {
-    "tsv-m": [round(0.1 * i, 2) for i in range(1, 31)],
-    "iso-c": [round(0.1 * i, 2) for i in range(1, 31)],
-    "iso-cts": [round(0.1 * i, 2) for i in range(1, 31)],
-    "ta": [i / 30 for i in range(1, 31)],
-    "ties": [i / 30 for i in range(1, 31)],
-    "avg": [1.0],  # averaging has no α
-}
 
-
-def default_grid(method: str) -> list[float]:
-    """The α grid searched for ``method`` when none is given."""
+def default_grid(method: str, opts: MethodOptions | None = None) -> list[float]:
+    """The α grid searched for ``method`` (with ``opts``, default the method's defaults) when none is given;
+    each method keeps its grid with its definition, in :data:`hf_tsv.methods.METHODS`."""
     try:
-        return list(DEFAULT_GRIDS[method])
+        return METHODS[method].alpha_grid(opts)
     except KeyError:
         raise EvalInputError(f"no default α grid for method {method!r}") from None
+
+
+DEFAULT_GRIDS: dict[str, list[float]] = {name: default_grid(name) for name in METHODS}  # default options
 
 
 def parse_grid(text: str) -> list[float]:
@@ -79,15 +74,19 @@ def pick_best(scores: dict[float, float]) -> float:
 def search_alpha(linear, tasks: list[PreparedTask], *, grid: list[float] | None = None,
                  split: str = "validation", batch_size: int = 256, device: str | torch.device = "cpu",
                  projection: torch.Tensor | None = None, progress: bool = True) -> AlphaSearch:
-    """Score ``linear`` (a :class:`hf_tsv.LinearMerge`) at every α of ``grid`` on ``split`` and pick the best
-    mean normalised accuracy (mean absolute accuracy where a task lacks its fine-tuned reference).
+    """Score ``linear`` (a :class:`hf_tsv.LinearMerge`) at every α of ``grid`` (default: the method's grid for the
+    options it was merged with) on ``split`` and pick the best mean normalised accuracy (mean absolute accuracy
+    where a task lacks its fine-tuned reference).
 
     Example:
         >>> lin = hf_tsv.merge_linear("base", ["ft_a", "ft_b"], method="tsv-m")  # doctest: +SKIP
         >>> search = search_alpha(lin, prepare_tasks(cfg, "base", splits=("validation",)))  # doctest: +SKIP
         >>> search.best_alpha  # doctest: +SKIP
     """
-    grid = list(parse_alpha_grid(grid)) if grid is not None else default_grid(linear.method)
+    if grid is not None:
+        grid = list(parse_alpha_grid(grid))
+    else:  # the grid that came with the merge (its method's, for its options)
+        grid = list(getattr(linear, "alpha_grid", None) or default_grid(linear.method))
     criterion = "normalized" if all(t.finetuned_accuracy.get(split) for t in tasks) else "absolute"
     result = AlphaSearch(linear.method, criterion, grid)
     metric = load_metric()
