@@ -255,10 +255,12 @@ def test_merge_options_normalise_and_record_method_parameters():
     assert opts.alpha == 1.0 and isinstance(opts.alpha, float)
     assert opts.dtype == torch.bfloat16 and opts.compute_dtype == torch.float64
     assert opts.device == torch.device("cpu")
-    assert opts.method_parameters() == {"ties_density": 0.5}
+    assert opts.method_parameters() == {"ties_density": 0.5, "ties_merge": "mean", "ties_scope": "model"}
     assert MergeOptions(method="tsv-m").method_parameters() == {}
     assert MergeOptions(method="avg", alpha=5).effective_alpha == 1.0
     assert MergeOptions(method="ta").effective_alpha == 0.3
+    assert MergeOptions(method="ties").effective_alpha == 1.0  # the disjoint mean's λ ≈ 1
+    assert MergeOptions.from_arguments(method="ties", ties_merge="sum").effective_alpha == 0.3
     assert MergeOptions(alpha_grid="0.5:1.5:0.5").alpha_grid == (0.5, 1.0, 1.5)
     with pytest.raises(MergeInputError):
         MergeOptions(method_options=MethodOptions(ties_density=-1))
