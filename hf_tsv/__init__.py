@@ -19,12 +19,23 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .card import write_card  # noqa: E402
-from .errors import CardError, HFTSVError, MergeInputError, OutputExistsError, PushError  # noqa: E402
+from .errors import (  # noqa: E402
+    CardError,
+    HFTSVError,
+    MergeInputError,
+    OutputExistsError,
+    OutputPathError,
+    OutputWriteError,
+    PushError,
+    TokenError,
+)
 from .hub import PushResult, push_to_hub  # noqa: E402
 from .merge import LinearMerge, MergeResult, STIReport, merge, merge_linear, plan, sti  # noqa: E402
 from .methods import METHODS  # noqa: E402
+from .options import MergeOptions  # noqa: E402
 from .tsvc import CompressResult, compress, expand  # noqa: E402
 
-__all__ = ["METHODS", "CardError", "CompressResult", "HFTSVError", "LinearMerge", "MergeInputError", "MergeResult",
-           "OutputExistsError", "PushError", "PushResult", "STIReport", "__version__", "compress", "expand", "merge",
-           "merge_linear", "plan", "push_to_hub", "sti", "write_card"]
+__all__ = ["METHODS", "CardError", "CompressResult", "HFTSVError", "LinearMerge", "MergeInputError", "MergeOptions",
+           "MergeResult", "OutputExistsError", "OutputPathError", "OutputWriteError", "PushError", "PushResult",
+           "STIReport", "TokenError", "__version__", "compress", "expand", "merge", "merge_linear", "plan",
+           "push_to_hub", "sti", "write_card"]

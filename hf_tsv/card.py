@@ -18,23 +18,21 @@ import json
 import logging
 import math
 import os
-import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CardError
+from .files import CARD_NAME, HEATMAP_NAME, REPORT_NAME, STI_STATS_NAME, TSVC_INDEX_NAME
+from .files import EVAL_RESULTS_NAME as EVAL_NAME
+from .io.output import write_file_atomic
+from .json_io import dumps_json
 from .report import sti_table
+from .secrets import normalize_token, path_name, public_json, redact
+from .secrets import public_command as public_command  # re-exported: it was defined here before hf_tsv.secrets
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
-CARD_NAME = "README.md"
-HEATMAP_NAME = "sti_heatmap.png"
-STI_STATS_NAME = "sti_stats.json"
-EVAL_NAME = "eval_results.json"
-REPORT_NAME = "merge_report.json"
-TSVC_INDEX_NAME = "tsv_c.json"
 PAPER_URL = "https://arxiv.org/abs/2412.00081"
 PIPELINE_TAG = "image-feature-extraction"
 COMMON_TAGS = ["hf-tsv", "task-singular-vectors", "clip"]
@@ -60,7 +58,6 @@ METHOD_RULES = {
                "orthogonalised as in TSV-M and given a flat spectrum; θ = θ_0 + α · that. Other parameters are "
                "averaged.",
 }
-KEEP_VALUE_OPTIONS = {"--exclude", "--push-to-hub", "--repo-id", "--method", "--task"}
 
 
 @dataclass
@@ -94,7 +91,7 @@ class _Parent:
 
     @property
     def name(self) -> str:
-        return self.hub_id or _last_component(str(self.provenance.get("name") or "model"))
+        return self.hub_id or path_name(str(self.provenance.get("name") or "model"))
 
     @property
     def license_key(self) -> str | None:
@@ -109,13 +106,15 @@ class _Parent:
 
 
 def _read_json(path: Path, what: str) -> dict:
+    """A JSON file of the folder as the card may show it (:func:`hf_tsv.secrets.public_json`: no secret, local
+    paths reduced to names)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CardError(f"{path.name} in {path.parent.name!r} could not be read as {what}: {exc}") from None
     if not isinstance(data, dict):
         raise CardError(f"{path.name} in {path.parent.name!r} is not a JSON object")
-    return data
+    return public_json(data)
 
 
 def folder_kind(folder: Path) -> str:
@@ -159,48 +158,6 @@ def _is_number(value) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # Public names (never a local path)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _last_component(text: str) -> str:
-    parts = [p for p in re.split(r"[\\/]+", text) if p]
-    return parts[-1] if parts else text
-
-
-def public_command(command: str, hub_ids: set[str]) -> str:
-    """The recorded command with every local path reduced to its last component (Hub ids are kept).
-
-    Example:
-        >>> public_command("hf-tsv merge /home/me/base me/ft -o /tmp/out", {"me/ft"})
-        'hf-tsv merge base me/ft -o out'
-    """
-    try:
-        parts = shlex.split(command)
-    except ValueError:
-        return "(the recorded command could not be parsed, so it is not shown)"
-    out: list[str] = []
-    previous = ""
-    for part in parts:
-        if previous in KEEP_VALUE_OPTIONS:
-            out.append(part)
-        elif part.startswith("--") and "=" in part:
-            option, _, value = part.partition("=")
-            out.append(f"{option}={value if option in KEEP_VALUE_OPTIONS else _public_arg(value, hub_ids)}")
-        elif part.startswith("-") and not part.startswith("--") and len(part) > 2:  # -o=PATH or -oPATH
-            option, value = part[:2], part[2:]
-            sep = "=" if value.startswith("=") else ""
-            out.append(option + sep + _public_arg(value[len(sep):], hub_ids))
-        else:
-            out.append(_public_arg(part, hub_ids))
-        previous = part
-    return shlex.join(out)
-
-
-def _public_arg(arg: str, hub_ids: set[str]) -> str:
-    if arg.startswith("-") or arg.partition("@")[0] in hub_ids:
-        return arg
-    if "/" in arg or "\\" in arg or arg.startswith("~"):
-        return _last_component(arg)
-    return arg
 
 
 def _python_call(report: dict, parents: list[_Parent]) -> str:
@@ -589,6 +546,7 @@ def build_card(folder: str | os.PathLike, *, repo_id: str | None = None, license
     from huggingface_hub import ModelCard, ModelCardData
 
     folder = Path(folder)
+    token = normalize_token(token)
     if not folder.is_dir():
         raise CardError(f"{folder.name!r} is not a folder")
     kind = folder_kind(folder)
@@ -608,7 +566,7 @@ def build_card(folder: str | os.PathLike, *, repo_id: str | None = None, license
                 context["sti"]["heatmap"] = None
             else:
                 side_files[HEATMAP_NAME] = png
-            side_files[STI_STATS_NAME] = (json.dumps(stats, indent=2) + "\n").encode()
+            side_files[STI_STATS_NAME] = dumps_json(stats, STI_STATS_NAME).encode()
     elif kind == "tsv-c":
         index = _read_json(folder / TSVC_INDEX_NAME, "a TSV-C index")
         context, metadata, warnings = _tsvc_context(folder, index, title, model_id, token, license)
@@ -619,6 +577,9 @@ def build_card(folder: str | os.PathLike, *, repo_id: str | None = None, license
     metadata = {k: v for k, v in metadata.items() if v is not None}
     card_data = ModelCardData(**metadata)
     card = ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), warnings=warnings, **context)
+    text = redact(str(card))
+    if text != str(card):  # e.g. a --repo-id or --license typed with a token in it
+        card = ModelCard(text, ignore_metadata_errors=True)
     for warning in warnings:
         logger.warning("model card of %s: %s", title, warning)
     return CardResult(folder, card, kind, warnings, [CARD_NAME, *side_files]), side_files
@@ -630,15 +591,6 @@ def write_card(folder: str | os.PathLike, *, repo_id: str | None = None, license
     ``sti_stats.json`` beside it for a TSV-M merge. See :func:`build_card` for the arguments."""
     result, side_files = build_card(folder, repo_id=repo_id, license=license, token=token)
     for name, data in side_files.items():
-        _write_atomic(result.folder / name, data)
-    _write_atomic(result.folder / CARD_NAME, result.text.encode("utf-8"))
+        write_file_atomic(result.folder / name, data)
+    write_file_atomic(result.folder / CARD_NAME, result.text)
     return result
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

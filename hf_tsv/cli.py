@@ -4,18 +4,42 @@ one-line reason."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
 
 from .core.svd import SVD_MODES
+from .secrets import REDACTED, SECRET_OPTIONS, known_secrets, redact, redact_json
 
 
 def default_threads() -> int:
     """Half the CPUs (at least 1). Measured on 2 cores (B/32-width, 2 layers, T=8): 2 threads were only 9% faster
     than 1 on an idle machine (25.5 s vs 27.9 s) but 1.6x slower when the other core was busy (41 s vs 26 s)."""
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that accepts options only as written in full (``--tok`` is not taken for
+    ``--token``) and whose error messages never echo a secret: an unknown option is named without its value,
+    and every message is redacted. Sub-commands get the same class (``add_subparsers`` uses it)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 - argparse's, with unknown values hidden
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            names = [a.partition("=")[0] for a in unknown if a.startswith("-")]
+            hidden = sum(1 for a in unknown if not a.startswith("-") or "=" in a)
+            plural = "s" if hidden > 1 else ""
+            values = f"{' and ' if names else ''}{hidden} value{plural} (not shown)" if hidden else ""
+            self.error(f"unrecognized arguments: {' '.join(names)}{values}; write options in full (abbreviations "
+                       "are not accepted) and see --help")
+        return parsed
+
+    def error(self, message: str):
+        super().error(redact(message))
 
 
 def _positive_int(text: str) -> int:
@@ -51,6 +75,9 @@ def _add_inputs(p: argparse.ArgumentParser, what: str = "fine-tuned models") -> 
     p.add_argument("--exclude", metavar="REGEX",
                    help="matrix keys matching this regex are averaged instead of SVD-merged")
     p.add_argument("--token", help="Hub token for private models (default: HF_TOKEN or the stored login)")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="go on when a model is given twice (same folder, Hub commit or weights) or the base is also "
+                   "given as a fine-tuned model (refused by default); the report records a warning")
 
 
 def _add_compute(p: argparse.ArgumentParser) -> None:
@@ -75,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .methods import METHODS
 
-    parser = argparse.ArgumentParser(prog="hf-tsv", description="Task Singular Vectors model merging "
-                                     "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
+    parser = _Parser(prog="hf-tsv", description="Task Singular Vectors model merging "
+                     "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
     parser.add_argument("--version", action="version", version=f"hf-tsv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -100,13 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-examples", type=_positive_int, help="evaluate at most N examples per task and split")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="output dtype (default: the base's)")
-    p.add_argument("--ties-density", type=float, default=0.2, help="TIES: fraction of entries kept per task")
-    p.add_argument("--ties-merge", default="mean", choices=["mean", "sum"],
+    p.add_argument("--ties-density", type=float, help="TIES: fraction of entries kept per task, in (0, 1] "
+                   "(default 0.2)")
+    p.add_argument("--ties-merge", choices=["mean", "sum"],
                    help="TIES: mean of the agreeing entries (default, the paper's) or their sum (FusionBench's)")
-    p.add_argument("--ties-scope", default="model", choices=["model", "tensor"],
+    p.add_argument("--ties-scope", choices=["model", "tensor"],
                    help="TIES: trim each task's top entries over the whole model (default, the reference code's) "
                    "or per tensor")
-    p.add_argument("--iso-common-fraction", type=float, default=0.8, help="Iso-CTS: common-subspace share of r")
+    p.add_argument("--iso-common-fraction", type=float, help="Iso-CTS: common-subspace share of r, in (0, 1] "
+                   "(default 0.8)")
     p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors past this size (e.g. 2GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     p.add_argument("--dry-run", action="store_true", help="run the preflight only (same as `hf-tsv plan`)")
@@ -167,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("expand", help="rebuild one task's full checkpoint from a TSV-C folder")
     p.add_argument("compressed", help="folder written by `hf-tsv compress`")
-    p.add_argument("--task", required=True, help="task name (as listed in tsv_c.json) or index")
+    p.add_argument("--task", required=True, help="task name as listed in tsv_c.json (names are matched first), or "
+                   "its index written N or #N (read as an index only when no task has that name)")
     p.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
     p.add_argument("--base", help="the base checkpoint, if not where compression found it")
     p.add_argument("--max-shard-size", default="5GB")
@@ -216,36 +246,86 @@ def _print_plan(info: dict) -> None:
         print(f"  note: {note}")
     print(f"  model size: {info['model_bytes'] / 2**20:.1f} MiB; estimated peak memory "
           f"{info['estimated_peak_memory_bytes'] / 2**20:.0f} MiB; estimated time {info['estimated_seconds']:.1f} s")
+    _print_warnings(info.get("warnings", []))
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+# Command-line destinations of the merge options, and the Python API's name where it differs
+_OPTION_DESTS = ("method", "fuse_qkv", "exclude", "device", "dtype", "svd_dtype", "svd", "allow_duplicates")
+_API_NAMES = {"svd_dtype": "compute_dtype"}
+
+
+def _option_arguments(args: argparse.Namespace) -> dict:
+    """The merge options on the command line as the Python API names them (those a command lacks, or left
+    unset, keep the API's defaults); :class:`hf_tsv.options.MergeOptions` checks them all."""
+    from .methods import PARAMETERS
+
+    options = {_API_NAMES.get(dest, dest): getattr(args, dest) for dest in (*_OPTION_DESTS, *PARAMETERS)
+               if getattr(args, dest, None) is not None}
+    if isinstance(getattr(args, "alpha", None), float):  # not 'search'
+        options["alpha"] = args.alpha
+    return options
+
+
+def _check_merge_arguments(args: argparse.Namespace) -> dict:
+    """Every option of ``hf-tsv merge`` checked before any work (the API checks them again, identically);
+    returns them as the API's keyword arguments."""
+    import hf_tsv
+    from hf_tsv.methods import PARAMETERS, MethodOptions
+    from hf_tsv.options import MergeOptions
+
+    options = _option_arguments(args)
+    if args.alpha_grid is not None and args.alpha != "search":
+        raise hf_tsv.MergeInputError("--alpha-grid only applies with --alpha search (α chosen on the validation "
+                                     "splits of --eval's tasks); add --alpha search, or drop --alpha-grid")
+    MergeOptions.from_arguments(**options, alpha_grid=args.alpha_grid)
+    if args.method == "avg" and args.alpha is not None:
+        print("note: avg ignores --alpha", file=sys.stderr)
+    defaults = MethodOptions()
+    for name, spec in PARAMETERS.items():
+        if getattr(args, name, None) not in (None, getattr(defaults, name)) and args.method not in spec.methods:
+            print(f"note: {spec.flag} only applies to --method {' or '.join(spec.methods)}; {args.method} "
+                  "ignores it", file=sys.stderr)
+    return options
+
+
+def _check_json_file(args: argparse.Namespace) -> None:
+    """Refuse a ``--json FILE`` that cannot be written (missing folder, inside an input...) before any work."""
+    from hf_tsv.io.output import check_output_file
+
+    if getattr(args, "json", None):
+        inputs = [args.model, *(args.finetuned or [])] if args.command == "eval" else [args.base, *args.models]
+        check_output_file(args.json, inputs=inputs)
 
 
 def _run(args: argparse.Namespace) -> int:
     import hf_tsv
+    from hf_tsv.io.output import write_json
 
+    options = _check_merge_arguments(args) if args.command == "merge" else _option_arguments(args)
+    _check_json_file(args)
     if args.command in ("merge", "plan") and (args.command == "plan" or args.dry_run):
-        info = hf_tsv.plan(args.base, args.models, method=args.method, svd=args.svd, fuse_qkv=args.fuse_qkv,
-                           exclude=args.exclude, revision=args.revision, token=args.token)
+        info = hf_tsv.plan(args.base, args.models, revision=args.revision, token=args.token, **options)
         _print_plan(info)
         if getattr(args, "json", None):
-            with open(args.json, "w") as f:
-                json.dump(info, f, indent=2)
+            write_json(args.json, redact_json(info))
         return 0
     if args.command == "merge":
         if not args.output and not args.push_to_hub:
             raise hf_tsv.MergeInputError("merge needs -o/--output (or --dry-run, or --push-to-hub)")
         if args.private and not args.push_to_hub:
             raise hf_tsv.MergeInputError("--private only applies with --push-to-hub")
-        if args.method == "avg" and args.alpha is not None:
-            print("note: avg ignores --alpha", file=sys.stderr)
         if args.alpha == "search" or args.eval:
-            return _merge_with_eval(args)
-        result = hf_tsv.merge(args.base, args.models, method=args.method, alpha=args.alpha,
-                              fuse_qkv=args.fuse_qkv, exclude=args.exclude, device=args.device, dtype=args.dtype,
-                              compute_dtype=args.svd_dtype, svd=args.svd, ties_density=args.ties_density,
-                              iso_common_fraction=args.iso_common_fraction, ties_merge=args.ties_merge,
-                              ties_scope=args.ties_scope, output_dir=args.output,
-                              overwrite=args.overwrite, max_shard_size=args.max_shard_size,
-                              revision=args.revision, token=args.token, command=_command_line(args.argv))
+            return _merge_with_eval(args, options)
+        result = hf_tsv.merge(args.base, args.models, output_dir=args.output, overwrite=args.overwrite,
+                              max_shard_size=args.max_shard_size, revision=args.revision, token=args.token,
+                              command=args.recorded_command, **options)
         r = result.report
+        _print_warnings(r.get("warnings", []))
         print(f"merged {r['num_tasks']} models with {r['method']} (alpha={r['alpha']}) into "
               f"{args.output or 'memory'} in {r['timings']['total_s']:.2f} s")
         if "sti" in r:
@@ -270,19 +350,18 @@ def _run(args: argparse.Namespace) -> int:
                                        commit_message=args.commit_message, token=args.token, license=args.license))
         return 0
     if args.command == "sti":
-        report = hf_tsv.sti(args.base, args.models, fuse_qkv=args.fuse_qkv, exclude=args.exclude,
-                            device=args.device, compute_dtype=args.svd_dtype, svd=args.svd, revision=args.revision,
-                            token=args.token)
+        report = hf_tsv.sti(args.base, args.models, revision=args.revision, token=args.token, **options)
         print(report.table())
+        _print_warnings(report.warnings)
         if args.json:
             report.to_json(args.json)
         return 0
     if args.command == "compress":
         res = hf_tsv.compress(args.base, args.models, args.output, rank_fraction=args.rank_fraction,
-                              fuse_qkv=args.fuse_qkv, exclude=args.exclude, device=args.device,
-                              dtype=args.dtype, compute_dtype=args.svd_dtype, svd=args.svd, overwrite=args.overwrite,
-                              max_shard_size=args.max_shard_size, token=args.token)
+                              overwrite=args.overwrite, max_shard_size=args.max_shard_size, token=args.token,
+                              **options)
         print(res.summary())
+        _print_warnings(res.index.get("warnings", []))
         print(f"written to {args.output}; rebuild a task with: hf-tsv expand {args.output} --task NAME -o DIR")
         return 0
     if args.command == "expand":
@@ -295,40 +374,26 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-def _merge_options(args: argparse.Namespace) -> dict:
-    return dict(fuse_qkv=args.fuse_qkv, exclude=args.exclude, dtype=args.dtype, compute_dtype=args.svd_dtype,
-                svd=args.svd, ties_density=args.ties_density, iso_common_fraction=args.iso_common_fraction,
-                ties_merge=args.ties_merge, ties_scope=args.ties_scope, revision=args.revision, token=args.token,
-                command=_command_line(args.argv))
-
-
-def _merge_with_eval(args: argparse.Namespace) -> int:
+def _merge_with_eval(args: argparse.Namespace, options: dict) -> int:
     """merge --eval SPEC [--alpha search]: one merge (Δ once), α from validation, test accuracy written."""
     import hf_tsv
-    from hf_tsv.engine import resolve_device
-    from hf_tsv.evaluation import load_tasks_spec, parse_grid
+    from hf_tsv.evaluation import load_tasks_spec
     from hf_tsv.evaluation.select import merge_with_alpha_search
+    from hf_tsv.options import MergeOptions
 
     if not args.eval:
         raise hf_tsv.MergeInputError("--alpha search needs --eval TASKS_SPEC (the tasks whose validation splits "
                                      "choose α)")
-    if args.alpha_grid and args.alpha != "search":
-        raise hf_tsv.MergeInputError("--alpha-grid only applies with --alpha search")
     config = load_tasks_spec(args.eval)
-    grid, alpha = None, None
-    if args.alpha == "search":
-        grid = parse_grid(args.alpha_grid) if args.alpha_grid else None
-    else:
-        from hf_tsv.methods import MethodOptions, resolve_alpha
-
-        opts = MethodOptions(ties_merge=args.ties_merge, ties_scope=args.ties_scope)
-        alpha = resolve_alpha(hf_tsv.METHODS[args.method], args.alpha, opts)
-    device = resolve_device(args.device)
+    options = dict(options)
+    if args.alpha != "search":  # a fixed α, evaluated on the test splits: the method's default when not given
+        options["alpha"] = MergeOptions.from_arguments(**options).effective_alpha
     result, search, test = merge_with_alpha_search(
-        args.base, args.models, config, method=args.method, grid=grid, alpha=alpha, output_dir=args.output,
-        overwrite=args.overwrite, batch_size=args.batch_size, device=device, max_examples=args.max_examples,
-        **_merge_options(args))
+        args.base, args.models, config, grid=args.alpha_grid, output_dir=args.output, overwrite=args.overwrite,
+        batch_size=args.batch_size, max_examples=args.max_examples, revision=args.revision, token=args.token,
+        command=args.recorded_command, **options)
     alpha = result.report["alpha"]
+    _print_warnings(result.report.get("warnings", []))
     if search is not None:
         print(f"α search ({search.criterion} validation accuracy, {len(search.grid)} values):")
         for value in search.grid:
@@ -351,8 +416,8 @@ def _eval(args: argparse.Namespace) -> int:
     from hf_tsv.evaluation import evaluate_model, load_tasks_spec, load_vision_model, prepare_tasks
     from hf_tsv.evaluation.select import fill_finetuned_references, projection_for
 
+    device = resolve_device(args.device)  # options first, before the spec and the model are read
     config = load_tasks_spec(args.tasks)
-    device = resolve_device(args.device)
     prepared = prepare_tasks(config, args.model, splits=(args.split,), max_examples=args.max_examples,
                              device=device)
     if args.finetuned:
@@ -402,6 +467,9 @@ def _example(args: argparse.Namespace) -> int:
     import hf_tsv
     from hf_tsv.synthetic import make_checkpoints
 
+    if args.num_tasks < 2:
+        raise hf_tsv.MergeInputError(f"--num-tasks must be at least 2 (a merge needs two fine-tuned models), got "
+                                     f"{args.num_tasks}")
     work = Path(args.output)
     paths = make_checkpoints(work / "checkpoints", preset=args.preset, num_tasks=args.num_tasks)
     print(f"generated a base and {args.num_tasks} fine-tuned CLIPVisionModel checkpoints in {work / 'checkpoints'}")
@@ -409,7 +477,7 @@ def _example(args: argparse.Namespace) -> int:
     print("\nSingular Task Interference per layer (k = floor(r/T)):")
     print(report.table())
     result = hf_tsv.merge(paths["base"], paths["tasks"], method="tsv-m", output_dir=work / "merged",
-                          overwrite=True, command=_command_line(args.argv))
+                          overwrite=True, command=args.recorded_command)
     from transformers import CLIPVisionModel
 
     model = CLIPVisionModel.from_pretrained(str(work / "merged"))
@@ -418,40 +486,70 @@ def _example(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line(argv: list[str] | None = None) -> str:
-    """The command as typed (``argv``, default ``sys.argv[1:]``), with any --token value masked."""
-    argv = ["hf-tsv"] + (sys.argv[1:] if argv is None else list(argv))
-    masked = []
-    hide = False
-    for a in argv:
-        if hide:
-            masked.append("***")
-            hide = False
-        elif a == "--token":
-            masked.append(a)
-            hide = True
-        elif a.startswith("--token="):
-            masked.append("--token=***")
-        else:
-            masked.append(a)
-    return shlex.join(masked)
+def recorded_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The command that reproduces this run, rebuilt from the parsed arguments (never from the raw command
+    line, where an abbreviated option could hide a secret): the sub-command(s), the positional arguments, then
+    every option whose value differs from its default, in the parser's order. The value of a secret option
+    (``--token``) is replaced by ``***``. Local paths are reduced to names when the command is made public
+    (:func:`hf_tsv.secrets.public_command`).
+
+    Example:
+        >>> parser = build_parser()
+        >>> recorded_command(parser, parser.parse_args(["plan", "base", "a", "b", "--token", "hf_x"]))
+        "hf-tsv plan base a b --token '***'"
+    """
+    words = [parser.prog]
+    current = parser
+    while True:
+        sub = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None:
+            break
+        words.append(getattr(args, sub.dest))
+        current = sub.choices[words[-1]]
+    options: list[str] = []
+    for action in current._actions:
+        if action.dest == argparse.SUPPRESS or action.help == argparse.SUPPRESS:
+            continue
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if not action.option_strings:
+            words += [str(v) for v in values if v is not None]
+        elif value is not None and value is not False and value != action.default:
+            flag = action.option_strings[0]
+            if action.nargs == 0:
+                options.append(flag)
+            elif action.dest in SECRET_OPTIONS:
+                options += [flag, REDACTED]
+            else:
+                options += [flag, *map(str, values)]
+    return shlex.join(words + options)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = parser.parse_args(None if argv is None else [str(a) for a in argv])
+    args.recorded_command = recorded_command(parser, args)
     _configure_threads(getattr(args, "threads", None))
     from .errors import HFTSVError
+    from .io.output import Terminated
 
+    secrets = known_secrets(getattr(args, "token", None))
     try:
         return _run(args)
     except HFTSVError as exc:
-        print(f"hf-tsv {args.command}: error: {exc}", file=sys.stderr)
+        print(f"hf-tsv {args.command}: error: {redact(str(exc), secrets)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hf-tsv: interrupted; no partial output was left", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print("hf-tsv: terminated (SIGTERM); no partial output was left", file=sys.stderr)
+        return exc.code
+    except Exception:  # a bug: show its traceback, but never a token that a library put in a message
+        import traceback
+
+        print(redact(traceback.format_exc(), secrets), file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

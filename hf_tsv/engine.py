@@ -3,6 +3,9 @@ and all T models → one core function → written out and freed. It never holds
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
 import re
 import time
 from collections import Counter
@@ -17,6 +20,7 @@ from .core.svd import InputPrecision
 from .errors import MergeInputError
 from .io.resolve import ResolvedModel, resolve_model
 from .io.safetensors_format import TensorInfo
+from .options import check_model_references, resolve_device  # noqa: F401 - resolve_device: used from here too
 
 PROCESS_BASELINE_BYTES = 600 * 2**20  # python + torch + transformers, measured ~0.5-0.6 GB RSS
 
@@ -54,6 +58,8 @@ class MergePlan:
     ignored: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     fuse_qkv: bool = False
+    warnings: list[str] = field(default_factory=list)  # what was merged although doubtful (allow_duplicates)
+    mixed_precision: dict = field(default_factory=dict)  # fine-tunes less precise than the base (see base_rounding)
 
     @property
     def num_tasks(self) -> int:
@@ -75,6 +81,11 @@ class MergePlan:
 
     def readers(self):
         return [self.base.reader] + [m.reader for m in self.models]
+
+    @property
+    def inputs(self) -> list[ResolvedModel]:
+        """The base, then the fine-tuned models (the order of :attr:`raw_keys`)."""
+        return [self.base, *self.models]
 
     def estimate_peak_bytes(self) -> int:
         """Peak RSS estimate: process baseline + the largest unit's T+1 tensors as read, their fp32 copies,
@@ -110,25 +121,19 @@ def _canonical_infos(model: ResolvedModel) -> tuple[dict[str, TensorInfo], dict[
     return infos, raw, ignored
 
 
-def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = None,
+def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, allow_duplicates: bool = False,
                revision: str | None = None, token=None, min_models: int = 2) -> MergePlan:
     """Preflight: resolve every reference, read configs and headers only, and refuse anything that cannot
-    be merged, naming the model, the file and the key.
+    be merged, naming the model, the file and the key. ``exclude`` is a regular expression already checked
+    by :class:`~hf_tsv.options.MergeOptions`. A model given twice (or the base given as a fine-tune) is
+    refused unless ``allow_duplicates``, which records a warning in :attr:`MergePlan.warnings` instead.
 
     Example:
         >>> plan = build_plan("base", ["ft_a", "ft_b"])  # doctest: +SKIP
         >>> plan.counts()  # doctest: +SKIP
     """
-    if isinstance(models, (str, torch.nn.Module)):
-        models = [models]
-    models = list(models)
-    if len(models) < min_models:
-        raise MergeInputError(f"got {len(models)} fine-tuned model(s); this needs at least {min_models} "
-                              "besides the base")
-    try:
-        exclude_re = re.compile(exclude) if exclude else None
-    except re.error as exc:
-        raise MergeInputError(f"--exclude {exclude!r} is not a valid regular expression: {exc}") from None
+    models = check_model_references(base, models, min_models, revision)
+    exclude_re = re.compile(exclude) if exclude else None
     resolved_base = resolve_model(base, name="base" if isinstance(base, torch.nn.Module) else None,
                                   revision=revision, token=token)
     resolved = []
@@ -139,6 +144,7 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
     for i, r in enumerate(resolved):  # make display names unique (two folders both called "checkpoint")
         if names[r.name] > 1:
             r.name = f"{r.name}#{i}"
+    warnings = _refuse_duplicates([resolved_base, *resolved], allow_duplicates)
 
     def where(model: ResolvedModel, file: object = None) -> str:
         return f"model {model.name!r} ({file or model.reader.weights_file})"
@@ -183,6 +189,10 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
             raise MergeInputError(f"{where(r)}: key {raw[extra[0]]!r} is not in the base "
                                   f"({len(extra)} extra keys); is this a fine-tune of that base?")
 
+    mixed_precision, warning = _mixed_precision(base_infos, resolved, per_model)
+    if warning:
+        warnings.append(warning)
+
     output_class, output_config, output_names = ClipVisionAdapter.output_model(base_vision, with_projection)
     missing_out = sorted(set(output_names) - set(base_infos))
     if missing_out:
@@ -210,17 +220,120 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
     ignored_all = sorted(set(ignored) | {k for _, _, ign in per_model for k in ign})
     return MergePlan(resolved_base, resolved, units, [base_raw] + [raw for _, raw, _ in per_model],
                      output_class, output_config, output_names, base_infos, excluded, ignored_all, notes,
-                     fuse_qkv)
+                     fuse_qkv, warnings, mixed_precision)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MergeInputError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
-    return dev
+def _content_digest(model: ResolvedModel) -> str:
+    """A cheap identity of a checkpoint's content: the fingerprint of its files (sampled blocks), or for an
+    in-memory model a hash of every key, dtype, shape and first values. Equal digests are confirmed by
+    :func:`_same_weights` before two models are called identical."""
+    if model.reader.folder is not None:
+        return model.content_fingerprint()
+    digest = hashlib.sha256()
+    for key in sorted(model.reader.infos):
+        tensor = model.reader.get(key)
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().reshape(-1)[:64].cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def _same_weights(a: ResolvedModel, b: ResolvedModel) -> bool:
+    """Whether two checkpoints hold the same tensors (keys, dtypes, shapes, values), compared key by key."""
+    infos_a, infos_b = a.reader.infos, b.reader.infos
+    if infos_a.keys() != infos_b.keys():
+        return False
+    if any((i.dtype, i.shape) != (infos_b[k].dtype, infos_b[k].shape) for k, i in infos_a.items()):
+        return False
+    return all(torch.equal(a.reader.get(k), b.reader.get(k)) for k in infos_a)
+
+
+def _sameness(a: ResolvedModel, b: ResolvedModel, digests: dict[int, str]) -> str | None:
+    """How two resolved inputs are one checkpoint (the same Hub commit, the same folder after symlinks,
+    identical weights), or None when they differ."""
+    if a.hub_id and a.hub_id == b.hub_id and a.revision == b.revision:
+        return f"the same Hub commit {a.revision}"
+    folder_a, folder_b = a.reader.folder, b.reader.folder
+    if folder_a is not None and folder_b is not None and os.path.realpath(folder_a) == os.path.realpath(folder_b):
+        return "the same folder"
+    for model in (a, b):
+        if id(model) not in digests:
+            digests[id(model)] = _content_digest(model)
+    if digests[id(a)] == digests[id(b)] and _same_weights(a, b):
+        return "identical weights"
+    return None
+
+
+def _refuse_duplicates(inputs: list[ResolvedModel], allow: bool) -> list[str]:
+    """Refuse a fine-tuned model given twice, or the base given as a fine-tuned model (a zero task vector),
+    found by Hub commit, real folder path or content; with ``allow``, return warnings instead."""
+    found = []
+    digests: dict[int, str] = {}
+    for j in range(1, len(inputs)):
+        for i in range(j):
+            how = _sameness(inputs[i], inputs[j], digests)
+            if how is None:
+                continue
+            if i == 0:
+                what = f"fine-tuned model {inputs[j].name!r} is the base itself ({how}): its task vector is zero"
+            else:
+                what = (f"fine-tuned models {inputs[i].name!r} and {inputs[j].name!r} are one checkpoint ({how}): "
+                        "that task would count twice")
+            if not allow:
+                raise MergeInputError(f"{what}; give each model once, or pass --allow-duplicates "
+                                      "(allow_duplicates=True) to merge it anyway")
+            found.append(f"{what}; merged anyway (allow_duplicates)")
+            break
+    return found
+
+
+def base_rounding(base_dtype: torch.dtype, model_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype to round the base to before subtracting it from a fine-tune stored in ``model_dtype``: that
+    dtype when it is narrower than the base's (bf16/fp16 fine-tunes of an fp32 base), else None. Otherwise the
+    base's rounding error (~4e-3 relative in bf16) would enter every task vector as noise.
+
+    Example:
+        >>> base_rounding(torch.float32, torch.bfloat16)
+        torch.bfloat16
+        >>> base_rounding(torch.bfloat16, torch.float32) is None
+        True
+    """
+    if model_dtype != base_dtype and model_dtype.itemsize < base_dtype.itemsize:
+        return model_dtype
+    return None
+
+
+def _mixed_precision(base_infos: dict[str, TensorInfo], models: list[ResolvedModel], per_model: list
+                     ) -> tuple[dict, str | None]:
+    """What the report records, and the warning, when some fine-tunes are stored in a narrower dtype than
+    the base (else ``({}, None)``)."""
+    rounded: dict[str, set[str]] = {}
+    base_dtypes: set[str] = set()
+    count = 0
+    for model, (infos, _, _) in zip(models, per_model):
+        for key, base_info in base_infos.items():
+            dtype = base_rounding(base_info.dtype, infos[key].dtype)
+            if dtype is not None:
+                rounded.setdefault(model.name, set()).add(str(dtype).removeprefix("torch."))
+                base_dtypes.add(str(base_info.dtype).removeprefix("torch."))
+                count += 1
+    if not rounded:
+        return {}, None
+    names = ", ".join(f"{name!r} ({'/'.join(sorted(d))})" for name, d in rounded.items())
+    base = "/".join(sorted(base_dtypes))
+    record = {"base_dtype": base, "models": {name: sorted(d) for name, d in rounded.items()}, "rounded_keys": count,
+              "task_vectors": "each fine-tune minus the base rounded to that fine-tune's dtype"}
+    return record, (f"mixed precision: the base is {base} but fine-tuned models {names} are narrower; their task "
+                    "vectors were taken against the base rounded to their dtype, so the base's extra precision does "
+                    "not enter them as noise")
+
+
+def check_finite(value, what: str, hint: str):
+    """``value`` (a tensor or a number) unchanged when all of it is finite; else a :class:`MergeInputError`
+    saying that ``what`` contains NaN or inf values, and ``hint`` (what to do)."""
+    finite = math.isfinite(value) if isinstance(value, (int, float)) else bool(torch.isfinite(value).all())
+    if not finite:
+        raise MergeInputError(f"{what} contains NaN or inf values; {hint}")
+    return value
 
 
 @dataclass
@@ -241,31 +354,49 @@ class Timer:
         return now
 
 
+def _read_input(plan: MergePlan, index: int, key: str, device: torch.device, compute_dtype: torch.dtype
+                ) -> torch.Tensor:
+    """Input ``index``'s (0: the base) tensor of canonical ``key`` in ``compute_dtype``, checked finite."""
+    model = plan.inputs[index]
+    raw = plan.raw_keys[index][key]
+    tensor = model.reader.get(raw).to(device=device, dtype=compute_dtype)
+    return check_finite(tensor, f"model {model.name!r} ({model.reader.infos[raw].file}): key {raw!r}",
+                        "every input must be finite; repair or re-download that checkpoint")
+
+
+def _rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
 def iter_units(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype, timer: Timer,
                units: list[Unit] | None = None, desc: str = "merging") -> Iterator[UnitTensors]:
-    """Yield each unit's base tensor and stacked task vectors, reading only that unit's keys, and checking
-    every task tensor for NaN/inf (the error names the model, file and key)."""
-    readers = plan.readers()
+    """Yield each unit's base tensor and stacked task vectors, reading only that unit's keys. Every tensor
+    read, the base's included, and every task vector must be finite (the error names the model, file and
+    key). A fine-tune stored narrower than the base is taken against the base rounded to its dtype
+    (:func:`base_rounding`)."""
     units = plan.units if units is None else units
+    readers = plan.readers()
     for unit in tqdm(units, desc=desc, unit="key", leave=False):
         start = time.perf_counter()
-        per_input = []
-        stored = []
-        for i, reader in enumerate(readers):
-            parts = []
-            for key in unit.keys:
-                raw = plan.raw_keys[i][key]
-                stored.append(reader.infos[raw].dtype)
-                t = reader.get(raw).to(device=device, dtype=compute_dtype)
-                if i > 0 and not bool(torch.isfinite(t).all()):
-                    model = plan.models[i - 1]
-                    raise MergeInputError(f"model {model.name!r} ({reader.infos[raw].file}): key {raw!r} "
-                                          "contains NaN or inf values")
-                parts.append(t)
-            per_input.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))
-        base = per_input[0]
-        task_vectors = torch.stack([t - base for t in per_input[1:]])
-        del per_input
+        base_parts = [_read_input(plan, 0, key, device, compute_dtype) for key in unit.keys]
+        base = _rows(base_parts)
+        references: dict[tuple, torch.Tensor] = {(None,) * len(unit.keys): base}
+        task_vectors = torch.empty((plan.num_tasks, *unit.shape), device=device, dtype=compute_dtype)
+        for t, model in enumerate(plan.models):
+            infos = [model.reader.infos[plan.raw_keys[t + 1][key]] for key in unit.keys]
+            rounding = tuple(base_rounding(plan.base_infos[key].dtype, info.dtype)
+                             for key, info in zip(unit.keys, infos))
+            if rounding not in references:
+                references[rounding] = _rows([part if dtype is None else part.to(dtype).to(compute_dtype)
+                                              for part, dtype in zip(base_parts, rounding)])
+            tuned = _rows([_read_input(plan, t + 1, key, device, compute_dtype) for key in unit.keys])
+            torch.sub(tuned, references[rounding], out=task_vectors[t])
+            del tuned
+            check_finite(task_vectors[t], f"the task vector of model {model.name!r} at {unit.name!r} (in "
+                         f"{str(compute_dtype).removeprefix('torch.')})",
+                         "it overflows this precision; use --svd-dtype float64 (compute_dtype=torch.float64)")
+        del references, base_parts
+        stored = [reader.infos[raw[key]].dtype for reader, raw in zip(readers, plan.raw_keys) for key in unit.keys]
         coarsest = max(stored, key=lambda d: torch.finfo(d).eps)
         precision = InputPrecision(coarsest, float(base.norm()) / max(1, base.numel()) ** 0.5)
         timer.add("read_s", start)

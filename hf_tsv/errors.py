@@ -26,3 +26,18 @@ class CardError(HFTSVError, ValueError):
 class PushError(HFTSVError, RuntimeError):
     """Publishing to the Hub failed. The message says which step failed and what was left on the Hub
     (a repository created by the failed push is deleted); it never contains the token."""
+
+
+class TokenError(HFTSVError, ValueError):
+    """A Hub token that cannot be used as given (empty, or with whitespace or control characters inside it).
+    The message names where the token came from (``--token``, ``HF_TOKEN``) and never contains it."""
+
+
+class OutputPathError(HFTSVError, ValueError):
+    """The output path cannot be used: it is, contains or lies inside an input, lies below a file, or its folder
+    is missing or not writable. Raised before any heavy work."""
+
+
+class OutputWriteError(HFTSVError, OSError):
+    """Writing an output failed (disk full, I/O error, a rename refused). Nothing was left at the target: a
+    partial result is removed and an earlier output there is kept."""

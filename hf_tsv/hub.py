@@ -1,7 +1,8 @@
 """Publishing an hf-tsv output folder to the Hugging Face Hub in one commit.
 
 :func:`push_to_hub` (re)writes the model card, creates the repository (and branch) when missing, and uploads
-the weights, config, card, reports, STI heatmap and evaluation files with a single ``HfApi.create_commit``.
+exactly the files of :data:`PUBLISHED_FILES` (weights, config, card, reports, STI heatmap and evaluation files;
+every JSON and text file scrubbed of secrets and local paths) with a single ``HfApi.create_commit``.
 If that commit fails, a repository that this call created is deleted again. The token is never written to the
 card, the reports, a log line or an exception message.
 
@@ -17,6 +18,7 @@ import fnmatch
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .card import (
@@ -26,18 +28,52 @@ from .card import (
     REPORT_NAME,
     STI_STATS_NAME,
     TSVC_INDEX_NAME,
-    public_command,
     write_card,
 )
 from .errors import PushError
+from .json_io import dumps_json
+from .secrets import describe_exception, known_secrets, public_json, public_text, resolve_token, safe_cause
 
 logger = logging.getLogger(__name__)
 
-# Top-level files that are published; anything else in the folder stays local.
-PUBLISHED_PATTERNS = (
-    "*.safetensors", "*.safetensors.index.json", "config.json", CARD_NAME, REPORT_NAME, STI_STATS_NAME,
-    HEATMAP_NAME, TSVC_INDEX_NAME, EVAL_NAME, "eval_*.json", "eval_*.csv", "eval_*.md", "eval_*.png",
+
+@dataclass(frozen=True)
+class PublishedGroup:
+    """Files that a push uploads (top-level names matching ``patterns``) and what they are, for the README."""
+
+    patterns: tuple[str, ...]
+    what: str
+
+
+# Exactly what a push uploads: README.md's table "What a pushed repository contains" is rendered from this
+# (:func:`published_files_table`); every other file of the folder stays local, with a warning.
+PUBLISHED_FILES = (
+    PublishedGroup(("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", "config.json"),
+                   'the merged model; `CLIPVisionModel.from_pretrained("me/clip-tsv-merged")` loads it'),
+    PublishedGroup((CARD_NAME,), "the model card (below)"),
+    PublishedGroup((REPORT_NAME,), "method, α, every input with its revision or fingerprint, options, per-key STI, "
+                   "timings, device, dtypes, library versions, command"),
+    PublishedGroup((STI_STATS_NAME, HEATMAP_NAME), 'TSV-M merges: `{"k", "keys", "total"}` and the STI heatmap '
+                   "(layers × layer types)"),
+    PublishedGroup((EVAL_NAME, "eval_*.json", "eval_*.csv", "eval_*.md", "eval_*.png"),
+                   "evaluation results, when present in the folder"),
+    PublishedGroup((TSVC_INDEX_NAME, "tsv_c.safetensors", "tsv_c-*-of-*.safetensors", "tsv_c.safetensors.index.json"),
+                   "TSV-C folders (`hf-tsv compress`) instead of the weights and merge report"),
 )
+PUBLISHED_PATTERNS = tuple(pattern for group in PUBLISHED_FILES for pattern in group.patterns)
+WEIGHT_PATTERNS = tuple(pattern for pattern in PUBLISHED_PATTERNS if pattern.endswith(".safetensors"))
+TEXT_SUFFIXES = (".md", ".csv")
+
+
+def published_files_table() -> str:
+    """The Markdown table of what a push uploads, as README.md shows it."""
+    rows = ["| file | what |", "|---|---|"]
+    rows += [f"| {', '.join(f'`{p}`' for p in group.patterns)} | {group.what} |" for group in PUBLISHED_FILES]
+    return "\n".join(rows)
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 class PushResult(str):
@@ -72,61 +108,54 @@ def _rebuild_push_result(url: str, details: dict) -> PushResult:
     return PushResult(url, **details)
 
 
-def _secrets(token) -> list[str]:
-    """Every token string this call could send: the explicit one and the one huggingface_hub would find."""
-    found = [token] if isinstance(token, str) and token else []
-    try:
-        from huggingface_hub import get_token
-
-        stored = get_token()
-    except Exception:  # noqa: BLE001 - only used to scrub messages
-        stored = None
-    if stored:
-        found.append(stored)
-    return found
-
-
-def _scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return " ".join(text.split())  # one line, for the CLI
-
-
-def _describe(exc: BaseException, secrets: list[str]) -> str:
-    return _scrub(f"{type(exc).__name__}: {exc}", secrets)
-
-
 def _raise(message: str, exc: BaseException, secrets: list[str]):
-    text = f"{type(exc).__name__}: {exc!s} {exc!r}"
-    if any(secret in text for secret in secrets):
-        raise PushError(message) from None  # do not chain an exception that carries the token
-    raise PushError(message) from exc
+    raise PushError(message) from safe_cause(exc, secrets)  # no chained exception that carries the token
 
 
-def publishable_files(folder: Path) -> list[Path]:
-    """The files of ``folder`` that a push uploads (top level only), sorted by name."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and any(fnmatch.fnmatch(p.name, pattern) for pattern in PUBLISHED_PATTERNS))
+def publishable_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The files of ``folder`` that a push uploads (top level, named in :data:`PUBLISHED_FILES`, not symbolic
+    links), sorted by name, and what it leaves out (hidden entries are left out without a word)."""
+    files, skipped = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_symlink():
+            skipped.append(f"{path.name} (a symbolic link)")
+        elif path.is_file() and _matches(path.name, PUBLISHED_PATTERNS):
+            files.append(path)
+        else:
+            skipped.append(path.name + ("/" if path.is_dir() else ""))
+    return files, skipped
 
 
-def _public_json(path: Path) -> bytes:
-    """``merge_report.json`` / ``tsv_c.json`` as published: the recorded command with local paths reduced to
-    folder names, and no local path of the TSV-C base."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if path.name == REPORT_NAME and isinstance(data.get("command"), str):
-        hub_ids = {m.get("repo_id") for m in [data.get("base") or {}, *(data.get("models") or [])]
-                   if isinstance(m, dict) and m.get("repo_id")}
-        data["command"] = public_command(data["command"], hub_ids)
-    if path.name == TSVC_INDEX_NAME and isinstance(data.get("base"), dict):
-        data["base"].pop("path", None)
-    return (json.dumps(data, indent=2) + "\n").encode()
+def _public_content(path: Path) -> str | bytes:
+    """What is uploaded for ``path``: its own bytes (as a path) when nothing in it needs scrubbing, else the
+    published copy. Every JSON file has every string through :func:`hf_tsv.secrets.public_json` (no secret, no
+    local path; the pushed ``tsv_c.json`` also drops the base's local path) and every text file goes through
+    :func:`hf_tsv.secrets.public_text`; weights and images go as they are."""
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PushError(f"{path.name} in {path.parent.name!r} is not valid JSON ({exc.__class__.__name__}); "
+                            "fix or remove it before pushing") from None
+        published = public_json(data)
+        if path.name == TSVC_INDEX_NAME and isinstance(published, dict) and isinstance(published.get("base"), dict):
+            published["base"].pop("path", None)
+        return str(path) if published == data else dumps_json(published, path.name).encode()
+    if path.suffix in TEXT_SUFFIXES:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        published = public_text(text)
+        return str(path) if published == text else published.encode()
+    return str(path)
 
 
 def _check_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise PushError(f"{folder.name!r} is not a folder; push the output folder of `hf-tsv merge` "
                         "(or `compress`/`expand`)")
-    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+    weights = [p for p in folder.iterdir() if p.is_file() and not p.is_symlink() and _matches(p.name, WEIGHT_PATTERNS)]
+    if not (folder / "config.json").is_file() or not weights:
         raise PushError(f"folder {folder.name!r} has no config.json and safetensors weights; push the output "
                         "folder of `hf-tsv merge` (or `compress`/`expand`)")
 
@@ -159,7 +188,9 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
     ``create_pr`` the commit is opened as a pull request (against ``revision`` or ``main``). Weights,
     config, card, ``merge_report.json`` (or ``tsv_c.json``), STI files and evaluation files go in a single
     commit. If the commit fails, a repository created by this call is deleted and :class:`PushError` says
-    so. ``token`` defaults to ``HF_TOKEN`` or the stored login; it never appears in any output.
+    so. ``token`` defaults to ``HF_TOKEN`` or the stored login; surrounding whitespace is stripped and it never
+    appears in any output. Exactly the files of :data:`PUBLISHED_FILES` are uploaded (any other file of the folder
+    is left out, with a warning), and every JSON and text file with its secrets and local paths scrubbed.
 
     Returns a :class:`PushResult`: the commit URL (or the pull request URL), with details.
     """
@@ -168,13 +199,14 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
     from huggingface_hub.utils import validate_repo_id
 
     folder = Path(folder)
-    secrets = _secrets(token)
+    token = resolve_token(token)
+    secrets = known_secrets(token)
     _check_folder(folder)
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
         raise PushError(f"{repo_id!r} is not a valid repository id (expected 'namespace/name'): "
-                        f"{_describe(exc, secrets)}") from None
+                        f"{describe_exception(exc, secrets)}") from None
     if revision is not None and not revision.strip():
         raise PushError("--revision must name a branch")
     api = HfApi(token=token)
@@ -183,17 +215,18 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
             repo_id = f"{api.whoami()['name']}/{repo_id}"
         except Exception as exc:  # noqa: BLE001
             _raise(f"cannot tell the namespace for {repo_id!r} (log in, or write namespace/name): "
-                   f"{_describe(exc, secrets)}", exc, secrets)
+                   f"{describe_exception(exc, secrets)}", exc, secrets)
 
     card = write_card(folder, repo_id=repo_id, license=license, token=token)
     warnings = list(card.warnings)
-    files = publishable_files(folder)
-    operations = [CommitOperationAdd(path_in_repo=p.name,
-                                     path_or_fileobj=_public_json(p) if p.name in (REPORT_NAME, TSVC_INDEX_NAME)
-                                     else str(p))
-                  for p in files]
+    files, skipped = publishable_files(folder)
+    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=_public_content(p)) for p in files]
     names = [p.name for p in files]
     logger.info("pushing %d files to %s: %s", len(names), repo_id, ", ".join(names))
+    left_out = (f"not published (a push uploads only the files listed in README.md, 'What a pushed repository "
+                f"contains'): {', '.join(skipped)}" if skipped else None)
+    if left_out:
+        logger.warning("%s", left_out)
 
     created = False
     try:
@@ -212,8 +245,8 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
         status = getattr(getattr(exc, "response", None), "status_code", None)
         hint = ("; log in (`hf auth login`), set HF_TOKEN or pass --token with write access to its namespace"
                 if status in (401, 403) else "")
-        _raise(f"push to {repo_id} failed: could not create or access the repository ({_describe(exc, secrets)})"
-               f"{hint}; nothing was pushed", exc, secrets)
+        _raise(f"push to {repo_id} failed: could not create or access the repository "
+               f"({describe_exception(exc, secrets)}){hint}; nothing was pushed", exc, secrets)
     if created:
         logger.info("created the %s repository %s", "private" if private else "public", repo_id)
 
@@ -228,7 +261,8 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
         cleanup = _cleanup(api, repo_id, created, secrets)
         if not isinstance(exc, Exception):
             raise
-        _raise(f"push to {repo_id} failed: could not {step} ({_describe(exc, secrets)}); {cleanup}", exc, secrets)
+        _raise(f"push to {repo_id} failed: could not {step} ({describe_exception(exc, secrets)}); {cleanup}", exc,
+               secrets)
 
     # huggingface_hub drops files whose content is already there and makes no commit when none is left
     unchanged = all(getattr(op, "_remote_oid", None) is not None and op._remote_oid == op._local_oid
@@ -236,6 +270,8 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
     if unchanged:
         warnings.append(f"every file is already on {revision or 'main'} of {repo_id} as it is here: no commit "
                         f"{'and no pull request ' if create_pr else ''}was made")
+    if left_out:
+        warnings.append(left_out)
     url = info.pr_url or info.commit_url
     logger.info("pushed %s", url)
     return PushResult(url, commit_url=info.commit_url, pr_url=info.pr_url, oid=info.oid, repo_id=repo_id,
@@ -251,6 +287,6 @@ def _cleanup(api, repo_id: str, created: bool, secrets: list[str]) -> str:
         api.delete_repo(repo_id, missing_ok=True)
     except Exception as exc:  # noqa: BLE001
         return (f"the repository {repo_id}, created by this push, could not be removed "
-                f"({_describe(exc, secrets)}); delete it by hand")
+                f"({describe_exception(exc, secrets)}); delete it by hand")
     logger.info("deleted %s, which this failed push had created", repo_id)
     return f"the repository {repo_id}, created by this push, was removed"

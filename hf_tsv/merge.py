@@ -3,34 +3,27 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import __version__
-from .engine import MergePlan, Timer, build_plan, iter_units, resolve_device, split_rows, task_vector_scan
+from .engine import MergePlan, Timer, build_plan, check_finite, iter_units, split_rows, task_vector_scan
 from .errors import MergeInputError
+from .files import CONFIG_NAME, REPORT_NAME
+from .io.output import InputLocation, input_locations, naming_file, write_json
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
-from .methods import KeyContext, MethodOptions, check_svd_mode, get_method, resolve_alpha
+from .methods import KeyContext
+from .options import MergeOptions, check_model_references, check_output_options, finite_number
 from .report import device_description, format_sti_table, library_versions
+from .secrets import known_secrets, public_command, public_json
 
-REPORT_NAME = "merge_report.json"
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64, "fp64": torch.float64}
-
-
-def as_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
-    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` → ``torch.bfloat16``; None stays None."""
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    try:
-        return DTYPES[str(value).lower().removeprefix("torch.")]
-    except KeyError:
-        raise MergeInputError(f"unknown dtype {value!r}; choose one of {', '.join(DTYPES)}") from None
+# What the output check says to do when a merged tensor is not finite although every input was
+OUTPUT_OVERFLOW_HINT = ("the inputs' magnitudes or alpha are too large for this precision; check the inputs, or use "
+                        "a smaller alpha, a wider --dtype or --svd-dtype float64")
 
 
 def _set_config_dtype(config, dtype: torch.dtype) -> None:
@@ -47,12 +40,13 @@ class MergeResult:
     """
 
     def __init__(self, report: dict, config, model_class: type, state_dict: dict | None = None,
-                 folder: Path | None = None):
+                 folder: Path | None = None, inputs: tuple[InputLocation, ...] = ()):
         self.report = report
         self.config = config
         self.model_class = model_class
         self._state_dict = state_dict
         self.folder = folder
+        self.inputs = inputs  # where the merged models live: save_pretrained never writes there
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The merged weights, keyed as ``model_class`` saves them."""
@@ -68,16 +62,24 @@ class MergeResult:
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False,
                         max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Path:
-        """Write a folder that ``from_pretrained`` loads, atomically (temporary folder, then rename)."""
-        state = self.state_dict()
-        layout = {k: (t.dtype, tuple(t.shape)) for k, t in state.items()}
-        with atomic_output_dir(save_directory, overwrite) as tmp:
-            writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
-            for key, tensor in state.items():
-                writer.write(key, tensor)
-            writer.close()
-            _write_metadata(tmp, self.config, self.report)
+        """Write a folder that ``from_pretrained`` loads, atomically (temporary folder, then rename; see
+        :mod:`hf_tsv.io.output`): ``overwrite`` replaces only an empty folder or an earlier hf-tsv output, and
+        never a folder of the merged models."""
+        check_output_options(overwrite, max_shard_size)
+        with atomic_output_dir(save_directory, overwrite, inputs=self.inputs) as tmp:
+            self.write_files(tmp, max_shard_size=max_shard_size)
         return Path(save_directory)
+
+    def write_files(self, folder: Path, *, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> None:
+        """Write the weights, config and report into ``folder`` as it is: the body of :meth:`save_pretrained`,
+        for a caller that already holds a scratch folder of :func:`~hf_tsv.io.output.atomic_output_dir`."""
+        state = self.state_dict()
+        writer = ShardedSafetensorsWriter(folder, {k: (t.dtype, tuple(t.shape)) for k, t in state.items()},
+                                          max_shard_size)
+        for key, tensor in state.items():
+            writer.write(key, tensor)
+        writer.close()
+        _write_metadata(folder, self.config, self.report)
 
     def __repr__(self) -> str:
         r = self.report
@@ -117,8 +119,17 @@ def _load_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _write_metadata(folder: Path, config, report: dict) -> None:
-    config.save_pretrained(str(folder))
-    (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    """``config.json`` and ``merge_report.json``, the report as published (:func:`hf_tsv.secrets.public_json`:
+    no secret, local paths reduced to names)."""
+    with naming_file(folder / CONFIG_NAME):
+        config.save_pretrained(str(folder))
+    write_json(folder / REPORT_NAME, public_json(report))
+
+
+def _check_output(tensor: torch.Tensor, key: str) -> torch.Tensor:
+    """The output check: a merged tensor (in its output dtype) must be finite, or nothing is written."""
+    return check_finite(tensor, f"the merged tensor of key {key!r} ({str(tensor.dtype).removeprefix('torch.')})",
+                        OUTPUT_OVERFLOW_HINT)
 
 
 def _output_layout(plan: MergePlan, dtype: torch.dtype | None) -> dict[str, tuple[torch.dtype, tuple]]:
@@ -139,61 +150,56 @@ def _main_dtype(layout: dict) -> torch.dtype:
     return max(sizes, key=sizes.get)
 
 
-def _base_report(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype) -> dict:
-    return {
+def _base_report(plan: MergePlan, options: MergeOptions) -> dict:
+    report = {
         "hf_tsv_version": __version__,
         "num_tasks": plan.num_tasks,
         "base": plan.base.provenance(),
         "models": [m.provenance() for m in plan.models],
         "options": {"fuse_qkv": plan.fuse_qkv, "excluded_keys": plan.excluded, "compute_dtype":
-                    str(compute_dtype).removeprefix("torch."), "device": device_description(device)},
+                    str(options.compute_dtype).removeprefix("torch."), "device": device_description(options.device)},
         "keys": plan.counts(),
         "notes": plan.notes,
         "versions": library_versions(),
     }
+    if plan.mixed_precision:
+        report["mixed_precision"] = plan.mixed_precision
+    if plan.warnings:
+        report["warnings"] = plan.warnings
+    return report
 
 
 class _MergeJob:
     """What :func:`merge` and :func:`merge_linear` share: the checked plan, the report and the unit loop."""
 
-    def __init__(self, base, models, method, alpha, *, fuse_qkv, exclude, device, dtype, compute_dtype, svd,
-                 ties_density, iso_common_fraction, ties_merge, ties_scope, revision, token, command, started):
+    def __init__(self, base, models, options: MergeOptions, *, revision, token, command, started):
         self.started = started
-        self.method = method
-        self.merge_method = merge_method = get_method(method)
-        out_dtype = as_dtype(dtype)
-        compute_dtype = as_dtype(compute_dtype)
-        self.compute_dtype = compute_dtype
-        self.opts = MethodOptions(compute_dtype, check_svd_mode(svd), ties_density, iso_common_fraction,
-                                  ties_merge, ties_scope)
-        self.alpha = resolve_alpha(merge_method, alpha, self.opts)
-        if compute_dtype not in (torch.float32, torch.float64):
-            raise MergeInputError("compute_dtype must be float32 or float64")
-        self.device = dev = resolve_device(device)
-        self.plan = plan = build_plan(base, models, fuse_qkv=fuse_qkv and merge_method.uses_svd, exclude=exclude,
-                                      revision=revision, token=token)
+        self.options = options
+        self.method = method = options.method
+        self.merge_method = merge_method = options.merge_method
+        self.alpha = options.effective_alpha
+        self.compute_dtype = options.compute_dtype
+        self.opts = options.method_options
+        self.device = options.device
+        self.plan = plan = build_plan(base, models, fuse_qkv=options.merge_fuses_qkv, exclude=options.exclude,
+                                      allow_duplicates=options.allow_duplicates, revision=revision, token=token)
         self.timer = Timer()
         self.timer.totals["preflight_s"] = time.perf_counter() - started
-        self.layout = layout = _output_layout(plan, out_dtype)
+        self.layout = layout = _output_layout(plan, options.dtype)
         self.config = config = plan.output_config
         _set_config_dtype(config, _main_dtype(layout))
         report = {"method": method, "method_description": merge_method.description, "alpha": self.alpha,
-                  **_base_report(plan, dev, compute_dtype)}
+                  **_base_report(plan, options)}
         if method == "tsv-m":
-            report["options"]["svd"] = svd
+            report["options"]["svd"] = options.svd
         if merge_method.uses_svd:
             report["k"] = "floor(r/T)" if method == "tsv-m" else None
-        if method == "ties":
-            report["options"].update(ties_density=ties_density, ties_merge=ties_merge, ties_scope=ties_scope)
-        if method == "iso-cts":
-            report["options"]["iso_common_fraction"] = iso_common_fraction
+        report["options"].update(options.method_parameters())
         report["output"] = {"class": plan.output_class.__name__,
                             "dtype": str(_main_dtype(layout)).removeprefix("torch.")}
-        if command:
-            from .card import public_command
-
+        if command:  # with no secret and local paths reduced to names, as in every file that holds it
             hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
-            report["command"] = public_command(command, hub_ids)  # local paths reduced to folder names
+            report["command"] = public_command(command, hub_ids, known_secrets(token))
         self.report = report
 
     def deltas(self):
@@ -214,8 +220,14 @@ class _MergeJob:
             start = timer.add("compute_s", start)
             yield item.unit, item.base, delta
             timer.add("write_s", start)
+        for key, value in sti_keys.items():  # after the merged tensors' own checks
+            check_finite(value, f"the STI of key {key!r}", OUTPUT_OVERFLOW_HINT)
         if self.method == "tsv-m":
             self.report["sti"] = {"k": "floor(r/T)", "total": sum(sti_keys.values()), "keys": sti_keys}
+
+    def input_locations(self) -> tuple[InputLocation, ...]:
+        """Where the resolved inputs live on disk (an output must stay clear of them)."""
+        return tuple(input_locations([self.plan.base, *self.plan.models]))
 
     def finish(self) -> None:
         self.report["timings"] = {k: round(v, 4) for k, v in self.timer.totals.items()}
@@ -233,29 +245,34 @@ class LinearMerge:
     """
 
     def __init__(self, base_state: dict[str, torch.Tensor], delta_state: dict[str, torch.Tensor], report: dict,
-                 config, model_class: type, dtypes: dict[str, torch.dtype], alpha_grid: list[float] | None = None):
+                 config, model_class: type, dtypes: dict[str, torch.dtype], inputs: tuple[InputLocation, ...] = (),
+                 alpha_grid: list[float] | None = None):
+        self.inputs = inputs  # where the merged models live (see MergeResult.inputs)
+        self.alpha_grid = alpha_grid  # the method's default α grid for its options (None: look it up by name)
         self.base_state = base_state
         self.delta_state = delta_state
         self.report = report
         self.config = config
         self.model_class = model_class
         self.dtypes = dtypes  # the output dtype of each key
-        self.alpha_grid = alpha_grid  # the method's default α grid for its options (None: look it up by name)
 
     @property
     def method(self) -> str:
         return self.report["method"]
 
     def state_dict(self, alpha: float) -> dict[str, torch.Tensor]:
-        """θ₀ + α·Δ in the output dtypes."""
-        return {k: (b + alpha * self.delta_state[k]).to(self.dtypes[k]) for k, b in self.base_state.items()}
+        """θ₀ + α·Δ in the output dtypes (each checked finite)."""
+        alpha = finite_number(alpha, "alpha")
+        return {k: _check_output((b + alpha * self.delta_state[k]).to(self.dtypes[k]), k)
+                for k, b in self.base_state.items()}
 
     def at(self, alpha: float, **report_extra) -> MergeResult:
         """The merge at ``alpha`` as a :class:`MergeResult` (its report says which α)."""
         report = copy.deepcopy(self.report)
-        report["alpha"] = float(alpha)
+        report["alpha"] = finite_number(alpha, "alpha")
         report.update(report_extra)
-        return MergeResult(report, copy.deepcopy(self.config), self.model_class, state_dict=self.state_dict(alpha))
+        return MergeResult(report, copy.deepcopy(self.config), self.model_class, state_dict=self.state_dict(alpha),
+                           inputs=self.inputs)
 
     def to_model(self, alpha: float):
         """A new model instance (eval mode) holding θ₀ + α·Δ."""
@@ -266,6 +283,7 @@ class LinearMerge:
     @torch.no_grad()
     def load_into(self, model: torch.nn.Module, alpha: float) -> None:
         """Overwrite ``model``'s weights with θ₀ + α·Δ in place (no new model; for sweeps)."""
+        alpha = finite_number(alpha, "alpha")
         params = model.state_dict()
         missing = set(self.base_state) - set(params)
         if missing:
@@ -277,9 +295,8 @@ class LinearMerge:
 
 def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False, exclude: str | None = None,
                  device: str | torch.device = "auto", dtype=None, compute_dtype=torch.float32, svd: str = "exact",
-                 ties_density: float = 0.2, iso_common_fraction: float = 0.8, ties_merge: str = "mean",
-                 ties_scope: str = "model", revision: str | None = None, token=None,
-                 command: str | None = None) -> LinearMerge:
+                 allow_duplicates: bool = False, revision: str | None = None, token=None, command: str | None = None,
+                 **method_params) -> LinearMerge:
     """Compute a method's merged delta Δ once and return a :class:`LinearMerge` (θ₀ and Δ, in memory), for
     choosing α on validation data. Arguments as in :func:`merge`.
 
@@ -287,10 +304,11 @@ def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False,
         >>> lin = hf_tsv.merge_linear("base", ["ft_a", "ft_b"], method="ta")  # doctest: +SKIP
         >>> [lin.to_model(a) for a in (0.1, 0.3, 1.0)]  # doctest: +SKIP
     """
-    job = _MergeJob(base, models, method, None, fuse_qkv=fuse_qkv, exclude=exclude, device=device, dtype=dtype,
-                    compute_dtype=compute_dtype, svd=svd, ties_density=ties_density,
-                    iso_common_fraction=iso_common_fraction, ties_merge=ties_merge, ties_scope=ties_scope,
-                    revision=revision, token=token, command=command, started=time.perf_counter())
+    started = time.perf_counter()
+    options = MergeOptions.from_arguments(method=method, fuse_qkv=fuse_qkv, exclude=exclude, device=device,
+                                          dtype=dtype, compute_dtype=compute_dtype, svd=svd,
+                                          allow_duplicates=allow_duplicates, **method_params)
+    job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
     keep = torch.float64 if job.compute_dtype == torch.float64 else torch.float32
     base_state: dict[str, torch.Tensor] = {}
     delta_state: dict[str, torch.Tensor] = {}
@@ -299,22 +317,22 @@ def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False,
         for canon, tensor in split_rows(unit, job.plan, delta).items():
             saved = job.plan.output_names[canon]
             base_state[saved] = bases[canon].to(device="cpu", dtype=keep)
-            delta_state[saved] = tensor.to(device="cpu", dtype=keep)
+            delta_state[saved] = check_finite(tensor.to(device="cpu", dtype=keep),
+                                              f"the merged delta of key {saved!r}", OUTPUT_OVERFLOW_HINT)
     job.finish()
     if job.merge_method.default_alpha is None:  # averaging: α is not a parameter of the method
         job.report["alpha"] = 1.0
     dtypes = {k: v[0] for k, v in job.layout.items()}
     return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes,
-                       job.merge_method.alpha_grid(job.opts))
+                       inputs=job.input_locations(), alpha_grid=list(job.options.search_grid))
 
 
 def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fuse_qkv: bool = False,
           exclude: str | None = None, device: str | torch.device = "auto", dtype=None,
-          compute_dtype=torch.float32, svd: str = "exact", ties_density: float = 0.2, iso_common_fraction: float = 0.8,
-          ties_merge: str = "mean", ties_scope: str = "model", output_dir: str | os.PathLike | None = None,
-          overwrite: bool = False,
+          compute_dtype=torch.float32, svd: str = "exact", allow_duplicates: bool = False,
+          output_dir: str | os.PathLike | None = None, overwrite: bool = False,
           max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, revision: str | None = None, token=None,
-          command: str | None = None) -> MergeResult:
+          command: str | None = None, **method_params) -> MergeResult:
     """Merge fine-tuned models of one base with TSV-M (default) or a baseline.
 
     ``base`` and each of ``models`` is a local folder, a Hub id (``"ns/name"``, ``"ns/name@rev"``) or an
@@ -329,7 +347,20 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
     compute) or per key (``"tensor"``). ``dtype`` is the output dtype (default: the base's); SVDs run in
     ``compute_dtype`` (float32, or float64). ``svd`` chooses how each task's top-k triplets are computed:
     ``"exact"`` (default: Gram matrix + float64 eigendecomposition + Rayleigh-Ritz), ``"fast"`` (float32
-    eigendecomposition) or ``"lapack"`` (a full SVD per task, as the paper's code does).
+    eigendecomposition) or ``"lapack"`` (a full SVD per task, as the paper's code does). Method parameters
+    are keyword arguments named as in :data:`hf_tsv.methods.PARAMETERS`: ``ties_density`` (TIES, in (0, 1],
+    default 0.2), ``ties_merge`` (``"mean"``/``"sum"``), ``ties_scope`` (``"model"``/``"tensor"``) and
+    ``iso_common_fraction`` (Iso-CTS, in (0, 1], default 0.8).
+
+    Every option is checked (:class:`hf_tsv.options.MergeOptions`) before any model is read or downloaded.
+    A model given twice, or the base given again as a fine-tuned model, is refused unless
+    ``allow_duplicates=True`` (then the report carries a warning). Every input and output tensor must be
+    finite. Fine-tunes stored in a lower precision than the base (bf16 fine-tunes of an fp32 base) are taken
+    against the base rounded to their dtype, and the report says so (``mixed_precision``).
+
+    Raises:
+        MergeInputError: a bad option, model reference or checkpoint, naming the option, model, file or key.
+        OutputExistsError: ``output_dir`` holds files and ``overwrite`` is False.
 
     Example:
         >>> import hf_tsv
@@ -339,12 +370,14 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
         >>> result.save_pretrained("clip-tsv-merged")  # doctest: +SKIP
     """
     started = time.perf_counter()
+    options = MergeOptions.from_arguments(method=method, alpha=alpha, fuse_qkv=fuse_qkv, exclude=exclude,
+                                          device=device, dtype=dtype, compute_dtype=compute_dtype, svd=svd,
+                                          allow_duplicates=allow_duplicates, **method_params)
+    check_output_options(overwrite, max_shard_size)
+    models = check_model_references(base, models, revision=revision)
     if output_dir is not None:
-        check_output_dir(output_dir, overwrite)
-    job = _MergeJob(base, models, method, alpha, fuse_qkv=fuse_qkv, exclude=exclude, device=device, dtype=dtype,
-                    compute_dtype=compute_dtype, svd=svd, ties_density=ties_density,
-                    iso_common_fraction=iso_common_fraction, ties_merge=ties_merge, ties_scope=ties_scope,
-                    revision=revision, token=token, command=command, started=started)
+        check_output_dir(output_dir, overwrite, inputs=[base, *models])
+    job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
     report, layout, config, plan = job.report, job.layout, job.config, job.plan
 
     def run(write) -> None:
@@ -352,21 +385,22 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
             merged = base_tensor + job.alpha * delta
             for canon, tensor in split_rows(unit, plan, merged).items():
                 saved = plan.output_names[canon]
-                write(saved, tensor.to(device="cpu", dtype=layout[saved][0]))
+                write(saved, _check_output(tensor.to(device="cpu", dtype=layout[saved][0]), saved))
 
     finish = job.finish
+    inputs = job.input_locations()
     if output_dir is None:
         state: dict[str, torch.Tensor] = {}
         run(state.__setitem__)
         finish()
-        return MergeResult(report, config, plan.output_class, state_dict=state)
-    with atomic_output_dir(output_dir, overwrite) as tmp:
+        return MergeResult(report, config, plan.output_class, state_dict=state, inputs=inputs)
+    with atomic_output_dir(output_dir, overwrite, inputs=inputs) as tmp:
         writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
         run(writer.write)
         writer.close()
         finish()
         _write_metadata(tmp, config, report)
-    return MergeResult(report, config, plan.output_class, folder=Path(output_dir))
+    return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs)
 
 
 @dataclass
@@ -377,13 +411,18 @@ class STIReport:
     total: float
     num_tasks: int
     fuse_qkv: bool = False
+    warnings: list[str] = field(default_factory=list)  # e.g. a model given twice, with allow_duplicates
 
     def to_dict(self) -> dict:
-        return {"k": "floor(r/T)", "keys": self.keys, "total": self.total, "num_tasks": self.num_tasks,
+        data = {"k": "floor(r/T)", "keys": self.keys, "total": self.total, "num_tasks": self.num_tasks,
                 "fuse_qkv": self.fuse_qkv}
+        if self.warnings:
+            data["warnings"] = self.warnings
+        return data
 
     def to_json(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write :meth:`to_dict` to ``path`` atomically (see :func:`hf_tsv.io.output.write_file_atomic`)."""
+        write_json(path, self.to_dict())
 
     def table(self) -> str:
         """A per-layer plain-text table (columns: layer types)."""
@@ -391,8 +430,9 @@ class STIReport:
 
 
 def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, device="auto",
-        compute_dtype=torch.float32, svd: str = "exact", revision: str | None = None, token=None) -> STIReport:
-    """Singular Task Interference of fine-tuned models, without merging.
+        compute_dtype=torch.float32, svd: str = "exact", allow_duplicates: bool = False, revision: str | None = None,
+        token=None) -> STIReport:
+    """Singular Task Interference of fine-tuned models, without merging. Options as in :func:`merge`.
 
     Example:
         >>> report = hf_tsv.sti("base", ["ft_a", "ft_b", "ft_c"])  # doctest: +SKIP
@@ -400,35 +440,39 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
     """
     from .core import singular_task_interference, truncated_task_factors
 
-    compute_dtype = as_dtype(compute_dtype)
-    check_svd_mode(svd)
-    dev = resolve_device(device)
-    plan = build_plan(base, models, fuse_qkv=fuse_qkv, exclude=exclude, revision=revision, token=token)
+    options = MergeOptions.from_arguments(fuse_qkv=fuse_qkv, exclude=exclude, device=device,
+                                          compute_dtype=compute_dtype, svd=svd, allow_duplicates=allow_duplicates)
+    plan = build_plan(base, models, fuse_qkv=options.fuse_qkv, exclude=options.exclude,
+                      allow_duplicates=options.allow_duplicates, revision=revision, token=token)
     matrix_units = [u for u in plan.units if u.is_matrix]
     keys: dict[str, float] = {}
-    for item in iter_units(plan, dev, compute_dtype, Timer(), units=matrix_units, desc="STI"):
-        factors = truncated_task_factors(item.task_vectors, compute_dtype=compute_dtype, svd=svd,
+    for item in iter_units(plan, options.device, options.compute_dtype, Timer(), units=matrix_units, desc="STI"):
+        factors = truncated_task_factors(item.task_vectors, compute_dtype=options.compute_dtype, svd=options.svd,
                                          precision=item.precision)
-        keys[plan.base_key(item.unit)] = singular_task_interference(factors)
-    return STIReport(keys, sum(keys.values()), plan.num_tasks, fuse_qkv)
+        key = plan.base_key(item.unit)
+        keys[key] = check_finite(singular_task_interference(factors), f"the STI of key {key!r}", OUTPUT_OVERFLOW_HINT)
+    return STIReport(keys, sum(keys.values()), plan.num_tasks, options.fuse_qkv, plan.warnings)
 
 
-def plan(base, models, *, method: str = "tsv-m", svd: str = "exact", fuse_qkv: bool = False,
-         exclude: str | None = None, revision: str | None = None, token=None) -> dict:
-    """The preflight alone: checks every input and returns key counts and peak-memory/time estimates.
+def plan(base, models, *, method: str = "tsv-m", alpha: float | None = None, svd: str = "exact",
+         fuse_qkv: bool = False, exclude: str | None = None, device="auto", dtype=None, compute_dtype=torch.float32,
+         allow_duplicates: bool = False, revision: str | None = None, token=None, **method_params) -> dict:
+    """The preflight alone: checks every option and input as :func:`merge` does, and returns key counts and
+    peak-memory/time estimates.
 
     Example:
         >>> hf_tsv.plan("base", ["ft_a", "ft_b"])["estimated_peak_memory_bytes"]  # doctest: +SKIP
     """
     from .estimate import estimate_seconds
 
-    merge_method = get_method(method)
-    check_svd_mode(svd)
-    p = build_plan(base, models, fuse_qkv=fuse_qkv and merge_method.uses_svd, exclude=exclude,
-                   revision=revision, token=token)
+    options = MergeOptions.from_arguments(method=method, alpha=alpha, svd=svd, fuse_qkv=fuse_qkv, exclude=exclude,
+                                          device=device, dtype=dtype, compute_dtype=compute_dtype,
+                                          allow_duplicates=allow_duplicates, **method_params)
+    p = build_plan(base, models, fuse_qkv=options.merge_fuses_qkv, exclude=options.exclude,
+                   allow_duplicates=options.allow_duplicates, revision=revision, token=token)
     weights_bytes = sum(i.nbytes for i in p.base_infos.values())
-    return {
-        "method": method,
+    info = {
+        "method": options.method,
         "num_tasks": p.num_tasks,
         "base": p.base.provenance(),
         "models": [m.provenance() for m in p.models],
@@ -437,5 +481,10 @@ def plan(base, models, *, method: str = "tsv-m", svd: str = "exact", fuse_qkv: b
         "notes": p.notes,
         "model_bytes": weights_bytes,
         "estimated_peak_memory_bytes": p.estimate_peak_bytes(),
-        "estimated_seconds": estimate_seconds(p, merge_method, MethodOptions(svd=svd)),
+        "estimated_seconds": estimate_seconds(p, options.merge_method, options.method_options),
     }
+    if p.mixed_precision:
+        info["mixed_precision"] = p.mixed_precision
+    if p.warnings:
+        info["warnings"] = p.warnings
+    return info

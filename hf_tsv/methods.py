@@ -29,11 +29,8 @@ TA_GRID = tuple(i / 30 for i in range(1, 31))  # 1/30, 2/30, …, 1: task arithm
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """Method parameters beyond α (all have the defaults of ``method.md``), checked when made.
-
-    Raises:
-        MergeInputError: a parameter out of its range (names the option and the accepted values).
-    """
+    """Method parameters beyond α (all have the defaults of ``method.md``). They are checked, against
+    :data:`PARAMETERS`, where every option is: in :class:`hf_tsv.options.MergeOptions`."""
 
     compute_dtype: torch.dtype = torch.float32
     svd: str = "exact"  # how per-task top-k triplets are computed: exact, fast or lapack
@@ -42,18 +39,28 @@ class MethodOptions:
     ties_merge: str = "mean"  # TIES: "mean" of the agreeing entries (the paper) or their "sum" (FusionBench)
     ties_scope: str = "model"  # TIES: trim over the whole "model" (the reference) or each "tensor" alone
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.ties_density <= 1.0:
-            raise MergeInputError(f"ties_density (--ties-density) must be in (0, 1], got {self.ties_density}")
-        if not 0.0 < self.iso_common_fraction <= 1.0:
-            raise MergeInputError("iso_common_fraction (--iso-common-fraction) must be in (0, 1], got "
-                                  f"{self.iso_common_fraction}")
-        if self.ties_merge not in core.TIES_MERGES:
-            raise MergeInputError(f"ties_merge (--ties-merge) must be one of {', '.join(core.TIES_MERGES)}, got "
-                                  f"{self.ties_merge!r}")
-        if self.ties_scope not in TIES_SCOPES:
-            raise MergeInputError(f"ties_scope (--ties-scope) must be one of {', '.join(TIES_SCOPES)}, got "
-                                  f"{self.ties_scope!r}")
+
+@dataclass(frozen=True)
+class Parameter:
+    """What one method parameter (a field of :class:`MethodOptions` besides ``compute_dtype`` and ``svd``)
+    accepts: a number in ``[low, high]`` (``low`` itself excluded when ``low_open``), or one of ``choices``.
+    :class:`hf_tsv.options.MergeOptions` checks every parameter against its declaration, and the merge report
+    records the parameters of the method that ran. A new parameter is one field above and one line below."""
+
+    methods: tuple[str, ...]  # the methods that read it
+    flag: str  # its command-line flag, named in error messages
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] | None = None
+
+
+PARAMETERS: dict[str, Parameter] = {
+    "ties_density": Parameter(("ties",), "--ties-density", low=0.0, high=1.0, low_open=True),
+    "ties_merge": Parameter(("ties",), "--ties-merge", choices=core.TIES_MERGES),
+    "ties_scope": Parameter(("ties",), "--ties-scope", choices=TIES_SCOPES),
+    "iso_common_fraction": Parameter(("iso-cts",), "--iso-common-fraction", low=0.0, high=1.0, low_open=True),
+}
 
 
 @dataclass(frozen=True)
@@ -158,13 +165,6 @@ def get_method(name: str) -> MergeMethod:
         return METHODS[name]
     except KeyError:
         raise MergeInputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
-
-
-def check_svd_mode(svd: str) -> str:
-    """Refuse an unknown SVD mode before any checkpoint is read."""
-    if svd not in core.SVD_MODES:
-        raise MergeInputError(f"unknown SVD mode {svd!r}; choose one of {', '.join(core.SVD_MODES)}")
-    return svd
 
 
 def resolve_alpha(method: MergeMethod, alpha: float | None, opts: MethodOptions | None = None) -> float:

@@ -16,12 +16,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .errors import MergeInputError
+from .io.output import write_json
 
 PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -99,14 +101,14 @@ def make_checkpoints(
     Models are generated one at a time, so memory stays near two models whatever ``num_tasks`` is.
     Returns ``{"base": path, "tasks": [paths...]}``; the folders are ``base/`` and ``task_00/``... .
     """
+    if preset not in PRESETS:
+        raise MergeInputError(f"unknown preset {preset!r} (--preset); choose one of {', '.join(sorted(PRESETS))}")
+    if spectrum not in SPECTRA:
+        raise MergeInputError(f"unknown spectrum {spectrum!r}; choose one of {', '.join(SPECTRA)}")
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+        raise MergeInputError(f"num_tasks (--num-tasks) must be a whole number of at least 1, got {num_tasks!r}")
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    if spectrum not in SPECTRA:
-        raise ValueError(f"unknown spectrum {spectrum!r}; choose one of {SPECTRA}")
-    if num_tasks < 1:
-        raise ValueError("num_tasks must be at least 1")
     out = Path(out_dir)
     config = CLIPVisionConfig(**{**PRESETS[preset], **(config_overrides or {})})
     config.architectures = ["CLIPVisionModel"]
@@ -126,5 +128,5 @@ def make_checkpoints(
         del state
     info = {"preset": preset, "num_tasks": num_tasks, "spectrum": spectrum, "relative_size": relative_size,
             "signal_rank": signal_rank, "seed": seed, "dtype": str(dtype).removeprefix("torch.")}
-    (out / "synthetic.json").write_text(json.dumps(info, indent=2))
+    write_json(out / "synthetic.json", info)
     return {"base": str(out / "base"), "tasks": tasks}

@@ -39,13 +39,15 @@ CSS = "#merge-card {max-height: 720px; overflow-y: auto}"
 
 @contextlib.contextmanager
 def visitor_errors(secret: str | None = None):
-    """Show a :class:`SpaceError` to the visitor as ``gr.Error`` (HTML-escaped, without the token)."""
+    """Show a :class:`SpaceError` to the visitor as ``gr.Error`` (HTML-escaped, without the token or anything
+    shaped like one). Its message was built for the visitor: either by this app, or from an hf_tsv error through
+    :func:`space_core.visitor_message`."""
+    from hf_tsv.secrets import known_secrets, redact
+
     try:
         yield
     except SpaceError as exc:
-        message = str(exc)
-        if secret and len(secret) >= 8:  # a shorter "token" is no real one, and would garble the message
-            message = message.replace(secret, "***")
+        message = redact(str(exc), known_secrets(secret))
         # gr.Error renders HTML: markup in a visitor's input (quoted in messages) must stay text
         raise gr.Error(html.escape(message, quote=False), print_exception=False) from None
 
@@ -244,19 +246,34 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
     def prepare(base_library, base_hub, models_library, models_hub, fuse_qkv, device):
         base, models = space_core.resolve_inputs(base_library, base_hub, models_library, models_hub, settings)
         _check_choice(device, devices, "device")
-        total = space_core.check_total_size([base, *models], settings)
+        (base, *models), total = space_core.pin_models([base, *models], settings)  # workers read those commits
         return base, models, total, bool(fuse_qkv)
 
+    def server_paths() -> list[str]:
+        """Server folders that messages for visitors must not show (any other path is reduced to its name)."""
+        return [str(workspace.root), str(settings.hub_cache)] + ([str(settings.library)] if settings.library else [])
+
     def common_job(kind, base, models, fuse_qkv, device, job_dir):
-        scrub = [str(job_dir), str(workspace.root)] + ([str(settings.library)] if settings.library else [])
+        scrub = [str(job_dir), *server_paths()]
         return {"kind": kind, "base": base.worker_ref, "models": [m.worker_ref for m in models],
                 "fuse_qkv": fuse_qkv, "device": device, "threads": settings.threads,
                 "memory_gb": settings.worker_memory_gb, "scrub": scrub}
 
-    def run(job, job_dir, progress):
+    results_cap = settings.max_results_gb * space_core.GB
+
+    def run(job, job_dir, progress, reserve: float = 0):
+        """Run a job whose result needs about ``reserve`` bytes, after making room for it among the kept results
+        (``HF_TSV_SPACE_MAX_RESULTS_GB``: the oldest results of any session are evicted first)."""
         mirror = ProgressMirror(progress)
         try:
-            return pool.run(job, job_dir, mirror)
+            if not workspace.make_room(results_cap, reserve, keep=[job_dir]):
+                raise SpaceError(f"this server keeps at most {settings.max_results_gb:g} GB of results "
+                                 "(HF_TSV_SPACE_MAX_RESULTS_GB) and the results in use fill it; try again in a few "
+                                 "minutes, or with smaller models")
+            with workspace.in_use(job_dir):
+                result = pool.run(job, job_dir, mirror)
+            workspace.make_room(results_cap, keep=[job_dir])  # the estimate may have been short: evict older ones
+            return result
         except BaseException:
             workspace.delete(job_dir)
             raise
@@ -271,6 +288,7 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         import tempfile
 
         from hf_tsv.card import sti_heatmap_png
+        from hf_tsv.io.output import write_file_atomic
 
         with visitor_errors():
             base, models, _, fuse = prepare(base_library, base_hub, models_library, models_hub, fuse_qkv, device)
@@ -286,7 +304,7 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         heatmap = None
         if png is not None:
             heatmap = job_dir / "sti_heatmap.png"
-            heatmap.write_bytes(png)
+            write_file_atomic(heatmap, png)
         headers, rows = sti_rows(keys)
         raw = {"k": "floor(r/T)", "total": total, "num_tasks": result["num_tasks"], "fuse_qkv": result["fuse_qkv"],
                "keys": keys}
@@ -304,7 +322,8 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
             alpha = _check_alpha(alpha)
             if evaluate and not tasks:
                 raise SpaceError("no evaluation tasks are configured on this server (HF_TSV_SPACE_TASKS)")
-            base, models, _, fuse = prepare(base_library, base_hub, models_library, models_hub, fuse_qkv, device)
+            base, models, total, fuse = prepare(base_library, base_hub, models_library, models_hub, fuse_qkv,
+                                                device)
             progress(0.0, desc="starting the worker")
             folder = workspace.session_dir(session)
             job_dir = Path(tempfile.mkdtemp(prefix="merge-", dir=folder))
@@ -316,7 +335,8 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
                        output=str(job_dir / name), zip=str(job_dir / f"{name}.zip"), command=command,
                        evaluate={"tasks": str(settings.tasks), "max_examples": settings.eval_max_examples}
                        if evaluate else None)
-            result = run(job, job_dir, progress)
+            # the merged folder and its zip: about twice one model's weights
+            result = run(job, job_dir, progress, reserve=2 * total / (len(models) + 1))
             state = dict(session or {}, dir=str(folder))
             workspace.delete(state.get("merge"))
             state.update(merge=str(job_dir), folder=str(job_dir / name))
@@ -348,10 +368,11 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
                 raise SpaceError("sign in with Hugging Face (or paste a token with write access) to push; this "
                                  "Space never pushes with credentials of its own")
             try:
-                url = hf_tsv.push_to_hub(folder, target, private=bool(private), create_pr=bool(create_pr),
-                                         token=secret)
+                with workspace.in_use(folder):
+                    url = hf_tsv.push_to_hub(folder, target, private=bool(private), create_pr=bool(create_pr),
+                                             token=secret)
             except HFTSVError as exc:
-                raise SpaceError(str(exc)) from None
+                raise SpaceError(space_core.visitor_message(str(exc), server_paths(), [secret])) from None
             except Exception as exc:  # noqa: BLE001 - shown without details that might hold the token
                 logger.error("push failed with %s", type(exc).__name__)
                 raise SpaceError(f"push to {target} failed ({type(exc).__name__})") from None
@@ -365,7 +386,8 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
     limits = (f"At most {settings.max_models} fine-tuned models and {settings.max_total_gb:g} GB of weights per "
               f"job; jobs run {settings.concurrency} at a time in a worker process of their own, and at most "
               f"{settings.queue_size} wait in the queue. Results are kept for "
-              f"{settings.result_ttl_s // 60} minutes.")
+              f"{settings.result_ttl_s // 60} minutes (the oldest go first when all sessions' results together pass "
+              f"{settings.max_results_gb:g} GB).")
     ttl = settings.result_ttl_s
     with gr.Blocks(title="hf-tsv: merge CLIP fine-tunes with Task Singular Vectors",
                    delete_cache=(max(60, ttl // 4), ttl)) as demo:

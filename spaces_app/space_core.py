@@ -10,6 +10,8 @@ of its choosing. The heavy work (STI, merge, evaluation, card, zip) runs in a se
 from __future__ import annotations
 
 import atexit
+import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -42,6 +44,20 @@ DEFAULT_HUB_CACHE = Path("~/.cache/hf-tsv-space/hub").expanduser()
 
 class SpaceError(Exception):
     """A problem to show to the visitor; the message never holds a server path or a token."""
+
+
+def visitor_message(text: str, server_paths: Iterable[str | os.PathLike] = (), secrets: Iterable[str] | None = None
+                    ) -> str:
+    """A message of hf_tsv (an ``HFTSVError``) as a visitor may see it: the server folders in ``server_paths``
+    removed from the paths that start with them (a job's files keep their names relative to the job), then
+    :func:`hf_tsv.secrets.public_text`: every other absolute path (the Hub cache, a spec's data) reduced to its
+    last component, and every token redacted (``secrets``, default: the ones this process knows)."""
+    from hf_tsv.secrets import public_text
+
+    message = str(text)
+    for folder in sorted({str(p) for p in server_paths if p}, key=len, reverse=True):
+        message = message.replace(folder.rstrip("/") + "/", "").replace(folder, "")
+    return " ".join(public_text(message, secrets).split())
 
 
 class WorkerDied(SpaceError):
@@ -79,6 +95,7 @@ class Settings:
     threads: int | None = None  # HF_TSV_SPACE_THREADS: torch threads per worker (default: torch's)
     worker_memory_gb: float | None = None  # HF_TSV_SPACE_WORKER_MEMORY_GB: address-space cap per worker
     result_ttl_s: int = 3600  # HF_TSV_SPACE_RESULT_TTL_S: how long a session's results are kept
+    max_results_gb: float = 20.0  # HF_TSV_SPACE_MAX_RESULTS_GB: disk for all sessions' kept results together
     hub_cache: Path | None = None  # HF_TSV_SPACE_HUB_CACHE: the workers' Hub cache (default: DEFAULT_HUB_CACHE)
     max_cache_gb: float = 40.0  # HF_TSV_SPACE_MAX_CACHE_GB: Hub downloads kept there for later jobs, at most
     tasks: Path | None = None  # HF_TSV_SPACE_TASKS: task spec (JSON/YAML) of hf_tsv.evaluation; enables evaluation
@@ -106,6 +123,7 @@ class Settings:
             threads=threads,
             worker_memory_gb=memory,
             result_ttl_s=_env_number(env, "HF_TSV_SPACE_RESULT_TTL_S", cls.result_ttl_s, int, 60),
+            max_results_gb=_env_number(env, "HF_TSV_SPACE_MAX_RESULTS_GB", cls.max_results_gb, float, 0.0),
             hub_cache=Path(env["HF_TSV_SPACE_HUB_CACHE"]).expanduser() if env.get("HF_TSV_SPACE_HUB_CACHE") else None,
             max_cache_gb=_env_number(env, "HF_TSV_SPACE_MAX_CACHE_GB", cls.max_cache_gb, float, 0.0),
             tasks=Path(env["HF_TSV_SPACE_TASKS"]).expanduser() if env.get("HF_TSV_SPACE_TASKS") else None,
@@ -163,13 +181,16 @@ class ModelRef:
     path: Path | None = None
     repo_id: str | None = None
     revision: str | None = None
+    commit: str | None = None  # the commit the size check resolved ``revision`` to (see pin_models)
 
     @property
     def worker_ref(self) -> str:
-        """What the worker hands to hf_tsv: an absolute folder, or ``ns/name[@revision]``."""
+        """What the worker hands to hf_tsv: an absolute folder, or ``ns/name@commit`` (``ns/name[@revision]``
+        before :func:`pin_models`)."""
         if self.path is not None:
             return str(self.path)
-        return f"{self.repo_id}@{self.revision}" if self.revision else str(self.repo_id)
+        revision = self.commit or self.revision
+        return f"{self.repo_id}@{revision}" if revision else str(self.repo_id)
 
 
 def _shown(text: str, limit: int = 60) -> str:
@@ -287,32 +308,47 @@ def resolve_inputs(base_library, base_hub, models_library, models_hub, settings:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Size limits (checked before anything is downloaded)
+# Size limits (checked before any weights are downloaded)
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _weight_files(names_and_sizes: Iterable[tuple[str, int | None]]) -> list[tuple[str, int | None]]:
-    items = [(n, s) for n, s in names_and_sizes if "/" not in n]
-    safetensors = [(n, s) for n, s in items if n.endswith(".safetensors")]
-    if safetensors:
-        return safetensors
-    return [(n, s) for n, s in items if n.startswith("pytorch_model") and n.endswith(".bin")]
+MAX_INDEX_BYTES = 16 * 2**20  # a shard index larger than this is refused before it is downloaded
 
 
-def model_bytes(ref: ModelRef) -> int:
-    """Bytes of the weights of a model: file sizes of a library folder, or the Hub's file metadata."""
-    if ref.path is not None:
-        files = _weight_files((p.name, p.stat().st_size) for p in ref.path.iterdir() if p.is_file())
-        if not files:
-            raise SpaceError(f"library model {ref.label} has no safetensors (or pytorch_model.bin) weights")
-        return sum(size for _, size in files)
-    from huggingface_hub import HfApi
+def _library_files(ref: ModelRef) -> list[tuple[str, int]]:
+    """The files the reader opens in a library model, with their sizes; each must lie inside the model's folder
+    (symlinks followed), else the model is refused without a word about where the link leads."""
+    from hf_tsv.errors import HFTSVError
+    from hf_tsv.io.layout import files_to_read, inside, model_root
+
+    folder, who = ref.path, f"library model {ref.label!r}"
+    root = model_root(folder)
+
+    def member(name: str) -> Path:
+        return inside(folder, root, name, who)
+
+    try:
+        names = files_to_read(lambda name: os.path.lexists(folder / name), lambda name: member(name).read_bytes(),
+                              who)
+        return [(name, member(name).stat().st_size) for name in names]
+    except HFTSVError as exc:
+        raise SpaceError(str(exc).replace(str(folder), ref.label)) from None
+    except OSError:
+        raise SpaceError(f"{who}: its files cannot be read") from None
+
+
+def _hub_files(ref: ModelRef, cache_dir: str | os.PathLike | None) -> tuple[str, list[tuple[str, int | None]]]:
+    """Resolve a Hub model's revision to a commit and list the files the reader opens at that commit with the
+    Hub's sizes; a shard index is downloaded (into ``cache_dir``, where the worker finds it) to learn its shards."""
+    from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import (
         GatedRepoError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+
+    from hf_tsv.io.layout import files_to_read
 
     try:
         info = HfApi().model_info(ref.repo_id, revision=ref.revision, files_metadata=True, token=False)
@@ -327,25 +363,63 @@ def model_bytes(ref: ModelRef) -> int:
                          "use the models of its library") from None
     except Exception as exc:  # noqa: BLE001 - network errors of many kinds mean the same to the visitor
         raise SpaceError(f"{ref.label}: could not read its file list from the Hub ({type(exc).__name__})") from None
-    files = _weight_files((s.rfilename, s.size) for s in (info.siblings or []))
-    if not files:
-        raise SpaceError(f"{ref.label} has no safetensors (or pytorch_model.bin) weights on the Hub")
+    sizes = {sibling.rfilename: sibling.size for sibling in info.siblings or ()}
+
+    def read_index(name: str) -> bytes:
+        if sizes[name] is None or sizes[name] > MAX_INDEX_BYTES:
+            raise SpaceError(f"{ref.label}: its shard index {name} is missing a size or larger than "
+                             f"{MAX_INDEX_BYTES // 2**20} MiB; this server does not read it")
+        try:
+            return Path(hf_hub_download(ref.repo_id, name, revision=info.sha, token=False,
+                                        cache_dir=cache_dir)).read_bytes()
+        except Exception as exc:  # noqa: BLE001 - network errors of many kinds mean the same to the visitor
+            raise SpaceError(f"{ref.label}: could not download {name} ({type(exc).__name__})") from None
+
+    return info.sha, [(name, sizes[name]) for name in files_to_read(sizes.__contains__, read_index,
+                                                                    f"model {ref.label!r}")]
+
+
+def model_files(ref: ModelRef, cache_dir: str | os.PathLike | None = None) -> tuple[str | None, list[tuple[str, int]]]:
+    """Exactly the files a worker reads for ``ref`` (``config.json``, then ``model.safetensors`` or an index and
+    the shards it names, else ``pytorch_model.bin`` the same way; :func:`hf_tsv.io.layout.files_to_read`) with
+    their sizes, and for a Hub model the commit its revision resolves to (``None`` for a library model)."""
+    from hf_tsv.io.layout import WEIGHT_ENTRIES
+
+    commit, files = (None, _library_files(ref)) if ref.path is not None else _hub_files(ref, cache_dir)
+    if not any(name in WEIGHT_ENTRIES for name, _ in files):
+        where = "on the Hub" if ref.path is None else "in the library"
+        raise SpaceError(f"{ref.label} has no safetensors (or pytorch_model.bin) weights {where}")
     if any(size is None for _, size in files):
         raise SpaceError(f"{ref.label}: the Hub did not tell the size of its weights, so it cannot be checked "
                          "against this server's limits")
-    return sum(size for _, size in files)
+    return commit, files
 
 
-def check_total_size(refs: list[ModelRef], settings: Settings) -> int:
-    """Refuse a job whose models' weights add up to more than ``max_total_gb``; return the total bytes."""
-    total = 0
+def model_bytes(ref: ModelRef, cache_dir: str | os.PathLike | None = None) -> int:
+    """Bytes of the files a worker reads for ``ref`` (see :func:`model_files`), before any weights are downloaded."""
+    return sum(size for _, size in model_files(ref, cache_dir)[1])
+
+
+def pin_models(refs: list[ModelRef], settings: Settings) -> tuple[list[ModelRef], int]:
+    """Resolve every Hub model to one commit and size exactly the files its worker will read at that commit;
+    refuse a job whose models add up to more than ``max_total_gb``. Returns the refs pinned to those commits
+    (what the worker downloads is what was counted) and the total bytes."""
+    total, pinned = 0, []
     for ref in refs:
-        total += model_bytes(ref)
+        commit, files = model_files(ref, settings.hub_cache)
+        pinned.append(dataclasses.replace(ref, commit=commit))
+        total += sum(size for _, size in files)
         if total > settings.max_total_gb * GB:
             raise SpaceError(f"the models' weights add up to more than this server's limit of "
                              f"{settings.max_total_gb:g} GB (HF_TSV_SPACE_MAX_TOTAL_GB) "
                              f"({total / GB:.2f} GB with {ref.label}); choose fewer or smaller models")
-    return total
+    return pinned, total
+
+
+def check_total_size(refs: list[ModelRef], settings: Settings) -> int:
+    """Refuse a job whose models' files add up to more than ``max_total_gb``; return the total bytes (see
+    :func:`pin_models`, which also returns the refs pinned to the commits that were counted)."""
+    return pin_models(refs, settings)[1]
 
 
 def check_repo_target(repo_id) -> str:
@@ -387,12 +461,77 @@ def prune_hub_cache(cache_dir: str | os.PathLike, max_bytes: float) -> list[str]
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _disk_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (symbolic links not followed)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass  # removed meanwhile
+    return total
+
+
 class Workspace:
-    """A private temporary folder for this server; one sub-folder per visitor session, removed with it."""
+    """A private temporary folder for this server; one sub-folder per visitor session, removed with it. Each job
+    of a session (an STI analysis, a merge) keeps its result in a folder of its own there, until the session
+    ends, a newer job of the session replaces it, or :meth:`make_room` evicts it to keep the disk used by all
+    results within the operator's cap."""
 
     def __init__(self, parent: str | os.PathLike | None = None):
         self.root = Path(tempfile.mkdtemp(prefix="hf-tsv-space-", dir=parent)).resolve()
+        self._lock = threading.Lock()
+        self._in_use: dict[Path, int] = {}
         atexit.register(self.close)
+
+    @contextlib.contextmanager
+    def in_use(self, folder: str | os.PathLike):
+        """Keep ``folder`` (a job's folder, or a folder inside one) from eviction while the block runs (a
+        running job, a push reading a merge)."""
+        real = Path(folder).resolve()
+        with self._lock:
+            self._in_use[real] = self._in_use.get(real, 0) + 1
+        try:
+            yield real
+        finally:
+            with self._lock:
+                self._in_use[real] -= 1
+                if not self._in_use[real]:
+                    del self._in_use[real]
+
+    def results(self) -> list[tuple[Path, int]]:
+        """Every kept result (the job folders of every session) with its size in bytes, oldest first."""
+        found = []
+        for session in self.root.glob("session-*"):
+            try:
+                jobs = [p for p in session.iterdir() if p.is_dir() and not p.is_symlink()]
+            except OSError:
+                continue  # the session ended meanwhile
+            for job in jobs:
+                try:
+                    found.append((job.stat().st_mtime, job, _disk_bytes(job)))
+                except OSError:
+                    continue
+        return [(job, size) for _, job, size in sorted(found, key=lambda item: (item[0], str(item[1])))]
+
+    def make_room(self, max_bytes: float, reserve: float = 0, keep: Iterable[str | os.PathLike] = ()) -> bool:
+        """Evict the oldest results (of any session) until they take at most ``max_bytes`` with ``reserve`` bytes
+        more for a new one; results in use and those in ``keep`` are never evicted. Returns whether it fits."""
+        with self._lock:
+            protected = [*self._in_use, *(Path(p).resolve() for p in keep)]
+            results = self.results()
+            total = sum(size for _, size in results)
+            for job, size in results:
+                if total + reserve <= max_bytes:
+                    break
+                real = job.resolve()
+                if any(p == real or p.is_relative_to(real) for p in protected):
+                    continue
+                self.delete(job)
+                total -= size
+                logger.info("evicted a kept result of %.1f MB (HF_TSV_SPACE_MAX_RESULTS_GB)", size / 1e6)
+            return total + reserve <= max_bytes
 
     def session_dir(self, state: dict | None) -> Path:
         if state and state.get("dir"):

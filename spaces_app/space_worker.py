@@ -89,10 +89,12 @@ def _limit_memory(gigabytes: float | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _scrub(message: str, secrets: list[str]) -> str:
-    for text in sorted((s for s in secrets if s), key=len, reverse=True):
-        message = message.replace(text.rstrip("/") + "/", "").replace(text, "")
-    return " ".join(message.split())
+def _scrub(message: str, server_paths: list[str]) -> str:
+    """A message for the visitor: no server path (those of the job named relative to it, any other by its last
+    component) and no token."""
+    from space_core import visitor_message
+
+    return visitor_message(message, server_paths)
 
 
 def _zip_folder(folder: Path, target: Path) -> None:
@@ -209,6 +211,26 @@ def run_merge(job: dict) -> dict:
     return {"report": report, "card_warnings": list(card.warnings), "evaluation": evaluation}
 
 
+def outcome_of(job: dict) -> dict:
+    """Run ``job``; the result for ``result.json``: ``{"ok": true, ...}``, or ``{"ok": false, "error": message}``
+    with a message built for the visitor (an hf_tsv error without server paths or tokens; anything else without
+    details, which go to the log)."""
+    from hf_tsv.errors import HFTSVError
+
+    try:
+        return {"ok": True, **(run_sti(job) if job["kind"] == "sti" else run_merge(job))}
+    except HFTSVError as exc:
+        return {"ok": False, "error": _scrub(str(exc), list(job.get("scrub") or []))}
+    except MemoryError:
+        return {"ok": False, "error": "the worker ran out of memory (HF_TSV_SPACE_WORKER_MEMORY_GB); try fewer "
+                                      "or smaller models"}
+    except Exception as exc:  # noqa: BLE001 - reported to the visitor without details, logged in full
+        traceback.print_exc()
+        return {"ok": False, "internal": True,
+                "error": f"the job failed with an internal error ({type(exc).__name__}); the server log has "
+                         "the details"}
+
+
 def _warm_up() -> None:
     """Import what every job needs, while the worker waits for one (a spare worker does this ahead of time)."""
     import matplotlib.figure  # noqa: F401 - the STI heatmap of the card
@@ -253,21 +275,7 @@ def main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(int(job["threads"]))
-    from hf_tsv.errors import HFTSVError
-
-    secrets = list(job.get("scrub") or [])
-    try:
-        outcome = {"ok": True, **(run_sti(job) if job["kind"] == "sti" else run_merge(job))}
-    except HFTSVError as exc:
-        outcome = {"ok": False, "error": _scrub(str(exc), secrets)}
-    except MemoryError:
-        outcome = {"ok": False, "error": "the worker ran out of memory (HF_TSV_SPACE_WORKER_MEMORY_GB); try fewer "
-                                         "or smaller models"}
-    except Exception as exc:  # noqa: BLE001 - reported to the visitor without details, logged in full
-        traceback.print_exc()
-        outcome = {"ok": False, "internal": True,
-                   "error": f"the job failed with an internal error ({type(exc).__name__}); the server log has "
-                            "the details"}
+    outcome = outcome_of(job)
     tmp = job_file.with_name("result.json.partial")
     tmp.write_text(json.dumps(outcome))
     os.replace(tmp, job_file.with_name("result.json"))

@@ -122,7 +122,8 @@ def test_example_command(tmp_path):
 def test_recorded_command_has_no_local_paths(tiny, tmp_path):
     run("merge", tiny["base"], *tiny["tasks"], "-o", tmp_path / "m", "--exclude", "fc2")
     report = json.loads((tmp_path / "m" / "merge_report.json").read_text())
-    assert report["command"] == "hf-tsv merge base task_00 task_01 task_02 -o m --exclude fc2"
+    # rebuilt from the parsed arguments, in the parser's order (issue 10: never from the raw command line)
+    assert report["command"] == "hf-tsv merge base task_00 task_01 task_02 --exclude fc2 -o m"
     assert str(tmp_path) not in json.dumps(report)
 
 

@@ -100,12 +100,19 @@ def test_existing_output_is_kept(tiny, tmp_path):
     with pytest.raises(OutputExistsError, match="--overwrite"):
         hf_tsv.merge(tiny["base"], tiny["tasks"], output_dir=out)
     assert (out / "precious.txt").read_text() == "keep me"
+    # --overwrite replaces only an earlier hf-tsv output (issue 10, defect 5), never a folder of other files
+    with pytest.raises(OutputExistsError, match="not an hf-tsv output"):
+        hf_tsv.merge(tiny["base"], tiny["tasks"], output_dir=out, overwrite=True)
+    assert (out / "precious.txt").read_text() == "keep me"
     # a failing overwrite leaves the old folder as it was
+    earlier = tmp_path / "earlier"
+    hf_tsv.merge(tiny["base"], tiny["tasks"], output_dir=earlier)
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
     bad = copy_checkpoint(tiny["tasks"][2], tmp_path / "nan",
                           edit=lambda s: s["post_layernorm.weight"].fill_(float("inf")))
     with pytest.raises(MergeInputError, match="NaN or inf"):
-        hf_tsv.merge(tiny["base"], [tiny["tasks"][0], bad], output_dir=out, overwrite=True)
-    assert (out / "precious.txt").read_text() == "keep me"
+        hf_tsv.merge(tiny["base"], [tiny["tasks"][0], bad], output_dir=earlier, overwrite=True)
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
 
 
 def test_cli_errors_are_one_line_and_exit_nonzero(tiny, tmp_path):

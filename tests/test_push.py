@@ -172,8 +172,9 @@ def test_cli_merge_push_to_hub_and_push(hub, tiny, tmp_path, capsys):
     assert repo.private and len(repo.commits) == 1
     assert f"pushed 6 files to ns/cli-merged (committed to main): {hub.endpoint}/ns/cli-merged/commit/" in printed
     report = json.loads(hub.read_file("ns/cli-merged", "merge_report.json"))
-    assert report["command"] == ("hf-tsv merge base task_00 task_01 task_02 -o cli-merged --device cpu "
-                                 "--push-to-hub ns/cli-merged --private")
+    # rebuilt from the parsed arguments, in the parser's order (issue 10: never from the raw command line)
+    assert report["command"] == ("hf-tsv merge base task_00 task_01 task_02 -o cli-merged --push-to-hub "
+                                 "ns/cli-merged --private --device cpu")
     readme = hub.read_file("ns/cli-merged", "README.md").decode()
     assert str(tmp_path) not in readme and str(Path(tiny["base"]).parent) not in readme
 

@@ -333,9 +333,12 @@ def test_limits_are_clear_messages(library, tmp_path):
 
     base, models = resolve("base", "", ["task_00"], "ns/ft-a", settings)
     assert [m.label for m in models] == ["task_00", "ns/ft-a"] and models[1].repo_id == "ns/ft-a"
-    size = (library / "base" / "model.safetensors").stat().st_size
+    def read_bytes(model: str) -> int:  # what a worker reads: config.json and model.safetensors
+        return sum((library / model / name).stat().st_size for name in ("config.json", "model.safetensors"))
+
+    size = read_bytes("task_00")
     refs = [base, *models[:1]]
-    assert space_core.check_total_size(refs, settings) == 2 * size
+    assert space_core.check_total_size(refs, settings) == read_bytes("base") + size
     small = space_core.Settings(library=library, max_total_gb=1.5 * size / 1e9)
     with pytest.raises(space_core.SpaceError, match=r"limit of .* GB \(HF_TSV_SPACE_MAX_TOTAL_GB\)"):
         space_core.check_total_size(refs, small)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HFTSVError
+from ..io.output import write_json
 
 BUILD_INFO = "build.json"
 SPEC_NAME = "tasks.json"
@@ -182,7 +183,7 @@ def build_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool =
         spec = {"image_processor": "models/base",
                 "tasks": [{"name": n, "dataset": f"disk:data/{n}", "split": "test", "validation_split": "validation",
                            "head": HEADS_NAME} for n in tasks]}
-        (tmp / SPEC_NAME).write_text(json.dumps(spec, indent=2) + "\n")
+        write_json(tmp / SPEC_NAME, spec)
         timings["total_s"] = time.perf_counter() - started
         info = {
             "settings": asdict(settings), "settings_digest": settings.digest(),
@@ -196,7 +197,7 @@ def build_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool =
             "finetune_seconds": {k: round(v, 2) for k, v in finetune_s.items()},
             "torch_threads": torch.get_num_threads(), "versions": _versions(),
         }
-        (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        write_json(tmp / BUILD_INFO, info)
     log(f"benchmark built in {folder} in {timings['total_s']:.1f} s")
     return folder
 

@@ -22,6 +22,7 @@ from ..evaluation import (
     search_alpha,
 )
 from ..evaluation.alpha import default_grid
+from ..io.output import write_json
 from .build import BUILD_INFO, SPEC_NAME, BenchError, build_dir
 
 MERGE_METHODS = ("avg", "ta", "ties", "iso-c", "iso-cts", "tsv-m")
@@ -133,7 +134,7 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "torch": torch.__version__},
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(out / "results.json", payload)
     from .plots import write_plots, write_table
 
     write_table(payload, out / "results.md")

@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..methods import METHODS, MethodOptions
+from ..options import parse_alpha_grid
 from .heads import EvalInputError
 from .runner import EvalReport, PreparedTask, evaluate_model, load_metric
 
@@ -25,26 +26,14 @@ DEFAULT_GRIDS: dict[str, list[float]] = {name: default_grid(name) for name in ME
 
 
 def parse_grid(text: str) -> list[float]:
-    """``"0.1,0.5,1"`` or ``"0.1:3.0:0.1"`` (start:stop:step, inclusive) → a list of α values.
+    """``"0.1,0.5,1"`` or ``"0.1:3.0:0.1"`` (start:stop:step, inclusive) → a list of α values, each finite
+    (:func:`hf_tsv.options.parse_alpha_grid` checks it).
 
     Example:
         >>> parse_grid("0.5:1.5:0.5")
         [0.5, 1.0, 1.5]
     """
-    try:
-        if ":" in text:
-            start, stop, step = (float(x) for x in text.split(":"))
-            if step <= 0 or stop < start:
-                raise ValueError
-            count = int(round((stop - start) / step)) + 1
-            return [round(start + i * step, 10) for i in range(count)]
-        values = [float(x) for x in text.split(",") if x.strip()]
-        if not values:
-            raise ValueError
-        return values
-    except ValueError:
-        raise EvalInputError(f"α grid {text!r}: write comma-separated values (0.1,0.5,1) or start:stop:step "
-                             "(0.1:3.0:0.1)") from None
+    return list(parse_alpha_grid(text))
 
 
 @dataclass
@@ -94,7 +83,10 @@ def search_alpha(linear, tasks: list[PreparedTask], *, grid: list[float] | None 
         >>> search = search_alpha(lin, prepare_tasks(cfg, "base", splits=("validation",)))  # doctest: +SKIP
         >>> search.best_alpha  # doctest: +SKIP
     """
-    grid = list(grid if grid is not None else getattr(linear, "alpha_grid", None) or default_grid(linear.method))
+    if grid is not None:
+        grid = list(parse_alpha_grid(grid))
+    else:  # the grid that came with the merge (its method's, for its options)
+        grid = list(getattr(linear, "alpha_grid", None) or default_grid(linear.method))
     criterion = "normalized" if all(t.finetuned_accuracy.get(split) for t in tasks) else "absolute"
     result = AlphaSearch(linear.method, criterion, grid)
     metric = load_metric()

@@ -66,15 +66,16 @@ def text_head(encode_texts: Callable[[list[str]], torch.Tensor], class_names: Se
 
 def save_heads(path: str | os.PathLike, heads: dict[str, TaskHead]) -> Path:
     """Write heads to one safetensors file (tensor per task, class names in the metadata), atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from ..io.output import write_file_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({task: h.weight.float().contiguous().cpu() for task, h in heads.items()}, str(tmp),
-              metadata={"format": "pt", "hf_tsv_class_names": json.dumps({t: h.class_names for t, h in heads.items()})})
-    os.replace(tmp, path)
-    return path
+    names = json.dumps({t: h.class_names for t, h in heads.items()})
+    data = save({task: h.weight.float().contiguous().cpu() for task, h in heads.items()},
+                metadata={"format": "pt", "hf_tsv_class_names": names})
+    return write_file_atomic(path, data)
 
 
 def load_heads(path: str | os.PathLike) -> dict[str, TaskHead]:

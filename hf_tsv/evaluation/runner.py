@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +9,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import Normalizer, PreparedSplit, prepare_split
+from ..io.output import write_json
+from ..secrets import redact_json
+from .data import Normalizer, PreparedSplit, check_split, prepare_split
 from .heads import ClipTextEncoder, EvalInputError, TaskHead, _as_tensor, load_heads, save_heads, text_head
 from .tasks import TasksConfig, TaskSpec
 
@@ -43,24 +44,29 @@ class PreparedTask:
 
 def load_vision_model(reference, *, device: str | torch.device = "cpu", revision: str | None = None):
     """A CLIP vision encoder from a folder or Hub id (``ns/name@rev``): CLIPVisionModelWithProjection,
-    CLIPVisionModel or a full CLIPModel, as its config says. ``trust_remote_code`` is never enabled."""
+    CLIPVisionModel or a full CLIPModel, as its config says. ``trust_remote_code`` is never enabled. The model
+    is resolved as merge inputs are (:func:`~hf_tsv.io.resolve.resolve_model`: a Hub revision pinned to one commit,
+    only the files the reader opens downloaded, every file checked to lie inside the model) before transformers
+    loads that folder."""
     if isinstance(reference, torch.nn.Module):
         return reference.to(device).eval()
     from transformers import AutoConfig, CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
 
-    from ..io.resolve import split_revision
+    from ..io.resolve import resolve_model
 
-    ref, rev = split_revision(str(reference), revision)
+    resolved = resolve_model(reference, revision=revision)
+    folder = str(resolved.reader.folder)
     try:
-        config = AutoConfig.from_pretrained(ref, revision=rev)
+        config = AutoConfig.from_pretrained(folder)
     except Exception as exc:  # noqa: BLE001
-        raise EvalInputError(f"model {ref!r}: cannot read its config.json ({type(exc).__name__}: {exc})") from exc
+        raise EvalInputError(f"model {resolved.name!r}: cannot read its config.json ({type(exc).__name__}: "
+                             f"{exc})") from exc
     arch = (getattr(config, "architectures", None) or [""])[0]
     classes = {"CLIPModel": CLIPModel, "CLIPVisionModelWithProjection": CLIPVisionModelWithProjection,
                "CLIPVisionModel": CLIPVisionModel}
     if arch not in classes:
         arch = "CLIPModel" if config.model_type == "clip" else "CLIPVisionModel"
-    return classes[arch].from_pretrained(ref, revision=rev).to(device).eval()
+    return classes[arch].from_pretrained(folder).to(device).eval()
 
 
 class ImageFeatures:
@@ -152,11 +158,8 @@ class EvalReport:
         return "\n".join(lines)
 
     def save_json(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        """Write :meth:`to_dict` to ``path`` atomically (see :func:`hf_tsv.io.output.write_file_atomic`)."""
+        return write_json(path, redact_json(self.to_dict()))
 
 
 def evaluate_model(model, tasks: list[PreparedTask], *, split: str = "test", batch_size: int = 256,
@@ -269,6 +272,12 @@ def prepare_tasks(config: TasksConfig, model_ref=None, *, splits: tuple[str, ...
             if task.validation_split is None:
                 raise EvalInputError(f"task {task.name!r} has no 'validation_split' in {config.source}; α search "
                                      "selects on validation data, never on the test split")
+    def source(task: TaskSpec, split: str) -> str:
+        return task.validation_split if split == "validation" else (task.split if split == "test" else split)
+
+    # every task's columns and labels are checked before heads are built or any image is decoded
+    checked = {(task.name, split): check_split(task, source(task, split), max_examples=max_examples)
+               for task in config.tasks for split in splits}
     processor = _processor_for(config, model_ref)
     normalizer = Normalizer.from_processor(processor)
     heads = build_heads(config, device=device)
@@ -276,8 +285,7 @@ def prepare_tasks(config: TasksConfig, model_ref=None, *, splits: tuple[str, ...
     for task in tqdm(config.tasks, desc="loading tasks", unit="task", leave=False, disable=not progress):
         splits_data = {}
         for split in splits:
-            source = task.validation_split if split == "validation" else (task.split if split == "test" else split)
-            data, names = prepare_split(task, source, processor, max_examples=max_examples)
+            data, names = prepare_split(task, source(task, split), processor, checked=checked[task.name, split])
             if len(names) != len(heads[task.name].class_names):
                 raise EvalInputError(f"task {task.name!r}: the dataset has {len(names)} classes but its head has "
                                      f"{len(heads[task.name].class_names)} rows")

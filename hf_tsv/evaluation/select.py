@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from ..files import ALPHA_SEARCH_NAME, EVAL_RESULTS_NAME, EVAL_TABLE_NAME
+from ..io.output import write_file_atomic, write_json
+from ..secrets import redact, redact_json
 from .alpha import AlphaSearch, search_alpha
 from .heads import ClipTextEncoder, EvalInputError
 from .runner import EvalReport, PreparedTask, evaluate_model, load_metric, load_vision_model, prepare_tasks
 from .tasks import TasksConfig
-
-EVAL_RESULTS_NAME = "eval_results.json"  # what the model card reads
-ALPHA_SEARCH_NAME = "eval_alpha_search.json"
-EVAL_TABLE_NAME = "eval_results.md"
 
 
 def projection_for(model: torch.nn.Module, config: TasksConfig) -> torch.Tensor | None:
@@ -56,21 +54,24 @@ def write_eval_files(folder: str | os.PathLike, test: EvalReport, search: AlphaS
     if search is not None:
         payload["alpha"] = search.best_alpha
         payload["alpha_selection"] = search.to_dict()["criterion"]
-    (folder / EVAL_RESULTS_NAME).write_text(json.dumps(payload, indent=2) + "\n")
-    (folder / EVAL_TABLE_NAME).write_text(test.table() + "\n")
+    write_json(folder / EVAL_RESULTS_NAME, redact_json(payload))
+    write_file_atomic(folder / EVAL_TABLE_NAME, redact(test.table()) + "\n")
     if search is not None:
-        (folder / ALPHA_SEARCH_NAME).write_text(json.dumps(search.to_dict(), indent=2) + "\n")
+        write_json(folder / ALPHA_SEARCH_NAME, redact_json(search.to_dict()))
 
 
 def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: str = "tsv-m",
                             grid: list[float] | None = None, alpha: float | None = None,
                             output_dir: str | os.PathLike | None = None, overwrite: bool = False,
                             batch_size: int = 256, device: str | torch.device = "cpu", max_examples: int | None = None,
-                            progress: bool = True, **merge_options):
+                            progress: bool = True, revision: str | None = None, token=None, command: str | None = None,
+                            **merge_options):
     """Compute the merge's Δ once, sweep α on every task's validation split, keep the best mean normalised
     accuracy, and report test accuracy at that α. With ``alpha`` given instead, no sweep: that α is evaluated
     on the test splits only (no validation split needed). Returns ``(MergeResult, AlphaSearch | None,
     EvalReport)``; with ``output_dir`` the merge and its ``eval_*`` files are written there (atomically).
+    ``merge_options`` are :func:`hf_tsv.merge_linear`'s options (``fuse_qkv``, ``dtype``, ``ties_density``...);
+    they, ``grid`` and ``alpha`` are checked (:class:`hf_tsv.options.MergeOptions`) before any work.
 
     Example:
         >>> cfg = load_tasks_spec("tasks.json")  # doctest: +SKIP
@@ -79,9 +80,14 @@ def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: 
     """
     from ..io.writer import atomic_output_dir, check_output_dir
     from ..merge import merge_linear
+    from ..options import MergeOptions, check_model_references
 
+    options = MergeOptions.from_arguments(method=method, alpha=alpha, alpha_grid=grid, device=device,
+                                          **merge_options)
+    models = check_model_references(base, models)
+    device, grid = options.device, options.alpha_grid
     if output_dir is not None:
-        check_output_dir(output_dir, overwrite)
+        check_output_dir(output_dir, overwrite, inputs=[base, *models])
     searching = alpha is None
     splits = ("validation", "test") if searching else ("test",)
     prepared = prepare_tasks(config, base, splits=splits, max_examples=max_examples, device=device,
@@ -92,7 +98,8 @@ def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: 
     elif not all(t.finetuned_accuracy.get(s) for t in prepared for s in splits):
         warnings.warn(f"{len(prepared)} tasks but {len(models)} fine-tuned models: normalised accuracy pairs task i "
                       "with model i, so only absolute accuracy is reported (and α is chosen on it)", stacklevel=2)
-    linear = merge_linear(base, models, method, device=device, **merge_options)
+    linear = merge_linear(base, models, method, device=device, revision=revision, token=token, command=command,
+                          **merge_options)
     model = linear.to_model(1.0 if searching else alpha).to(device)
     projection = projection_for(model, config)
     search = None
@@ -105,8 +112,9 @@ def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: 
                           progress=progress)
     result = linear.at(alpha, **({"alpha_search": search.to_dict()} if search else {}))
     if output_dir is not None:
-        with atomic_output_dir(output_dir, overwrite) as tmp:
-            result.save_pretrained(tmp, overwrite=True)
+        with atomic_output_dir(output_dir, overwrite, inputs=result.inputs) as tmp:
+            result.write_files(tmp)
             write_eval_files(tmp, test, search)
-        result = type(result)(result.report, result.config, result.model_class, folder=Path(output_dir))
+        result = type(result)(result.report, result.config, result.model_class, folder=Path(output_dir),
+                              inputs=result.inputs)
     return result, search, test

@@ -56,6 +56,11 @@ class TaskSpec:
     finetuned_accuracy: dict[str, float] = field(default_factory=dict)  # split -> % of the task's fine-tuned model
     max_examples: int | None = None
     revision: str | None = None
+    origin: str | None = field(default=None, compare=False)  # where it was defined ("tasks.json: tasks[0]"), for errors
+
+    def where(self) -> str:
+        """The task as error messages name it: the spec file and its index there, or its name."""
+        return f"{self.origin} (task {self.name!r})" if self.origin else f"task {self.name!r}"
 
     def dataset_id(self) -> str:
         """A public name for cards and reports (a Hub id, or the folder name of a local dataset)."""
@@ -82,8 +87,66 @@ class TasksConfig:
         return [t.name for t in self.tasks]
 
 
-_TASK_FIELDS = {f for f in TaskSpec.__dataclass_fields__}
+_TASK_FIELDS = {f for f in TaskSpec.__dataclass_fields__} - {"origin"}
 _TOP_FIELDS = {"tasks", "text_model", "head_cache", "image_processor", "templates"}
+_OPTIONAL_TEXT = ("validation_split", "config", "image_column", "label_column", "head", "revision")
+
+
+def _exists(path: Path) -> bool:
+    """``Path.exists`` that answers ``False`` for a name the file system refuses (NUL, too long)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _is_percentage(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 100
+
+
+def _check_templates(value: object, where: str) -> None:
+    """Prompt templates: a non-empty list of strings, each filled by ``str.format`` with one class name."""
+    if not isinstance(value, list) or not value or not all(isinstance(t, str) and "{}" in t for t in value):
+        raise EvalInputError(f"{where}: 'templates' must be a non-empty list of strings, each with '{{}}' where the "
+                             "class name goes")
+    for template in value:
+        try:
+            template.format("class")
+        except (IndexError, KeyError, ValueError):
+            raise EvalInputError(f"{where}: template {template!r} cannot be filled with a class name; write "
+                                 "exactly one '{}' (and '{{' / '}}' for literal braces)") from None
+
+
+def _check_task_fields(raw: dict, where: str) -> None:
+    """Every field of one task has the type and range it is used with (see :class:`TaskSpec`)."""
+    if not _is_text(raw.get("split", "test")):
+        raise EvalInputError(f"{where}: 'split' must be a split name (a string)")
+    for key in _OPTIONAL_TEXT:
+        if raw.get(key) is not None and not _is_text(raw[key]):
+            raise EvalInputError(f"{where}: {key!r} must be a string (or left out)")
+    if raw.get("image_column") is not None and raw.get("image_column") == raw.get("label_column"):
+        raise EvalInputError(f"{where}: 'image_column' and 'label_column' are both {raw['image_column']!r}; the "
+                             "image column holds the images, the label column the class indices")
+    names = raw.get("class_names")
+    if names is not None and (not isinstance(names, list) or not names or not all(_is_text(n) for n in names)):
+        raise EvalInputError(f"{where}: 'class_names' must be a non-empty list of strings (class i is names[i])")
+    if raw.get("templates") is not None:
+        _check_templates(raw["templates"], where)
+    limit = raw.get("max_examples")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise EvalInputError(f"{where}: 'max_examples' must be a positive integer, got {limit!r}")
+    accuracy = raw.get("finetuned_accuracy", {})
+    if not isinstance(accuracy, dict):
+        raise EvalInputError(f"{where}: 'finetuned_accuracy' maps split names to percentages, e.g. "
+                             '{"test": 96.5}')
+    for split, value in accuracy.items():
+        if not _is_percentage(value):
+            raise EvalInputError(f"{where}: 'finetuned_accuracy' of split {split!r} is {value!r}; it must be the "
+                                 "fine-tuned model's accuracy in percent, a number above 0 and at most 100")
 
 
 def _local(value: str | None, root: Path) -> str | None:
@@ -96,7 +159,7 @@ def _local(value: str | None, root: Path) -> str | None:
             return prefix + str(path if path.is_absolute() else root / path)
     path = Path(value).expanduser()
     candidate = path if path.is_absolute() else root / path
-    return str(candidate) if candidate.exists() or value.endswith(".safetensors") else value
+    return str(candidate) if _exists(candidate) or value.endswith(".safetensors") else value
 
 
 def load_tasks_spec(path: str | os.PathLike) -> TasksConfig:
@@ -110,7 +173,10 @@ def load_tasks_spec(path: str | os.PathLike) -> TasksConfig:
     path = Path(path)
     if not path.is_file():
         raise EvalInputError(f"task spec {str(path)!r} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalInputError(f"{path.name}: cannot be read as UTF-8 text ({exc})") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -130,28 +196,32 @@ def parse_tasks_spec(data: dict, *, root: str | os.PathLike = ".", source: str =
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list) or not data["tasks"]:
         raise EvalInputError(f'{source}: expected {{"tasks": [{{"name": ..., "dataset": ...}}, ...]}} with at '
                              "least one task")
-    unknown = set(data) - _TOP_FIELDS
+    unknown = sorted(map(str, set(data) - _TOP_FIELDS))
     if unknown:
-        raise EvalInputError(f"{source}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(_TOP_FIELDS))}")
+        raise EvalInputError(f"{source}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_TOP_FIELDS))}")
+    for key in ("text_model", "head_cache", "image_processor"):
+        if data.get(key) is not None and not _is_text(data[key]):
+            raise EvalInputError(f"{source}: {key!r} must be a string (or left out)")
+    if data.get("templates") is not None:
+        _check_templates(data["templates"], source)
     tasks, seen = [], set()
     for i, raw in enumerate(data["tasks"]):
         where = f"{source}: tasks[{i}]"
         if not isinstance(raw, dict):
             raise EvalInputError(f"{where}: each task must be an object with 'name' and 'dataset'")
-        bad = set(raw) - _TASK_FIELDS
+        bad = sorted(map(str, set(raw) - _TASK_FIELDS))
         if bad:
-            raise EvalInputError(f"{where}: unknown key {sorted(bad)[0]!r}; allowed: {', '.join(sorted(_TASK_FIELDS))}")
+            raise EvalInputError(f"{where}: unknown key {bad[0]!r}; allowed: {', '.join(sorted(_TASK_FIELDS))}")
         for key in ("name", "dataset"):
-            if not isinstance(raw.get(key), str) or not raw[key]:
+            if not _is_text(raw.get(key)):
                 raise EvalInputError(f"{where}: {key!r} is required (a string)")
         if raw["name"] in seen:
             raise EvalInputError(f"{where}: task name {raw['name']!r} is used twice")
         seen.add(raw["name"])
-        spec = TaskSpec(**raw)
+        _check_task_fields(raw, where)
+        spec = TaskSpec(**raw, origin=where)
         spec.dataset = _local(spec.dataset, root)
         spec.head = _local(spec.head, root)
-        if not isinstance(spec.finetuned_accuracy, dict):
-            raise EvalInputError(f"{where}: 'finetuned_accuracy' maps split names to percentages")
         tasks.append(spec)
     templates = data.get("templates") or list(CLIP_TEMPLATES)
     return TasksConfig(tasks, text_model=_local(data.get("text_model"), root),

@@ -1,45 +1,66 @@
 """Lazy checkpoint reading: tensors are read one key at a time from safetensors (single file or sharded)
-or, only if no safetensors exist, from ``pytorch_model.bin`` through ``torch.load(weights_only=True)``."""
+or, only if no safetensors exist, from ``pytorch_model.bin`` through ``torch.load(weights_only=True)``.
+Every file opened lies inside the model (see :mod:`.layout`)."""
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import torch
 
 from ..errors import MergeInputError
+from .layout import (
+    CONFIG_NAME,
+    WEIGHT_ENTRIES,
+    find_member,
+    inside,
+    is_file,
+    model_root,
+    parse_json,
+    parse_weight_map,
+    read_member,
+    shards_of,
+    weight_entry,
+)
 from .safetensors_format import TensorInfo, read_header, read_tensor
 
 
-def _index_files(index_path: Path, who: str) -> list[Path]:
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise MergeInputError(f"{who}: {index_path} is not a valid shard index ({exc})") from exc
-    files = sorted({index_path.parent / name for name in weight_map.values()})
-    for file in files:
-        if not file.is_file():
-            raise MergeInputError(f"{who}: shard {file} named in {index_path} is missing")
-    return files
+def _weight_files(folder: Path, root: Path, single: str, who: str) -> tuple[Path, list[Path]]:
+    """``(main file, files to read)``: ``single`` (e.g. ``model.safetensors``) if present, else its index
+    ``{single}.index.json`` and the shards it names, each checked to be a file inside the model (see
+    :mod:`.layout`)."""
+    single_path = find_member(folder, root, single, who)
+    if single_path is not None:
+        return single_path, [single_path]
+    index_name = f"{single}.index.json"
+    index_path = find_member(folder, root, index_name, who)
+    if index_path is None:
+        raise MergeInputError(f"{who}: neither {single} nor {index_name} in {folder}")
+    weight_map = parse_weight_map(read_member(index_path, who), who, index_name)
+    files = []
+    for name, key in shards_of(weight_map).items():
+        path = inside(folder, root, name, who, named_by=index_name, key=key)
+        if not is_file(path):
+            raise MergeInputError(f"{who}: shard {name!r} named in {index_name} for key {key!r} is missing; "
+                                  "re-download the checkpoint")
+        files.append(path)
+    return index_path, files
 
 
 class SafetensorsFiles:
     """``{stem}.safetensors`` or ``{stem}-*-of-*.safetensors`` + ``{stem}.safetensors.index.json`` in a folder:
     headers parsed and validated up front, tensors read on demand with plain reads (mmap would count
-    every touched page of all T + 1 files in the process's RSS)."""
+    every touched page of all T + 1 files in the process's RSS). Every file opened lies inside ``root``
+    (default: :func:`~.layout.model_root` of the folder)."""
 
-    def __init__(self, folder: Path, stem: str, who: str):
-        single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
-        self.main_file = single if single.is_file() else index
-        files = [single] if single.is_file() else _index_files(index, who)
+    def __init__(self, folder: Path, stem: str, who: str, root: Path | None = None):
+        folder = Path(folder)
+        root = model_root(folder) if root is None else root
+        self.main_file, files = _weight_files(folder, root, f"{stem}.safetensors", who)
         self.infos: dict[str, TensorInfo] = {}
         for file in files:
             self.infos.update(read_header(file, who))
-
-    @staticmethod
-    def present(folder: Path, stem: str) -> bool:
-        return (folder / f"{stem}.safetensors").is_file() or (folder / f"{stem}.safetensors.index.json").is_file()
 
     def get(self, key: str) -> torch.Tensor:
         return read_tensor(self.infos[key])
@@ -47,28 +68,27 @@ class SafetensorsFiles:
 
 class TorchBinFiles:
     """``pytorch_model.bin`` (or its shards), loaded with ``weights_only=True`` and ``mmap=True`` so tensor
-    bytes are paged in only when a key is used. Never unpickles arbitrary objects."""
+    bytes are paged in only when a key is used. Never unpickles arbitrary objects. Every file opened lies
+    inside ``root``."""
 
-    def __init__(self, folder: Path, who: str):
-        single, index = folder / "pytorch_model.bin", folder / "pytorch_model.bin.index.json"
-        self.main_file = single if single.is_file() else index
-        files = [single] if single.is_file() else _index_files(index, who)
+    def __init__(self, folder: Path, who: str, root: Path):
+        self.main_file, files = _weight_files(folder, root, "pytorch_model.bin", who)
         self.infos: dict[str, TensorInfo] = {}
         self._tensors: dict[str, torch.Tensor] = {}
         for file in files:
+            if not is_file(file):
+                raise MergeInputError(f"{who}: {file.name} in the model's folder is not a file")
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
                 raise MergeInputError(f"{who}: cannot read {file} with torch.load(weights_only=True): "
                                       f"{exc}") from exc
+            if not isinstance(state, dict):
+                raise MergeInputError(f"{who}: {file} holds a {type(state).__name__}, not a state dict of tensors")
             for key, t in state.items():
                 if isinstance(t, torch.Tensor):
                     self.infos[key] = TensorInfo(t.dtype, tuple(t.shape), file)
                     self._tensors[key] = t
-
-    @staticmethod
-    def present(folder: Path) -> bool:
-        return (folder / "pytorch_model.bin").is_file() or (folder / "pytorch_model.bin.index.json").is_file()
 
     def get(self, key: str) -> torch.Tensor:
         return self._tensors[key]
@@ -85,27 +105,29 @@ class CheckpointReader:
     def __init__(self, folder: str | Path, name: str):
         self.folder = Path(folder)
         self.name = name
+        self.root = model_root(self.folder)
         who = f"model {name!r}"
         self.config = self._read_config(who)
-        if SafetensorsFiles.present(self.folder, "model"):
-            self._files: SafetensorsFiles | TorchBinFiles = SafetensorsFiles(self.folder, "model", who)
-        elif TorchBinFiles.present(self.folder):
-            self._files = TorchBinFiles(self.folder, who)
+        entry = weight_entry(lambda file: os.path.lexists(self.folder / file))
+        if entry is None:
+            raise MergeInputError(f"{who}: no weights in {self.folder} (looked for {', '.join(WEIGHT_ENTRIES)})")
+        if entry.startswith("model.safetensors"):
+            self._files: SafetensorsFiles | TorchBinFiles = SafetensorsFiles(self.folder, "model", who, self.root)
         else:
-            raise MergeInputError(f"{who}: no weights in {self.folder} (looked for model.safetensors, "
-                                  "model.safetensors.index.json, pytorch_model.bin and its index)")
+            self._files = TorchBinFiles(self.folder, who, self.root)
         self.weights_file = self._files.main_file
         self.infos = self._files.infos
 
     def _read_config(self, who: str) -> dict:
-        path = self.folder / "config.json"
-        if not path.is_file():
-            raise MergeInputError(f"{who}: {path} not found; a transformers checkpoint folder needs "
-                                  "config.json (save it with save_pretrained)")
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise MergeInputError(f"{who}: {path} is not valid JSON ({exc})") from exc
+        path = find_member(self.folder, self.root, CONFIG_NAME, who)
+        if path is None:
+            raise MergeInputError(f"{who}: {self.folder / CONFIG_NAME} not found; a transformers checkpoint folder "
+                                  "needs config.json (save it with save_pretrained)")
+        config = parse_json(read_member(path, who), who, CONFIG_NAME)
+        if not isinstance(config, dict):
+            raise MergeInputError(f"{who}: {CONFIG_NAME} holds a JSON {type(config).__name__}, not an object; "
+                                  "re-save the model's config with save_pretrained")
+        return config
 
     def get(self, key: str) -> torch.Tensor:
         """Read one tensor (CPU)."""

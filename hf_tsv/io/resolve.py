@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 from ..errors import MergeInputError
+from ..secrets import describe_exception, known_secrets, normalize_token, resolve_token, safe_cause
+from .layout import files_to_read
 from .reader import CheckpointReader, InMemoryReader
 
 
@@ -40,6 +42,13 @@ class ResolvedModel:
             info["fingerprint"] = self.fingerprint
         return info
 
+    def content_fingerprint(self) -> str | None:
+        """The fingerprint of the checkpoint's files (see :func:`_fingerprint`), computed for a Hub model too;
+        ``None`` for an in-memory model."""
+        if self.fingerprint is None and isinstance(self.reader, CheckpointReader):
+            return _fingerprint(self.reader)
+        return self.fingerprint
+
 
 def _fingerprint(reader: CheckpointReader, sample_bytes: int = 1 << 16) -> str:
     """A cheap identity of a local checkpoint: sha256 over its tensor names, dtypes and shapes, and for each
@@ -68,26 +77,37 @@ def split_revision(reference: str, revision: str | None) -> tuple[str, str | Non
 
 
 def _download(repo_id: str, revision: str | None, token: str | bool | None) -> Path:
-    from huggingface_hub import snapshot_download
+    """Download exactly the files the reader will open (:func:`~.layout.files_to_read`), all at one commit (the
+    revision is resolved first), and return that commit's snapshot folder. Offline (HF_HUB_OFFLINE=1): the
+    cached snapshot of the revision, as it is."""
+    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+    from huggingface_hub.file_download import repo_folder_name
 
-    patterns = (["config.json", "*.safetensors", "model.safetensors.index.json"],
-                ["config.json", "pytorch_model*.bin", "pytorch_model.bin.index.json"])
-    folder = None
-    for allow in patterns:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow, token=token))
-        if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
-            break
-    return folder
+    if constants.is_offline_mode():
+        return Path(snapshot_download(repo_id, revision=revision, token=token, local_files_only=True))
+    info = HfApi().model_info(repo_id, revision=revision, token=token)
+    commit = info.sha
+
+    def fetch(name: str) -> Path:
+        return Path(hf_hub_download(repo_id, name, revision=commit, token=token))
+
+    present = {sibling.rfilename for sibling in info.siblings or ()}
+    for name in files_to_read(present.__contains__, lambda index: fetch(index).read_bytes(), f"model {repo_id!r}"):
+        fetch(name)  # the index, fetched already, comes from the cache
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots" / commit
 
 
 def resolve_model(reference, *, name: str | None = None, revision: str | None = None,
                   token: str | bool | None = None) -> ResolvedModel:
-    """Turn a reference into a :class:`ResolvedModel` (downloading Hub files unless HF_HUB_OFFLINE=1).
+    """Turn a reference into a :class:`ResolvedModel`. A Hub id's revision is resolved to one commit and exactly
+    the files the reader opens are downloaded at it (unless HF_HUB_OFFLINE=1: the cached snapshot); every file
+    read must lie inside the model's folder (see :mod:`hf_tsv.io.layout`).
 
     Example:
         >>> resolve_model("openai/clip-vit-base-patch32@main").revision  # doctest: +SKIP
         '3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268'
     """
+    token = normalize_token(token)  # stripped; refused (before anything is read) if it cannot be a token
     if isinstance(reference, torch.nn.Module):
         label = name or Path(getattr(getattr(reference, "config", None), "name_or_path", "") or "model").name
         return ResolvedModel(label or "model", InMemoryReader(reference, label or "model"))
@@ -110,13 +130,15 @@ def resolve_model(reference, *, name: str | None = None, revision: str | None = 
     except HFValidationError:
         raise MergeInputError(f"model {ref!r}: no such local folder, and not a valid Hub id "
                               "(expected a folder path or 'namespace/name')") from None
+    token = resolve_token(token)  # and HF_TOKEN checked, now that the Hub will be asked
     try:
         folder = _download(ref, rev, token)
     except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types; all mean the same here
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         hint = ("HF_HUB_OFFLINE is set and it is not in the local cache" if offline
                 else "check the id, the revision, your token and the network")
+        secrets = known_secrets(token)
         raise MergeInputError(f"model {ref!r}: no local folder of that name and the Hub download failed "
-                              f"({hint}): {type(exc).__name__}: {exc}") from exc
+                              f"({hint}): {describe_exception(exc, secrets)}") from safe_cause(exc, secrets)
     label = name or ref
     return ResolvedModel(label, CheckpointReader(folder, label), hub_id=ref, revision=folder.name)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MergeInputError
+from .output import naming_file
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -46,36 +47,78 @@ class TensorInfo:
         return count * torch.empty((), dtype=self.dtype).element_size()
 
 
+def _is_count(value: object) -> bool:
+    """A JSON non-negative integer (``true``/``false`` are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_info(path: Path, who: str, key: str, entry: object, data_start: int, data_size: int) -> TensorInfo:
+    """One header entry ``{"dtype", "shape", "data_offsets"}`` checked against the file's data size."""
+    def corrupt(problem: str) -> MergeInputError:
+        return MergeInputError(f"{who}: {path} key {key!r} is corrupt ({problem}); re-download or re-save it")
+
+    if not isinstance(entry, dict):
+        raise corrupt(f"its header entry is a JSON {type(entry).__name__}, not an object")
+    dtype_name = entry.get("dtype")
+    dtype = DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
+    if dtype is None:
+        raise MergeInputError(f"{who}: {path} key {key!r} has unsupported dtype {dtype_name!r} "
+                              f"(supported: {', '.join(DTYPES)})")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise corrupt("'shape' must be a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise corrupt("'data_offsets' must be [begin, end], two non-negative integers")
+    begin, end = offsets
+    if begin > end:
+        raise corrupt(f"data_offsets [{begin}, {end}] end before they begin")
+    if end > data_size:
+        raise MergeInputError(f"{who}: {path} is truncated or corrupt: key {key!r} has data_offsets [{begin}, {end}] "
+                              f"beyond the {data_size} bytes of tensor data; re-download or re-save it")
+    info = TensorInfo(dtype, tuple(shape), path, data_start + begin)
+    if end - begin != info.nbytes:
+        raise corrupt("offsets do not match its shape")
+    return info
+
+
 def read_header(path: Path, who: str) -> dict[str, TensorInfo]:
-    """Parse and validate a safetensors header; raise a clear error for a truncated or corrupt file."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise MergeInputError(f"{who}: {path} is truncated or not a safetensors file ({size} bytes)")
-        (header_len,) = struct.unpack("<Q", raw)
-        if header_len > min(MAX_HEADER_BYTES, size - 8):
-            raise MergeInputError(f"{who}: {path} is truncated or not a safetensors file "
-                                  f"(header claims {header_len} bytes, file has {size}); re-download or re-save it")
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MergeInputError(f"{who}: {path} has a corrupt safetensors header ({exc})") from exc
-    header.pop("__metadata__", None)
-    infos: dict[str, TensorInfo] = {}
-    data_end = 0
-    for key, entry in header.items():
-        dtype = DTYPES.get(entry.get("dtype"))
-        if dtype is None:
-            raise MergeInputError(f"{who}: {path} key {key!r} has unsupported dtype {entry.get('dtype')!r}")
-        begin, end = entry["data_offsets"]
-        infos[key] = TensorInfo(dtype, tuple(int(d) for d in entry["shape"]), path, 8 + header_len + begin)
-        if end - begin != infos[key].nbytes:
-            raise MergeInputError(f"{who}: {path} key {key!r} is corrupt (offsets do not match its shape)")
-        data_end = max(data_end, end)
-    if size != 8 + header_len + data_end:
+    """Parse and validate a safetensors header; raise a clear error for a truncated or corrupt file: every
+    entry must be ``{"dtype", "shape", "data_offsets"}`` of known dtype, with offsets inside the data, matching
+    the shape, not overlapping, and ending where the file ends."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise MergeInputError(f"{who}: {path} is truncated or not a safetensors file ({size} bytes)")
+            (header_len,) = struct.unpack("<Q", raw)
+            if header_len > min(MAX_HEADER_BYTES, size - 8):
+                raise MergeInputError(f"{who}: {path} is truncated or not a safetensors file (header claims "
+                                      f"{header_len} bytes, file has {size}); re-download or re-save it")
+            header_bytes = f.read(header_len)
+    except OSError as exc:
+        raise MergeInputError(f"{who}: cannot read {path} ({exc.strerror or type(exc).__name__})") from None
+    try:
+        header = json.loads(header_bytes)
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge integers, deep nesting
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:200]
+        raise MergeInputError(f"{who}: {path} has a corrupt safetensors header ({reason})") from None
+    if not isinstance(header, dict):
+        raise MergeInputError(f"{who}: {path} has a corrupt safetensors header (a JSON {type(header).__name__}, "
+                              "not an object); re-download or re-save it")
+    if not isinstance(header.pop("__metadata__", {}), dict):
+        raise MergeInputError(f"{who}: {path} has a corrupt safetensors header ('__metadata__' is not an object)")
+    data_start, data_size = 8 + header_len, size - 8 - header_len
+    infos = {key: _entry_info(path, who, key, entry, data_start, data_size) for key, entry in header.items()}
+    spans = sorted((info.offset, info.offset + info.nbytes, key) for key, info in infos.items())
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise MergeInputError(f"{who}: {path} is corrupt: the bytes of keys {first!r} and {second!r} overlap; "
+                                  "re-download or re-save it")
+    data_end = max((end for _, end, _ in spans), default=data_start)
+    if size != data_end:
         raise MergeInputError(
-            f"{who}: {path} is truncated or corrupt: the header describes {8 + header_len + data_end} bytes "
+            f"{who}: {path} is truncated or corrupt: the header describes {data_end} bytes "
             f"but the file has {size}; re-download or re-save it")
     return infos
 
@@ -117,9 +160,10 @@ class SafetensorsFileWriter:
         encoded = json.dumps(header, separators=(",", ":")).encode()
         encoded += b" " * (-len(encoded) % 8)  # keep tensor data 8-byte aligned, as safetensors does
         self._data_start = 8 + len(encoded)
-        self._file = open(self.path, "wb")
-        self._file.write(struct.pack("<Q", len(encoded)) + encoded)
-        self._file.truncate(self._data_start + offset)
+        with naming_file(self.path):  # a failed write (disk full...) names this file
+            self._file = open(self.path, "wb")
+            self._file.write(struct.pack("<Q", len(encoded)) + encoded)
+            self._file.truncate(self._data_start + offset)
         self._pending = set(layout)
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
@@ -127,8 +171,9 @@ class SafetensorsFileWriter:
         if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
             raise ValueError(f"{key}: expected {dtype} {tuple(shape)}, got {tensor.dtype} {tuple(tensor.shape)}")
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._file.seek(self._data_start + self._offsets[key])
-        self._file.write(memoryview(data))
+        with naming_file(self.path):
+            self._file.seek(self._data_start + self._offsets[key])
+            self._file.write(memoryview(data))
         self._pending.discard(key)
 
     def close(self) -> None:
@@ -136,4 +181,5 @@ class SafetensorsFileWriter:
             self._file.close()
             raise RuntimeError(f"{self.path}: {len(self._pending)} tensors were never written, "
                                f"e.g. {sorted(self._pending)[0]!r}")
-        self._file.close()
+        with naming_file(self.path):
+            self._file.close()

@@ -1,21 +1,20 @@
-"""Atomic, streaming checkpoint output: a temporary folder renamed into place when complete, and
-sharded safetensors written one tensor at a time."""
+"""Streaming checkpoint output: sharded safetensors written one tensor at a time, into the scratch folder of
+:func:`~hf_tsv.io.output.atomic_output_dir` (re-exported here), renamed into place when complete."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from ..errors import MergeInputError, OutputExistsError
+from ..errors import MergeInputError
+from .output import atomic_output_dir, check_output_dir, write_file_atomic
 from .safetensors_format import SafetensorsFileWriter, TensorInfo
+
+__all__ = ["DEFAULT_MAX_SHARD_SIZE", "ShardedSafetensorsWriter", "atomic_output_dir", "check_output_dir", "parse_size"]
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -35,42 +34,6 @@ def parse_size(size: int | str) -> int:
     if not match:
         raise MergeInputError(f"cannot read size {size!r}; write e.g. '5GB' or '500MiB'")
     return int(float(match.group(1)) * _UNITS[match.group(2)])
-
-
-def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse early (before any heavy work) an output folder that exists and holds files."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output {out} exists and is not a folder; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(f"output folder {out} exists and is not empty; "
-                                "pass --overwrite (overwrite=True) to replace it, or choose another path")
-    return out
-
-
-@contextlib.contextmanager
-def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path``, on error it is removed.
-
-    Example:
-        >>> with atomic_output_dir("/tmp/merged", overwrite=True) as tmp:  # doctest: +SKIP
-        ...     (tmp / "config.json").write_text("{}")
-    """
-    out = check_output_dir(path, overwrite).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class ShardedSafetensorsWriter:
@@ -114,4 +77,4 @@ class ShardedSafetensorsWriter:
             w.close()
         if len(self._writers) > 1:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": self.weight_map}
-            (self.folder / self.index_name).write_text(json.dumps(index, indent=2, sort_keys=True))
+            write_file_atomic(self.folder / self.index_name, json.dumps(index, indent=2, sort_keys=True))
