@@ -39,7 +39,9 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
     def error(self, message: str):
-        super().error(redact(message))
+        """One line on stderr and exit status 2, like every other refusal (argparse would print the usage block
+        first); ``--help`` shows the usage."""
+        self.exit(2, f"{self.prog}: error: {redact(message)}\n")
 
 
 def _positive_int(text: str) -> int:
