@@ -33,31 +33,31 @@ from .secrets import public_command as public_command  # re-exported: it was def
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
-PAPER_URL = "https://arxiv.org/abs/2412.00081"
 PIPELINE_TAG = "image-feature-extraction"
 COMMON_TAGS = ["hf-tsv", "task-singular-vectors", "clip"]
-METHOD_TAGS = {"tsv-m": "tsv-m", "ta": "task-arithmetic", "ties": "ties-merging", "avg": "weight-averaging",
-               "iso-c": "iso-c", "iso-cts": "iso-cts"}
-METHOD_TITLES = {"tsv-m": "TSV-M", "ta": "task arithmetic", "ties": "TIES", "avg": "weight averaging",
-                 "iso-c": "Iso-C", "iso-cts": "Iso-CTS"}
-METHOD_RULES = {
-    "tsv-m": "For every weight matrix, each task matrix Δ_t = W_t − W_0 is reduced to its top k = ⌊r/T⌋ singular "
-             "triplets (r = min(m, n), T tasks). The singular vectors of all tasks are concatenated and replaced by "
-             "their closest orthogonal matrices (polar factors), which removes the interference between tasks, and "
-             "the merged weight is W_0 + α · U⊥ diag(σ) V⊥ᵀ. Biases, LayerNorms, the class embedding and the patch "
-             "convolution are averaged.",
-    "ta": "θ = θ_0 + α · Σ_t τ_t, with task vectors τ_t = θ_t − θ_0.",
-    "ties": "Each task vector is trimmed to its largest entries (the top 20% over the whole model, as the reference "
-            "code does, unless the report says ties_scope tensor), a sign is elected per entry (the sign of the "
-            "sum; the majority sign where that is 0) and the agreeing entries are averaged (disjoint mean; summed "
-            "with ties_merge sum); θ = θ_0 + α · that.",
-    "avg": "θ = mean_t θ_t (α is not used).",
-    "iso-c": "The summed task matrix Σ_t τ_t of every weight matrix is given a flat spectrum (its mean singular "
-             "value times U Vᵀ); θ = θ_0 + α · that. Other parameters are averaged.",
-    "iso-cts": "The top directions of Σ_t τ_t plus each task's own top directions outside that subspace are "
-               "orthogonalised as in TSV-M and given a flat spectrum; θ = θ_0 + α · that. Other parameters are "
-               "averaged.",
-}
+
+
+def _tsv_paper() -> dict:
+    """The Task Singular Vectors paper (TSV-M's, and TSV-C's), as the card cites it."""
+    from .methods import get_method
+
+    tsv = get_method("tsv-m")
+    return {"url": tsv.paper_url, "title": tsv.paper_title, "citation": tsv.citation}
+
+
+def _method_context(name: str, report: dict) -> dict:
+    """What the card says about the method that made a merge: from its registry entry
+    (:mod:`hf_tsv.methods`), or, for a method this version does not know, from the report alone."""
+    from .methods import METHODS
+
+    method = METHODS.get(name)
+    if method is None:
+        return {"method_title": name, "method_label": name, "method_description": report.get("method_description")
+                or name, "method_rule": "", "method_paper": None, "uses_alpha": True, "method_tags": [name]}
+    paper = {"url": method.paper_url, "title": method.paper_title} if method.paper_url else None
+    return {"method_title": method.title, "method_label": method.label, "method_description": method.description,
+            "method_rule": method.card_description, "method_paper": paper, "uses_alpha": method.uses_alpha,
+            "method_tags": list(method.tags)}
 
 
 @dataclass
@@ -167,7 +167,7 @@ def _python_call(report: dict, parents: list[_Parent]) -> str:
 
     models = ", ".join(json.dumps(ref(p)) for p in parents[1:])
     args = [json.dumps(ref(parents[0])), f"[{models}]", f"method={json.dumps(report.get('method'))}"]
-    if report.get("method") != "avg":
+    if _method_context(str(report.get("method")), report)["uses_alpha"]:
         args.append(f"alpha={report.get('alpha')}")
     options = report.get("options", {})
     if options.get("fuse_qkv"):
@@ -393,6 +393,7 @@ def _merge_context(folder: Path, report: dict, config: dict, title: str, model_i
     if not isinstance(report.get("base"), dict) or not isinstance(report.get("models"), list):
         raise CardError(f"{REPORT_NAME} in {folder.name!r} has no 'base'/'models' entries; was it written by hf-tsv?")
     method = str(report.get("method", "unknown"))
+    about = _method_context(method, report)
     parents = [_Parent("base", report["base"])]
     parents += [_Parent(f"task {i + 1}", m) for i, m in enumerate(report["models"])]
     license_meta, warnings, license_sentence = _resolve_licenses(parents, token, license)
@@ -404,7 +405,7 @@ def _merge_context(folder: Path, report: dict, config: dict, title: str, model_i
         "base_model": _parent_ref(parents[0]),
         "models": [_parent_ref(p) for p in parents[1:]],
         "merge_method": method,
-        "alpha": None if method == "avg" else report.get("alpha"),
+        "alpha": report.get("alpha") if about["uses_alpha"] else None,
         "k": report.get("k"),
         "options": options,
         "output": report.get("output"),
@@ -433,13 +434,9 @@ def _merge_context(folder: Path, report: dict, config: dict, title: str, model_i
         "kind": "merge",
         "title": title,
         "method": method,
-        "method_title": METHOD_TITLES.get(method, method),
-        "method_description": report.get("method_description") or method,
-        "method_rule": METHOD_RULES.get(method, ""),
+        **{k: v for k, v in about.items() if k != "method_tags"},
         "alpha": report.get("alpha"),
-        "uses_alpha": method != "avg",
         "num_tasks": report.get("num_tasks", len(parents) - 1),
-        "paper_url": PAPER_URL,
         "base": _parent_row(parents[0], endpoint),
         "models": [_parent_row(p, endpoint) for p in parents[1:]],
         "config_yaml": _yaml(configuration),
@@ -453,7 +450,7 @@ def _merge_context(folder: Path, report: dict, config: dict, title: str, model_i
     metadata = {
         "base_model": hub_ids or None,
         "base_model_relation": "merge" if hub_ids else None,
-        "tags": ["merge", *COMMON_TAGS, METHOD_TAGS.get(method, method)],
+        "tags": ["merge", *COMMON_TAGS, *about["method_tags"]],
         "library_name": "transformers",
         "pipeline_tag": PIPELINE_TAG,
         **license_meta,
@@ -479,7 +476,7 @@ def _tsvc_context(folder: Path, index: dict, title: str, model_id: str, token,
     context = {
         "kind": "tsv-c",
         "title": title,
-        "paper_url": PAPER_URL,
+        "paper": _tsv_paper(),
         "num_tasks": index.get("num_tasks", len(tasks)),
         "k": index.get("k"),
         "dtype": index.get("dtype"),
@@ -514,7 +511,7 @@ def _expand_context(folder: Path, report: dict, config: dict, title: str, model_
     context = {
         "kind": "expand",
         "title": title,
-        "paper_url": PAPER_URL,
+        "paper": _tsv_paper(),
         "k": report.get("k"),
         "base": _parent_row(base, endpoint),
         "task": _parent_row(task, endpoint),

@@ -100,9 +100,44 @@ def _add_card_options(p: argparse.ArgumentParser, repo_id: bool = True) -> None:
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login); never printed or stored")
 
 
+def _help(text: str) -> str:
+    """Text for argparse's help, which reads ``%`` as a format character."""
+    return text.replace("%", "%%")
+
+
+def _method_help() -> str:
+    from .methods import DEFAULT_METHOD, METHODS
+
+    listing = "; ".join(f"{m.name}: {m.description}" for m in METHODS.values())
+    return _help(f"merge method (default {DEFAULT_METHOD}). {listing}")
+
+
+def _per_method(describe) -> str:
+    """``"avg ignores α; ta 0.3; …"``: one fact of every method, as help text."""
+    from .methods import METHODS
+
+    return _help("; ".join(f"{m.name} {describe(m)}" for m in METHODS.values()))
+
+
+def _add_method_parameters(p: argparse.ArgumentParser) -> None:
+    """A flag for every parameter a method declares (``--ties-density``...), from :data:`hf_tsv.methods.PARAMETERS`;
+    left unset (None), a parameter keeps its declared default."""
+    from .methods import METHODS, PARAMETERS
+
+    for spec in PARAMETERS.values():
+        owners = "/".join(METHODS[name].label for name in spec.methods)
+        default = f"{spec.default:g}" if isinstance(spec.default, float) else spec.default
+        if spec.choices is not None:  # argparse shows the choices
+            kind, accepted = {"choices": list(spec.choices)}, ""
+        else:
+            kind, accepted = {"type": float}, f"; {spec.accepted()}"
+        p.add_argument(spec.flag, dest=spec.name, **kind,
+                       help=_help(f"{owners}: {spec.help}{accepted} (default {default})"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .methods import METHODS
+    from .methods import DEFAULT_METHOD, METHODS, describe_alpha
 
     parser = _Parser(prog="hf-tsv", description="Task Singular Vectors model merging "
                      "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
@@ -114,30 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "CLIPVisionModel.from_pretrained loads, with merge_report.json.")
     _add_inputs(p)
     p.add_argument("-o", "--output", help="output folder (written atomically)")
-    p.add_argument("--method", default="tsv-m", choices=list(METHODS), help="merge method (default tsv-m)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=_method_help())
     p.add_argument("--alpha", type=_alpha_arg,
-                   help="scaling α of the merged delta (default 1.0 for tsv-m/iso-*/ties, 0.3 for ta and ties "
-                   "--ties-merge sum; avg ignores it), or 'search': choose α on the validation splits of --eval's "
-                   "tasks")
+                   help=f"scaling α of the merged delta (default: {_per_method(describe_alpha)}), or 'search': "
+                   "choose α on the validation splits of --eval's tasks")
     p.add_argument("--eval", metavar="TASKS_SPEC",
                    help="task spec (JSON/YAML): evaluate the merge on each task's test split and write "
                    "eval_results.json beside it (the card shows it); needed by --alpha search")
     p.add_argument("--alpha-grid", metavar="GRID",
-                   help="α values for --alpha search: 0.1,0.5,1 or start:stop:step (default 0.1:3.0:0.1 for "
-                   "tsv-m/iso-*/ties, 1/30..1 for ta and ties --ties-merge sum)")
+                   help="α values for --alpha search: 0.1,0.5,1 or start:stop:step (default: "
+                   f"{_per_method(lambda m: describe_alpha(m, grid=True))})")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="evaluation batch size")
     p.add_argument("--max-examples", type=_positive_int, help="evaluate at most N examples per task and split")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="output dtype (default: the base's)")
-    p.add_argument("--ties-density", type=float, help="TIES: fraction of entries kept per task, in (0, 1] "
-                   "(default 0.2)")
-    p.add_argument("--ties-merge", choices=["mean", "sum"],
-                   help="TIES: mean of the agreeing entries (default, the paper's) or their sum (FusionBench's)")
-    p.add_argument("--ties-scope", choices=["model", "tensor"],
-                   help="TIES: trim each task's top entries over the whole model (default, the reference code's) "
-                   "or per tensor")
-    p.add_argument("--iso-common-fraction", type=float, help="Iso-CTS: common-subspace share of r, in (0, 1] "
-                   "(default 0.8)")
+    _add_method_parameters(p)
     p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors past this size (e.g. 2GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     p.add_argument("--dry-run", action="store_true", help="run the preflight only (same as `hf-tsv plan`)")
@@ -227,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="preflight only: key counts, memory and time estimates")
     _add_inputs(p)
-    p.add_argument("--method", default="tsv-m", choices=list(METHODS))
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=_method_help())
     p.add_argument("--svd", default="exact", choices=SVD_MODES, help="as for merge")
     p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads for the timing probe (default: half the CPUs)")
@@ -277,7 +303,7 @@ def _check_merge_arguments(args: argparse.Namespace) -> dict:
     """Every option of ``hf-tsv merge`` checked before any work (the API checks them again, identically);
     returns them as the API's keyword arguments."""
     import hf_tsv
-    from hf_tsv.methods import PARAMETERS, MethodOptions
+    from hf_tsv.methods import PARAMETERS, MethodOptions, get_method
     from hf_tsv.options import MergeOptions
 
     options = _option_arguments(args)
@@ -285,8 +311,8 @@ def _check_merge_arguments(args: argparse.Namespace) -> dict:
         raise hf_tsv.MergeInputError("--alpha-grid only applies with --alpha search (α chosen on the validation "
                                      "splits of --eval's tasks); add --alpha search, or drop --alpha-grid")
     MergeOptions.from_arguments(**options, alpha_grid=args.alpha_grid)
-    if args.method == "avg" and args.alpha is not None:
-        print("note: avg ignores --alpha", file=sys.stderr)
+    if not get_method(args.method).uses_alpha and args.alpha is not None:
+        print(f"note: {args.method} ignores --alpha", file=sys.stderr)
     defaults = MethodOptions()
     for name, spec in PARAMETERS.items():
         if getattr(args, name, None) not in (None, getattr(defaults, name)) and args.method not in spec.methods:

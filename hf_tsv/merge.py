@@ -16,7 +16,7 @@ from .errors import MergeInputError
 from .files import CONFIG_NAME, REPORT_NAME
 from .io.output import InputLocation, input_locations, naming_file, write_json
 from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
-from .methods import KeyContext
+from .methods import DEFAULT_METHOD, KeyContext
 from .options import MergeOptions, check_model_references, check_output_options, finite_number
 from .report import device_description, format_sti_table, library_versions
 from .secrets import known_secrets, public_command, public_json
@@ -190,10 +190,10 @@ class _MergeJob:
         _set_config_dtype(config, _main_dtype(layout))
         report = {"method": method, "method_description": merge_method.description, "alpha": self.alpha,
                   **_base_report(plan, options)}
-        if method == "tsv-m":
+        if merge_method.task_rank is not None:  # it truncates each task's SVD: the SVD mode matters
             report["options"]["svd"] = options.svd
         if merge_method.uses_svd:
-            report["k"] = "floor(r/T)" if method == "tsv-m" else None
+            report["k"] = merge_method.task_rank
         report["options"].update(options.method_parameters())
         report["output"] = {"class": plan.output_class.__name__,
                             "dtype": str(_main_dtype(layout)).removeprefix("torch.")}
@@ -222,8 +222,9 @@ class _MergeJob:
             timer.add("write_s", start)
         for key, value in sti_keys.items():  # after the merged tensors' own checks
             check_finite(value, f"the STI of key {key!r}", OUTPUT_OVERFLOW_HINT)
-        if self.method == "tsv-m":
-            self.report["sti"] = {"k": "floor(r/T)", "total": sum(sti_keys.values()), "keys": sti_keys}
+        if self.merge_method.reports_sti:
+            self.report["sti"] = {"k": self.merge_method.task_rank, "total": sum(sti_keys.values()),
+                                  "keys": sti_keys}
 
     def input_locations(self) -> tuple[InputLocation, ...]:
         """Where the resolved inputs live on disk (an output must stay clear of them)."""
@@ -293,7 +294,7 @@ class LinearMerge:
             target.copy_(base.to(target.device) + alpha * self.delta_state[key].to(target.device))
 
 
-def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False, exclude: str | None = None,
+def merge_linear(base, models, method: str = DEFAULT_METHOD, *, fuse_qkv: bool = False, exclude: str | None = None,
                  device: str | torch.device = "auto", dtype=None, compute_dtype=torch.float32, svd: str = "exact",
                  allow_duplicates: bool = False, revision: str | None = None, token=None, command: str | None = None,
                  **method_params) -> LinearMerge:
@@ -320,14 +321,14 @@ def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False,
             delta_state[saved] = check_finite(tensor.to(device="cpu", dtype=keep),
                                               f"the merged delta of key {saved!r}", OUTPUT_OVERFLOW_HINT)
     job.finish()
-    if job.merge_method.default_alpha is None:  # averaging: α is not a parameter of the method
+    if not job.merge_method.uses_alpha:  # averaging: α is not a parameter of the method
         job.report["alpha"] = 1.0
     dtypes = {k: v[0] for k, v in job.layout.items()}
     return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes,
                        inputs=job.input_locations(), alpha_grid=list(job.options.search_grid))
 
 
-def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fuse_qkv: bool = False,
+def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None, *, fuse_qkv: bool = False,
           exclude: str | None = None, device: str | torch.device = "auto", dtype=None,
           compute_dtype=torch.float32, svd: str = "exact", allow_duplicates: bool = False,
           output_dir: str | os.PathLike | None = None, overwrite: bool = False,
@@ -340,17 +341,15 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
     ``output_dir`` the result is written straight to disk (atomically) and never held whole in memory;
     without it the merged weights are kept in memory.
 
-    Methods: ``tsv-m`` (α default 1.0), ``iso-c``/``iso-cts`` (1.0), ``ta`` (0.3), ``ties`` (1.0 with
-    ``ties_merge="mean"``, 0.3 with ``"sum"``), ``avg`` (ignores α); each method's definition is the docstring
-    of its :mod:`hf_tsv.core` function. TIES trims each task's top ``ties_density`` of entries over the whole
-    model (``ties_scope="model"``, as its reference code; this reads the inputs 3 more times, 5 with float64
-    compute) or per key (``"tensor"``). ``dtype`` is the output dtype (default: the base's); SVDs run in
-    ``compute_dtype`` (float32, or float64). ``svd`` chooses how each task's top-k triplets are computed:
-    ``"exact"`` (default: Gram matrix + float64 eigendecomposition + Rayleigh-Ritz), ``"fast"`` (float32
-    eigendecomposition) or ``"lapack"`` (a full SVD per task, as the paper's code does). Method parameters
-    are keyword arguments named as in :data:`hf_tsv.methods.PARAMETERS`: ``ties_density`` (TIES, in (0, 1],
-    default 0.2), ``ties_merge`` (``"mean"``/``"sum"``), ``ties_scope`` (``"model"``/``"tensor"``) and
-    ``iso_common_fraction`` (Iso-CTS, in (0, 1], default 0.8).
+    ``method`` is one of :data:`hf_tsv.METHODS`; each declares, in its module of :mod:`hf_tsv.methods`, its α
+    default (used when ``alpha`` is None), its α search grid and its parameters, which are keyword arguments
+    here (``ties_density=0.3``; ``hf-tsv merge --help`` lists them with their ranges and defaults). Its
+    definition is the docstring of its :mod:`hf_tsv.core` function. TIES over the whole model
+    (``ties_scope="model"``, as its reference code) reads the inputs 3 more times, 5 with float64 compute.
+    ``dtype`` is the output dtype (default: the base's); SVDs run in ``compute_dtype`` (float32, or float64).
+    ``svd`` chooses how each task's top-k triplets are computed: ``"exact"`` (default: Gram matrix + float64
+    eigendecomposition + Rayleigh-Ritz), ``"fast"`` (float32 eigendecomposition) or ``"lapack"`` (a full SVD
+    per task, as the paper's code does).
 
     Every option is checked (:class:`hf_tsv.options.MergeOptions`) before any model is read or downloaded.
     A model given twice, or the base given again as a fine-tuned model, is refused unless
@@ -454,7 +453,7 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
     return STIReport(keys, sum(keys.values()), plan.num_tasks, options.fuse_qkv, plan.warnings)
 
 
-def plan(base, models, *, method: str = "tsv-m", alpha: float | None = None, svd: str = "exact",
+def plan(base, models, *, method: str = DEFAULT_METHOD, alpha: float | None = None, svd: str = "exact",
          fuse_qkv: bool = False, exclude: str | None = None, device="auto", dtype=None, compute_dtype=torch.float32,
          allow_duplicates: bool = False, revision: str | None = None, token=None, **method_params) -> dict:
     """The preflight alone: checks every option and input as :func:`merge` does, and returns key counts and

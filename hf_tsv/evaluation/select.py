@@ -10,6 +10,7 @@ import torch
 
 from ..files import ALPHA_SEARCH_NAME, EVAL_RESULTS_NAME, EVAL_TABLE_NAME
 from ..io.output import write_file_atomic, write_json
+from ..methods import DEFAULT_METHOD
 from ..secrets import redact, redact_json
 from .alpha import AlphaSearch, search_alpha
 from .heads import ClipTextEncoder, EvalInputError
@@ -60,7 +61,7 @@ def write_eval_files(folder: str | os.PathLike, test: EvalReport, search: AlphaS
         write_json(folder / ALPHA_SEARCH_NAME, redact_json(search.to_dict()))
 
 
-def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: str = "tsv-m",
+def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: str = DEFAULT_METHOD,
                             grid: list[float] | None = None, alpha: float | None = None,
                             output_dir: str | os.PathLike | None = None, overwrite: bool = False,
                             batch_size: int = 256, device: str | torch.device = "cpu", max_examples: int | None = None,
