@@ -7,6 +7,8 @@ import argparse
 import os
 import shlex
 import sys
+from pathlib import Path
+from types import ModuleType
 
 from .core.svd import SVD_MODES
 from .secrets import REDACTED, SECRET_OPTIONS, known_secrets, redact, redact_json
@@ -161,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="the offline 8-task merging benchmark: build it once, then run it",
                        description="Real data from Debian/PyPI packages, a small CLIP vision encoder pretrained "
-                       "against a frozen MiniLM text encoder, one fine-tune per task; every method scored.")
+                       "against a frozen MiniLM text encoder, one fine-tune per task; every method scored. It runs "
+                       "from a source checkout (benchmarks/hf_tsv_bench), not from the installed package.")
     bench = p.add_subparsers(dest="bench_command", required=True, metavar="STEP")
     for name, text in (("build", "prepare data, base model, heads and fine-tuned models (cached)"),
                        ("run", "evaluate zero-shot, fine-tuned, every merge method and TSV-C; write results")):
@@ -433,18 +436,55 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# The offline benchmark is not part of the installed package: it lives beside it in a source checkout.
+BENCHMARK_PACKAGE = "hf_tsv_bench"
+CHECKOUT_BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_package(search: Path | None = None) -> ModuleType:
+    """The offline benchmark package ``hf_tsv_bench``: importable as it is (an environment that installed or put
+    it on ``sys.path``), else loaded from ``benchmarks/hf_tsv_bench`` of the source checkout this ``hf_tsv`` runs
+    from (an editable install, or ``PYTHONPATH=<checkout>``). Only that package is loaded, without adding
+    ``benchmarks/`` (and its scripts) to ``sys.path``.
+
+    Args:
+        search: the folder holding ``hf_tsv_bench/`` (default: the checkout's ``benchmarks/``).
+
+    Raises:
+        BenchmarkUnavailableError: neither is there, as in an installed wheel; the message says how to get it.
+    """
+    import importlib
+    import importlib.util
+
+    from .errors import BenchmarkUnavailableError
+
+    if importlib.util.find_spec(BENCHMARK_PACKAGE) is not None:
+        return importlib.import_module(BENCHMARK_PACKAGE)
+    init = (search or CHECKOUT_BENCHMARKS) / BENCHMARK_PACKAGE / "__init__.py"
+    if not init.is_file():
+        raise BenchmarkUnavailableError(
+            "the offline benchmark is not part of the installed hf-tsv package: it lives in the source checkout "
+            "(benchmarks/hf_tsv_bench); clone the repository and run `bash dev.sh bench` there, or `pip install -e "
+            "'.[bench]'` from the checkout and run `hf-tsv bench` again")
+    spec = importlib.util.spec_from_file_location(BENCHMARK_PACKAGE, init,
+                                                  submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[BENCHMARK_PACKAGE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[BENCHMARK_PACKAGE]
+        raise
+    return module
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from hf_tsv.bench import build_benchmark, run_benchmark
-
+    bench = benchmark_package()
     if args.bench_command == "build":
-        build_benchmark(args.cache, quick=args.quick, seed=args.seed, force=args.force)
+        bench.build_benchmark(args.cache, quick=args.quick, seed=args.seed, force=args.force)
         return 0
-    payload = run_benchmark(args.cache, quick=args.quick, out_dir=args.out)
-    from hf_tsv.bench.build import build_dir
-
-    out = Path(args.out) if args.out else build_dir(args.cache, args.quick) / "results"
+    payload = bench.run_benchmark(args.cache, quick=args.quick, out_dir=args.out)
+    out = Path(args.out) if args.out else bench.build.build_dir(args.cache, args.quick) / "results"
     print((out / "results.md").read_text())  # the table run_benchmark wrote
     print(f"results.json, results.md and plots in {out} ({payload['timings']['total_s']:.0f} s)")
     return 0
@@ -462,8 +502,6 @@ def _print_push(result) -> None:
 
 def _example(args: argparse.Namespace) -> int:
     """The README's first command: generate tiny checkpoints, print their STI, merge them, load the result."""
-    from pathlib import Path
-
     import hf_tsv
     from hf_tsv.synthetic import make_checkpoints
 
