@@ -1,5 +1,10 @@
 """The ``hf-tsv`` command line: parse, call the public API, print. Every bad input exits non-zero with a
-one-line reason."""
+one-line reason.
+
+Parsing imports nothing heavy (``hf-tsv --help`` does not load torch): each command imports what it runs, and
+the choices that come from torch-backed modules (the merge methods, the SVD modes) are read when an option is
+checked or its help is shown.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,10 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from .core.svd import SVD_MODES
 from .secrets import REDACTED, SECRET_OPTIONS, known_secrets, redact, redact_json
 
 
@@ -44,6 +49,52 @@ class _Parser(argparse.ArgumentParser):
         super().error(redact(message))
 
 
+class _Choices(Sequence[str]):
+    """An option's choices, read on first use (when the option is checked or its help shown), so that building
+    the parser imports nothing heavy. Add the option with :func:`_add_choice_option`."""
+
+    def __init__(self, load: Callable[[], Iterable[str]]) -> None:
+        self._load = load
+        self._values: tuple[str, ...] | None = None
+
+    def _get(self) -> tuple[str, ...]:
+        if self._values is None:
+            self._values = tuple(self._load())
+        return self._values
+
+    def __getitem__(self, index):
+        return self._get()[index]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def method_names() -> tuple[str, ...]:
+    """The names ``--method`` accepts: the method registry's (imported here, on first use, as it loads torch)."""
+    from .methods import METHODS
+
+    return tuple(METHODS)
+
+
+def _svd_modes() -> tuple[str, ...]:
+    from .core.svd import SVD_MODES
+
+    return tuple(SVD_MODES)
+
+
+METHOD_CHOICES = _Choices(method_names)
+SVD_CHOICES = _Choices(_svd_modes)
+
+
+def _add_choice_option(p: argparse.ArgumentParser, flag: str, choices: _Choices, **kwargs) -> argparse.Action:
+    """``p.add_argument(flag, choices=choices, ...)`` without reading ``choices`` yet. argparse formats an option
+    once as it is added (to check its metavar), which would read them: the option is added with a placeholder
+    metavar, then shown as usual (``{a,b,c}``) whenever its help or usage is printed."""
+    action = p.add_argument(flag, choices=choices, metavar="-", **kwargs)
+    action.metavar = None
+    return action
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -61,8 +112,8 @@ def _alpha_arg(text: str) -> float | str:
 
 
 def _configure_threads(threads: int | None) -> None:
-    """Honour --threads, defaulting to half the CPUs (OMP_WAIT_POLICY=PASSIVE is set by ``hf_tsv`` itself,
-    before torch loads)."""
+    """Honour --threads, defaulting to half the CPUs (OMP_WAIT_POLICY is set by :func:`main` before this loads
+    torch)."""
     import torch
 
     torch.set_num_threads(threads or default_threads())
@@ -86,10 +137,10 @@ def _add_compute(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     p.add_argument("--svd-dtype", default="float32", choices=["float32", "float64"],
                    help="precision of the SVDs, whatever the checkpoint dtype")
-    p.add_argument("--svd", default="exact", choices=SVD_MODES,
-                   help="how each task's top-k singular triplets are computed: exact (default; Gram matrix, "
-                   "float64 eigendecomposition, Rayleigh-Ritz), fast (float32 eigendecomposition) or lapack "
-                   "(a full SVD per task, as the paper's code)")
+    _add_choice_option(p, "--svd", SVD_CHOICES, default="exact",
+                       help="how each task's top-k singular triplets are computed: exact (default; Gram matrix, "
+                       "float64 eigendecomposition, Rayleigh-Ritz), fast (float32 eigendecomposition) or lapack "
+                       "(a full SVD per task, as the paper's code)")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: half the CPUs, at least 1)")
 
 
@@ -102,7 +153,6 @@ def _add_card_options(p: argparse.ArgumentParser, repo_id: bool = True) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .methods import METHODS
 
     parser = _Parser(prog="hf-tsv", description="Task Singular Vectors model merging "
                      "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
@@ -114,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "CLIPVisionModel.from_pretrained loads, with merge_report.json.")
     _add_inputs(p)
     p.add_argument("-o", "--output", help="output folder (written atomically)")
-    p.add_argument("--method", default="tsv-m", choices=list(METHODS), help="merge method (default tsv-m)")
+    _add_choice_option(p, "--method", METHOD_CHOICES, default="tsv-m", help="merge method (default tsv-m)")
     p.add_argument("--alpha", type=_alpha_arg,
                    help="scaling α of the merged delta (default 1.0 for tsv-m/iso-*/ties, 0.3 for ta and ties "
                    "--ties-merge sum; avg ignores it), or 'search': choose α on the validation splits of --eval's "
@@ -228,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="preflight only: key counts, memory and time estimates")
     _add_inputs(p)
-    p.add_argument("--method", default="tsv-m", choices=list(METHODS))
-    p.add_argument("--svd", default="exact", choices=SVD_MODES, help="as for merge")
+    _add_choice_option(p, "--method", METHOD_CHOICES, default="tsv-m")
+    _add_choice_option(p, "--svd", SVD_CHOICES, default="exact", help="as for merge")
     p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads for the timing probe (default: half the CPUs)")
     p.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
@@ -563,7 +613,16 @@ def recorded_command(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     return shlex.join(words + options)
 
 
+# OpenMP reads OMP_WAIT_POLICY once, when torch loads: busy-waiting threads ran 2-10x slower on this project's
+# 2-core machine when another process held a core. The command sets it (only a default: an explicit setting is
+# kept); importing hf_tsv sets nothing.
+WAIT_POLICY = "PASSIVE"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``hf-tsv`` command: parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit status
+    (0, 2 for bad input with one line on stderr, 130/143 when interrupted, 1 for a bug)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
     parser = build_parser()
     args = parser.parse_args(None if argv is None else [str(a) for a in argv])
     args.recorded_command = recorded_command(parser, args)

@@ -135,14 +135,19 @@ def test_threads_option():
     assert proc.returncode == 2 and "must be at least 1" in proc.stderr
 
 
-def test_wait_policy_is_set_before_torch_loads():
-    code = "import os, sys; import hf_tsv.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+def test_wait_policy_is_set_by_the_command_before_torch_loads():
+    """The command sets OMP_WAIT_POLICY=PASSIVE (unless set) before torch loads; importing hf_tsv, or its CLI
+    module, sets nothing (issue 12: no environment side effects at import; the CLI keeps its behaviour)."""
+    code = ("import os, sys; import hf_tsv, hf_tsv.cli\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
+            "try:\n    hf_tsv.cli.main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.split() == ["PASSIVE", "True"]
+    assert out.stdout.splitlines() == ["None False", "hf-tsv 0.1.0", "PASSIVE False"]
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.split()[0] == "ACTIVE"
+    assert out.stdout.splitlines() == ["ACTIVE False", "hf-tsv 0.1.0", "ACTIVE False"]
 
 
 @pytest.mark.parametrize("call", ["merge", "sti", "plan", "compress"])

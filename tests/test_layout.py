@@ -1,4 +1,5 @@
-"""What the installed package is: the benchmark stays outside it (found in a checkout only)."""
+"""What the installed package is and costs: importing it or asking the CLI for help loads no torch and changes
+no environment variable; the benchmark stays outside it (found in a checkout only)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,50 @@ def test_bench_from_an_installed_package_says_where_the_benchmark_is(tmp_path, s
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("hf-tsv bench: error: ")
     assert "not part of the installed hf-tsv package" in proc.stderr and "bash dev.sh bench" in proc.stderr
     assert not cache.exists()
+
+
+HEAVY = ("torch", "transformers", "huggingface_hub", "numpy")
+HELP = "from hf_tsv.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit as exc:\n    assert exc.code == 0\n"
+
+
+@pytest.mark.parametrize("code", [
+    pytest.param("import hf_tsv\n", id="import-hf_tsv"),
+    pytest.param("from hf_tsv import HFTSVError, MergeInputError, __version__\n", id="import-errors"),
+    pytest.param(HELP.format(argv=["--help"]), id="hf-tsv-help"),
+    pytest.param(HELP.format(argv=["--version"]), id="hf-tsv-version"),
+])
+def test_light_paths_load_no_torch(code, tmp_path):
+    proc = python(code + f"import sys; print([m for m in {HEAVY!r} if m in sys.modules])", pythonpath=REPO,
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]"
+
+
+def test_import_changes_no_environment_variable(tmp_path):
+    code = "import os; before = dict(os.environ); import hf_tsv; print(dict(os.environ) == before)"
+    env = {"OMP_WAIT_POLICY": ""}  # emptied below: the variable is unset in the child
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                          env={k: v for k, v in {**os.environ, **env, "PYTHONPATH": str(REPO)}.items()
+                               if k not in env})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True"]
+
+
+def test_public_api_loads_on_first_use(tmp_path):
+    """Every public name resolves; the function hf_tsv.merge stays the function when the submodule of the same
+    name is imported first (as the eager package had it), and submodules are reachable as attributes."""
+    code = ("import inspect, sys; import hf_tsv.merge; import hf_tsv\n"
+            "print(inspect.isfunction(hf_tsv.merge), hf_tsv.merge.__module__)\n"
+            "print(sorted(n for n in hf_tsv.__all__ if getattr(hf_tsv, n, None) is None))\n"
+            "print(hf_tsv.engine.__name__, 'merge_linear' in dir(hf_tsv))\n"
+            "from hf_tsv import merge, compress; print(merge is hf_tsv.merge, compress.__module__)")
+    proc = python(code, pythonpath=REPO, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["True hf_tsv.merge", "[]", "hf_tsv.engine True", "True hf_tsv.tsvc"]
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import hf_tsv
+
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        hf_tsv.nothing_here  # noqa: B018
