@@ -491,14 +491,11 @@ BENCHMARK_PACKAGE = "hf_tsv_bench"
 CHECKOUT_BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def benchmark_package(search: Path | None = None) -> ModuleType:
+def benchmark_package() -> ModuleType:
     """The offline benchmark package ``hf_tsv_bench``: importable as it is (an environment that installed or put
     it on ``sys.path``), else loaded from ``benchmarks/hf_tsv_bench`` of the source checkout this ``hf_tsv`` runs
     from (an editable install, or ``PYTHONPATH=<checkout>``). Only that package is loaded, without adding
     ``benchmarks/`` (and its scripts) to ``sys.path``.
-
-    Args:
-        search: the folder holding ``hf_tsv_bench/`` (default: the checkout's ``benchmarks/``).
 
     Raises:
         BenchmarkUnavailableError: neither is there, as in an installed wheel; the message says how to get it.
@@ -510,7 +507,7 @@ def benchmark_package(search: Path | None = None) -> ModuleType:
 
     if importlib.util.find_spec(BENCHMARK_PACKAGE) is not None:
         return importlib.import_module(BENCHMARK_PACKAGE)
-    init = (search or CHECKOUT_BENCHMARKS) / BENCHMARK_PACKAGE / "__init__.py"
+    init = CHECKOUT_BENCHMARKS / BENCHMARK_PACKAGE / "__init__.py"
     if not init.is_file():
         raise BenchmarkUnavailableError(
             "the offline benchmark is not part of the installed hf-tsv package: it lives in the source checkout "
@@ -523,7 +520,7 @@ def benchmark_package(search: Path | None = None) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules[BENCHMARK_PACKAGE]
+        sys.modules.pop(BENCHMARK_PACKAGE, None)
         raise
     return module
 
