@@ -1,5 +1,10 @@
 """The ``hf-tsv`` command line: parse, call the public API, print. Every bad input exits non-zero with a
-one-line reason."""
+one-line reason.
+
+Parsing imports nothing heavy (``hf-tsv --help`` does not load torch): each command imports what it runs, and
+the choices that come from torch-backed modules (the merge methods, the SVD modes) are read when an option is
+checked or its help is shown.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
 
-from .core.svd import SVD_MODES
 from .secrets import REDACTED, SECRET_OPTIONS, known_secrets, redact, redact_json
 
 
@@ -44,6 +51,44 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {redact(message)}\n")
 
 
+class _Choices(Sequence[str]):
+    """An option's choices, read on first use (when the option is checked or its help shown), so that building
+    the parser imports nothing heavy. Add the option with :func:`_add_choice_option`."""
+
+    def __init__(self, load: Callable[[], Iterable[str]]) -> None:
+        self._load = load
+        self._values: tuple[str, ...] | None = None
+
+    def _get(self) -> tuple[str, ...]:
+        if self._values is None:
+            self._values = tuple(self._load())
+        return self._values
+
+    def __getitem__(self, index):
+        return self._get()[index]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def _svd_modes() -> tuple[str, ...]:
+    from .core.svd import SVD_MODES
+
+    return tuple(SVD_MODES)
+
+
+SVD_CHOICES = _Choices(_svd_modes)
+
+
+def _add_choice_option(p: argparse.ArgumentParser, flag: str, choices: _Choices, **kwargs) -> argparse.Action:
+    """``p.add_argument(flag, choices=choices, ...)`` without reading ``choices`` yet. argparse formats an option
+    once as it is added (to check its metavar), which would read them: the option is added with a placeholder
+    metavar, then shown as usual (``{a,b,c}``) whenever its help or usage is printed."""
+    action = p.add_argument(flag, choices=choices, metavar="-", **kwargs)
+    action.metavar = None
+    return action
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -61,8 +106,8 @@ def _alpha_arg(text: str) -> float | str:
 
 
 def _configure_threads(threads: int | None) -> None:
-    """Honour --threads, defaulting to half the CPUs (OMP_WAIT_POLICY=PASSIVE is set by ``hf_tsv`` itself,
-    before torch loads)."""
+    """Honour --threads, defaulting to half the CPUs (OMP_WAIT_POLICY is set by :func:`main` before this loads
+    torch)."""
     import torch
 
     torch.set_num_threads(threads or default_threads())
@@ -86,10 +131,10 @@ def _add_compute(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     p.add_argument("--svd-dtype", default="float32", choices=["float32", "float64"],
                    help="precision of the SVDs, whatever the checkpoint dtype")
-    p.add_argument("--svd", default="exact", choices=SVD_MODES,
-                   help="how each task's top-k singular triplets are computed: exact (default; Gram matrix, "
-                   "float64 eigendecomposition, Rayleigh-Ritz), fast (float32 eigendecomposition) or lapack "
-                   "(a full SVD per task, as the paper's code)")
+    _add_choice_option(p, "--svd", SVD_CHOICES, default="exact",
+                       help="how each task's top-k singular triplets are computed: exact (default; Gram matrix, "
+                       "float64 eigendecomposition, Rayleigh-Ritz), fast (float32 eigendecomposition) or lapack "
+                       "(a full SVD per task, as the paper's code)")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: half the CPUs, at least 1)")
 
 
@@ -189,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="the offline 8-task merging benchmark: build it once, then run it",
                        description="Real data from Debian/PyPI packages, a small CLIP vision encoder pretrained "
-                       "against a frozen MiniLM text encoder, one fine-tune per task; every method scored.")
+                       "against a frozen MiniLM text encoder, one fine-tune per task; every method scored. It runs "
+                       "from a source checkout (benchmarks/hf_tsv_bench), not from the installed package.")
     bench = p.add_subparsers(dest="bench_command", required=True, metavar="STEP")
     for name, text in (("build", "prepare data, base model, heads and fine-tuned models (cached)"),
                        ("run", "evaluate zero-shot, fine-tuned, every merge method and TSV-C; write results")):
@@ -254,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="preflight only: key counts, memory and time estimates")
     _add_inputs(p)
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=_method_help())
-    p.add_argument("--svd", default="exact", choices=SVD_MODES, help="as for merge")
+    _add_choice_option(p, "--svd", SVD_CHOICES, default="exact", help="as for merge")
     p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads for the timing probe (default: half the CPUs)")
     p.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
@@ -461,18 +507,52 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# The offline benchmark is not part of the installed package: it lives beside it in a source checkout.
+BENCHMARK_PACKAGE = "hf_tsv_bench"
+CHECKOUT_BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_package() -> ModuleType:
+    """The offline benchmark package ``hf_tsv_bench``: importable as it is (an environment that installed or put
+    it on ``sys.path``), else loaded from ``benchmarks/hf_tsv_bench`` of the source checkout this ``hf_tsv`` runs
+    from (an editable install, or ``PYTHONPATH=<checkout>``). Only that package is loaded, without adding
+    ``benchmarks/`` (and its scripts) to ``sys.path``.
+
+    Raises:
+        BenchmarkUnavailableError: neither is there, as in an installed wheel; the message says how to get it.
+    """
+    import importlib
+    import importlib.util
+
+    from .errors import BenchmarkUnavailableError
+
+    if importlib.util.find_spec(BENCHMARK_PACKAGE) is not None:
+        return importlib.import_module(BENCHMARK_PACKAGE)
+    init = CHECKOUT_BENCHMARKS / BENCHMARK_PACKAGE / "__init__.py"
+    if not init.is_file():
+        raise BenchmarkUnavailableError(
+            "the offline benchmark is not part of the installed hf-tsv package: it lives in the source checkout "
+            "(benchmarks/hf_tsv_bench); clone the repository and run `bash dev.sh bench` there, or `pip install -e "
+            "'.[bench]'` from the checkout and run `hf-tsv bench` again")
+    spec = importlib.util.spec_from_file_location(BENCHMARK_PACKAGE, init,
+                                                  submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[BENCHMARK_PACKAGE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(BENCHMARK_PACKAGE, None)
+        raise
+    return module
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from hf_tsv.bench import build_benchmark, run_benchmark
-
+    bench = benchmark_package()
     if args.bench_command == "build":
-        build_benchmark(args.cache, quick=args.quick, seed=args.seed, force=args.force)
+        bench.build_benchmark(args.cache, quick=args.quick, seed=args.seed, force=args.force)
         return 0
-    payload = run_benchmark(args.cache, quick=args.quick, out_dir=args.out)
-    from hf_tsv.bench.build import build_dir
-
-    out = Path(args.out) if args.out else build_dir(args.cache, args.quick) / "results"
+    payload = bench.run_benchmark(args.cache, quick=args.quick, out_dir=args.out)
+    out = Path(args.out) if args.out else bench.build.build_dir(args.cache, args.quick) / "results"
     print((out / "results.md").read_text())  # the table run_benchmark wrote
     print(f"results.json, results.md and plots in {out} ({payload['timings']['total_s']:.0f} s)")
     return 0
@@ -490,8 +570,6 @@ def _print_push(result) -> None:
 
 def _example(args: argparse.Namespace) -> int:
     """The README's first command: generate tiny checkpoints, print their STI, merge them, load the result."""
-    from pathlib import Path
-
     import hf_tsv
     from hf_tsv.synthetic import make_checkpoints
 
@@ -553,7 +631,16 @@ def recorded_command(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     return shlex.join(words + options)
 
 
+# OpenMP reads OMP_WAIT_POLICY once, when torch loads: busy-waiting threads ran 2-10x slower on this project's
+# 2-core machine when another process held a core. The command sets it (only a default: an explicit setting is
+# kept); importing hf_tsv sets nothing.
+WAIT_POLICY = "PASSIVE"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``hf-tsv`` command: parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit status
+    (0, 2 for bad input with one line on stderr, 130/143 when interrupted, 1 for a bug)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
     parser = build_parser()
     args = parser.parse_args(None if argv is None else [str(a) for a in argv])
     args.recorded_command = recorded_command(parser, args)

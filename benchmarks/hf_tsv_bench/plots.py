@@ -10,13 +10,13 @@ COMPRESSION_ROWS = {"tsv-c": "TSV-C (own task, rank r/T)"}
 
 
 def _order() -> list[str]:
-    from ..methods import METHODS
+    from hf_tsv.methods import METHODS
 
     return [*REFERENCE_ROWS, *METHODS, *COMPRESSION_ROWS]
 
 
 def _label(name: str) -> str:
-    from ..methods import METHODS
+    from hf_tsv.methods import METHODS
 
     method = METHODS.get(name)
     return method.label if method else {**REFERENCE_ROWS, **COMPRESSION_ROWS}.get(name, name)
@@ -105,7 +105,7 @@ def write_plots(payload: dict, out: str | Path) -> list[Path]:
 
     sti = (payload.get("sti") or {}).get("keys")
     if sti:
-        from ..card import sti_heatmap_png
+        from hf_tsv.card import sti_heatmap_png
 
         png = sti_heatmap_png(sti, title="TSV-M Singular Task Interference per layer")
         if png:

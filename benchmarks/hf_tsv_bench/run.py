@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation import (
+from hf_tsv.evaluation import (
     EvalReport,
     PreparedTask,
     evaluate_model,
@@ -21,8 +21,9 @@ from ..evaluation import (
     prepare_tasks,
     search_alpha,
 )
-from ..evaluation.alpha import default_grid
-from ..io.output import write_json
+from hf_tsv.evaluation.alpha import default_grid
+from hf_tsv.io.output import write_json
+
 from .build import BUILD_INFO, SPEC_NAME, BenchError, build_dir
 
 
@@ -49,8 +50,8 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
                   out_dir: str | os.PathLike | None = None, methods: tuple[str, ...] | None = None,
                   progress: bool = True) -> dict:
     """Evaluate every method (default: all of :data:`hf_tsv.METHODS`) on a benchmark made by
-    :func:`hf_tsv.bench.build_benchmark`; returns the results dict (also written to ``out_dir/results.json``)."""
-    from .. import METHODS, compress, expand, merge_linear
+    :func:`hf_tsv_bench.build_benchmark`; returns the results dict (also written to ``out_dir/results.json``)."""
+    from hf_tsv import METHODS, compress, expand, merge_linear
 
     folder = build_dir(cache_dir, quick)
     info_path = folder / BUILD_INFO
