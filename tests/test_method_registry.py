@@ -172,7 +172,7 @@ def test_a_method_from_one_file_gets_its_alpha_grid_searched(tiny, toy, monkeypa
 
 
 def test_a_method_from_one_file_in_the_space_and_benchmark_tables(toy):
-    from hf_tsv.bench.plots import write_table
+    from hf_tsv_bench.plots import write_table
 
     entry = {"absolute": 50.0, "normalized": 60.0, "alpha": 0.5, "per_task": {"t": {"absolute": 50.0}}}
     payload = {"benchmark": {"tasks": ["t"]}, "methods": {"toy": entry, "tsv-m": entry, "zero-shot": entry}}
