@@ -153,13 +153,12 @@ def _input_keys(model: ResolvedModel, adapter: Adapter) -> _InputKeys:
     return keys
 
 
-def _drop_heads(inputs: list[ResolvedModel], per_input: list[_InputKeys], adapter: Adapter, drop: bool,
-                notes: list[str]) -> None:
+def _drop_heads(inputs: list[ResolvedModel], per_input: list[_InputKeys], drop: bool, notes: list[str]) -> None:
     """Refuse task-specific heads (they differ between tasks), or with ``drop`` leave them out with a note."""
     dropped: list[str] = []
     for model, keys in zip(inputs, per_input):
         if keys.heads and not drop:
-            canon, raw = next(iter(keys.heads.items()))
+            raw = next(iter(keys.heads.values()))
             raise MergeInputError(f"{_where(model, model.reader.infos[raw].file)}: key {raw!r} belongs to a "
                                   f"task-specific head, which differs between tasks and is not merged; pass "
                                   "--drop-heads (drop_heads=True) to merge the rest and leave the heads out")
@@ -221,7 +220,7 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
 
     per_input = [_input_keys(m, adapter) for m in inputs]
     notes: list[str] = []
-    _drop_heads(inputs, per_input, adapter, drop_heads, notes)
+    _drop_heads(inputs, per_input, drop_heads, notes)
     left_out = _optional_keys(per_input, adapter)
     base_keys, model_keys = per_input[0], per_input[1:]
     base_infos, base_raw = base_keys.infos, base_keys.raw
@@ -246,8 +245,7 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
             raise MergeInputError(f"{_where(r)}: key {raw[extra[0]]!r} is not in the base "
                                   f"({len(extra)} extra keys); is this a fine-tune of that base?")
 
-    mixed_precision, warning = _mixed_precision(base_infos, resolved, [(k.infos, k.raw, k.ignored)
-                                                                       for k in model_keys])
+    mixed_precision, warning = _mixed_precision(base_infos, resolved, [k.infos for k in model_keys])
     if warning:
         warnings.append(warning)
 
@@ -373,14 +371,14 @@ def base_rounding(base_dtype: torch.dtype, model_dtype: torch.dtype) -> torch.dt
     return None
 
 
-def _mixed_precision(base_infos: dict[str, TensorInfo], models: list[ResolvedModel], per_model: list
-                     ) -> tuple[dict, str | None]:
+def _mixed_precision(base_infos: dict[str, TensorInfo], models: list[ResolvedModel],
+                     per_model: list[dict[str, TensorInfo]]) -> tuple[dict, str | None]:
     """What the report records, and the warning, when some fine-tunes are stored in a narrower dtype than
     the base (else ``({}, None)``)."""
     rounded: dict[str, set[str]] = {}
     base_dtypes: set[str] = set()
     count = 0
-    for model, (infos, _, _) in zip(models, per_model):
+    for model, infos in zip(models, per_model):
         for key, base_info in base_infos.items():
             dtype = base_rounding(base_info.dtype, infos[key].dtype)
             if dtype is not None:

@@ -366,6 +366,11 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
     default 0.2), ``ties_merge`` (``"mean"``/``"sum"``), ``ties_scope`` (``"model"``/``"tensor"``) and
     ``iso_common_fraction`` (Iso-CTS, in (0, 1], default 0.8).
 
+    The inputs are read by the adapter (:mod:`hf_tsv.adapters`) that reads every one's ``config.json``: CLIP
+    (the vision tower, or whole ``CLIPModel``s when every input is one), SigLIP, ViT or DINOv2; the keyword
+    ``architecture="clip-vision"`` (any adapter's name) forces one. Task-specific heads (``classifier.*``) are refused
+    unless ``drop_heads=True``, which leaves them out. See docs/adapters.md.
+
     Every option is checked (:class:`hf_tsv.options.MergeOptions`) before any model is read or downloaded.
     A model given twice, or the base given again as a fine-tuned model, is refused unless
     ``allow_duplicates=True`` (then the report carries a warning). Every input and output tensor must be
