@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .adapters import Adapter, adapter_for_output
 from .errors import CardError
 from .files import CARD_NAME, HEATMAP_NAME, REPORT_NAME, STI_STATS_NAME, TSVC_INDEX_NAME
 from .files import EVAL_RESULTS_NAME as EVAL_NAME
@@ -33,8 +34,7 @@ from .secrets import public_command as public_command  # re-exported: it was def
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
-PIPELINE_TAG = "image-feature-extraction"
-COMMON_TAGS = ["hf-tsv", "task-singular-vectors", "clip"]
+COMMON_TAGS = ["hf-tsv", "task-singular-vectors"]  # then the architecture's own (its adapter's tags)
 
 
 def _tsv_paper() -> dict:
@@ -283,9 +283,10 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
-def sti_markdown_rows(per_key: dict[str, float]) -> dict:
-    """The per-layer STI as table pieces: layer types, rows, per-type totals and the keys outside layers."""
-    types, rows = sti_table(per_key)
+def sti_markdown_rows(per_key: dict[str, float], adapter: Adapter | None = None) -> dict:
+    """The per-layer STI as table pieces: layer types, rows, per-type totals and the keys outside layers (cells
+    named by the checkpoints' ``adapter``; default: the generic rules)."""
+    types, rows = sti_table(per_key, adapter)
     layer_rows = [{"layer": layer, "cells": [_fmt(values.get(t)) for t in types], "total": _fmt(total)}
                   for layer, values, total in rows if layer != "-"]
     type_totals = [_fmt(sum(values.get(t, 0.0) for layer, values, _ in rows if layer != "-")) for t in types]
@@ -294,13 +295,14 @@ def sti_markdown_rows(per_key: dict[str, float]) -> dict:
     return {"types": types, "rows": layer_rows, "type_totals": type_totals, "others": others}
 
 
-def sti_heatmap_png(per_key: dict[str, float], title: str = "Singular Task Interference") -> bytes | None:
+def sti_heatmap_png(per_key: dict[str, float], title: str = "Singular Task Interference",
+                    adapter: Adapter | None = None) -> bytes | None:
     """A PNG heatmap of STI with layers (depth) as rows and layer types as columns; None without layer keys."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    types, rows = sti_table(per_key)
+    types, rows = sti_table(per_key, adapter)
     layers = [(layer, values) for layer, values, _ in rows if layer != "-"]
     if not layers or not types:
         return None
@@ -347,15 +349,15 @@ def _parent_ref(parent: _Parent) -> str:
     return f"{parent.name} ({parent.provenance.get('source', 'local')})"
 
 
-def _usage(config: dict, class_name: str, model_id: str, base: _Parent, local: bool) -> dict:
-    size = int(config.get("image_size") or 224)
-    if base.hub_id:
-        processor = f'CLIPImageProcessor.from_pretrained("{base.hub_id}")  # the base model\'s preprocessing'
-    else:
-        processor = (f'CLIPImageProcessor(size={{"shortest_edge": {size}}}, crop_size={{"height": {size}, '
-                     f'"width": {size}}})')
-    output = "image_embeds" if class_name == "CLIPVisionModelWithProjection" else "pooler_output"
-    return {"model_id": model_id, "class_name": class_name, "processor": processor, "output": output, "local": local}
+def _architecture(config: dict, output: dict | None, model_id: str, base: _Parent, local: bool
+                  ) -> tuple[Adapter, dict]:
+    """The adapter that wrote the folder (from its ``config.json``) and the card's usage snippet, from the report's
+    ``output`` record (its class and ``init_kwargs``) when there is one, else from the config."""
+    adapter = adapter_for_output(config)
+    output = output or {}
+    class_name = output.get("class") or adapter.usage_class(config)
+    init_kwargs = output.get("init_kwargs") if isinstance(output.get("init_kwargs"), dict) else {}
+    return adapter, adapter.usage(config, class_name, model_id, base.hub_id, local, init_kwargs)
 
 
 def _evaluation_context(evals: dict | None, model_name: str):
@@ -412,10 +414,11 @@ def _merge_context(folder: Path, report: dict, config: dict, title: str, model_i
         "keys": report.get("keys"),
     }
     sti = report.get("sti")
+    adapter, usage = _architecture(config, report.get("output"), model_id, parents[0], local)
     sti_context = None
     if isinstance(sti, dict) and isinstance(sti.get("keys"), dict):
         sti_context = {"total": _fmt(sti.get("total")), "k": sti.get("k"), "num_keys": len(sti["keys"]),
-                       "heatmap": HEATMAP_NAME, **sti_markdown_rows(sti["keys"])}
+                       "heatmap": HEATMAP_NAME, **sti_markdown_rows(sti["keys"], adapter)}
     evals = load_eval_results(folder)
     evaluation, eval_results = _evaluation_context(evals, title)
     command = report.get("command")
@@ -429,7 +432,6 @@ def _merge_context(folder: Path, report: dict, config: dict, title: str, model_i
         "command": public_command(command, set(hub_ids)) if command else None,
         "python": None if command else _python_call(report, parents),
     }
-    class_name = (report.get("output") or {}).get("class") or "CLIPVisionModel"
     context = {
         "kind": "merge",
         "title": title,
@@ -444,15 +446,15 @@ def _merge_context(folder: Path, report: dict, config: dict, title: str, model_i
         "sti": sti_context,
         "evaluation": evaluation,
         "license_sentence": license_sentence,
-        "usage": _usage(config, class_name, model_id, parents[0], local),
+        "usage": usage,
         "reproduce": reproduce,
     }
     metadata = {
         "base_model": hub_ids or None,
         "base_model_relation": "merge" if hub_ids else None,
-        "tags": ["merge", *COMMON_TAGS, *about["method_tags"]],
+        "tags": ["merge", *COMMON_TAGS, *adapter.tags, *about["method_tags"]],
         "library_name": "transformers",
-        "pipeline_tag": PIPELINE_TAG,
+        "pipeline_tag": adapter.pipeline_tag,
         **license_meta,
     }
     if eval_results:
@@ -461,13 +463,14 @@ def _merge_context(folder: Path, report: dict, config: dict, title: str, model_i
     return context, metadata, warnings, stats
 
 
-def _tsvc_context(folder: Path, index: dict, title: str, model_id: str, token,
+def _tsvc_context(folder: Path, index: dict, config: dict, title: str, model_id: str, token,
                   license: str | None) -> tuple[dict, dict, list[str]]:
     if not isinstance(index.get("base"), dict) or not isinstance(index.get("tasks"), list):
         raise CardError(f"{TSVC_INDEX_NAME} in {folder.name!r} has no 'base'/'tasks' entries")
     base = _Parent("base", {k: v for k, v in index["base"].items() if k != "path"})
     tasks = [_Parent(f"task {i}", t) for i, t in enumerate(index["tasks"])]
     parents = [base, *tasks]
+    adapter, usage = _architecture(config, None, model_id, base, False)
     license_meta, warnings, license_sentence = _resolve_licenses(parents, token, license)
     endpoint = _endpoint()
     sizes = index.get("sizes") or {}
@@ -490,14 +493,15 @@ def _tsvc_context(folder: Path, index: dict, title: str, model_id: str, token,
         "local_dir": model_id.split("/")[-1],
         "base_arg": "" if base.hub_id else f" --base path/to/{base.name}",
         "base_kwarg": "" if base.hub_id else f', base="path/to/{base.name}"',
+        "usage": usage,
         "license_sentence": license_sentence,
         "reproduce": {"hf_tsv_version": versions.get("hf-tsv"),
                       "versions": [{"name": k, "version": v} for k, v in versions.items()],
                       "seconds": index.get("seconds")},
     }
     hub_ids = [p.hub_id for p in parents if p.hub_id]
-    metadata = {"base_model": hub_ids or None, "tags": [*COMMON_TAGS, "tsv-c", "compressed-task-vectors"],
-                **license_meta}
+    metadata = {"base_model": hub_ids or None,
+                "tags": [*COMMON_TAGS, *adapter.tags, "tsv-c", "compressed-task-vectors"], **license_meta}
     return context, metadata, warnings
 
 
@@ -506,6 +510,7 @@ def _expand_context(folder: Path, report: dict, config: dict, title: str, model_
     base = _Parent("base", report.get("base") or {})
     task = _Parent("task", report.get("task") or {})
     license_meta, warnings, license_sentence = _resolve_licenses([base, task], token, license)
+    adapter, usage = _architecture(config, None, model_id, base, local)
     endpoint = _endpoint()
     versions = report.get("versions") or {}
     context = {
@@ -516,13 +521,13 @@ def _expand_context(folder: Path, report: dict, config: dict, title: str, model_
         "base": _parent_row(base, endpoint),
         "task": _parent_row(task, endpoint),
         "license_sentence": license_sentence,
-        "usage": _usage(config, "CLIPVisionModel", model_id, base, local),
+        "usage": usage,
         "reproduce": {"hf_tsv_version": versions.get("hf-tsv"),
                       "versions": [{"name": k, "version": v} for k, v in versions.items()]},
     }
     hub_ids = [p.hub_id for p in (task, base) if p.hub_id]
-    metadata = {"base_model": hub_ids[:1] or None, "tags": [*COMMON_TAGS, "tsv-c"], "library_name": "transformers",
-                "pipeline_tag": PIPELINE_TAG, **license_meta}
+    metadata = {"base_model": hub_ids[:1] or None, "tags": [*COMMON_TAGS, *adapter.tags, "tsv-c"],
+                "library_name": "transformers", "pipeline_tag": adapter.pipeline_tag, **license_meta}
     return context, metadata, warnings
 
 
@@ -558,7 +563,7 @@ def build_card(folder: str | os.PathLike, *, repo_id: str | None = None, license
         context, metadata, warnings, stats = _merge_context(folder, report, config, title, model_id, local,
                                                                 token, license)
         if stats is not None:
-            png = sti_heatmap_png(stats["keys"], f"STI per layer — {title}")
+            png = sti_heatmap_png(stats["keys"], f"STI per layer — {title}", adapter_for_output(config))
             if png is None:
                 context["sti"]["heatmap"] = None
             else:
@@ -566,7 +571,7 @@ def build_card(folder: str | os.PathLike, *, repo_id: str | None = None, license
             side_files[STI_STATS_NAME] = dumps_json(stats, STI_STATS_NAME).encode()
     elif kind == "tsv-c":
         index = _read_json(folder / TSVC_INDEX_NAME, "a TSV-C index")
-        context, metadata, warnings = _tsvc_context(folder, index, title, model_id, token, license)
+        context, metadata, warnings = _tsvc_context(folder, index, config, title, model_id, token, license)
     else:
         report = _read_json(folder / REPORT_NAME, "a merge report")
         context, metadata, warnings = _expand_context(folder, report, config, title, model_id, local, token,

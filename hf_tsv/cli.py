@@ -114,6 +114,8 @@ def _configure_threads(threads: int | None) -> None:
 
 
 def _add_inputs(p: argparse.ArgumentParser, what: str = "fine-tuned models") -> None:
+    from .adapters import adapter_names
+
     p.add_argument("base", help="pretrained base: local folder or Hub id (ns/name or ns/name@revision)")
     p.add_argument("models", nargs="+", metavar="MODEL", help=f"{what}: local folders or Hub ids")
     p.add_argument("--revision", help="revision of the base on the Hub (or write BASE@REVISION)")
@@ -125,6 +127,11 @@ def _add_inputs(p: argparse.ArgumentParser, what: str = "fine-tuned models") -> 
     p.add_argument("--allow-duplicates", action="store_true",
                    help="go on when a model is given twice (same folder, Hub commit or weights) or the base is also "
                    "given as a fine-tuned model (refused by default); the report records a warning")
+    p.add_argument("--architecture", metavar="NAME",
+                   help="read the models with this adapter instead of the one their config.json chooses: "
+                   f"{', '.join(adapter_names())} (e.g. clip-vision: the vision tower alone of CLIPModel checkpoints)")
+    p.add_argument("--drop-heads", action="store_true",
+                   help="leave task-specific heads (classifier.*) out of the merge instead of refusing them")
 
 
 def _add_compute(p: argparse.ArgumentParser) -> None:
@@ -185,13 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .methods import DEFAULT_METHOD, METHODS, describe_alpha
 
     parser = _Parser(prog="hf-tsv", description="Task Singular Vectors model merging "
-                     "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
+                     "(TSV-M, TSV-C, STI) for Hugging Face CLIP, SigLIP, ViT and DINOv2 checkpoints.")
     parser.add_argument("--version", action="version", version=f"hf-tsv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("merge", help="merge fine-tuned models into one",
-                       description="Merge fine-tuned models of one base. Output: a folder that "
-                       "CLIPVisionModel.from_pretrained loads, with merge_report.json.")
+                       description="Merge fine-tuned models of one base. Output: a folder that the merged "
+                       "architecture's from_pretrained loads (e.g. CLIPVisionModel), with merge_report.json.")
     _add_inputs(p)
     p.add_argument("-o", "--output", help="output folder (written atomically)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=_method_help())
@@ -329,7 +336,8 @@ def _print_warnings(warnings: list[str]) -> None:
 
 
 # Command-line destinations of the merge options, and the Python API's name where it differs
-_OPTION_DESTS = ("method", "fuse_qkv", "exclude", "device", "dtype", "svd_dtype", "svd", "allow_duplicates")
+_OPTION_DESTS = ("method", "fuse_qkv", "exclude", "device", "dtype", "svd_dtype", "svd", "allow_duplicates",
+                 "architecture", "drop_heads")
 _API_NAMES = {"svd_dtype": "compute_dtype"}
 
 

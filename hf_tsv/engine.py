@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .adapters.clip import ARCHITECTURE_FIELDS, PROJECTION_KEY, ClipVisionAdapter
+from .adapters import Adapter, OutputModel, choose_adapter
 from .core.svd import InputPrecision
 from .errors import MergeInputError
+from .files import CONFIG_NAME
 from .io.resolve import ResolvedModel, resolve_model
 from .io.safetensors_format import TensorInfo
 from .options import check_model_references, resolve_device  # noqa: F401 - resolve_device: used from here too
@@ -29,7 +30,7 @@ PROCESS_BASELINE_BYTES = 600 * 2**20  # python + torch + transformers, measured 
 class Unit:
     """Keys processed together: one matrix key, a fused q/k/v group, or one averaged key."""
 
-    name: str  # canonical name (fused groups: ...self_attn.qkv_proj.weight)
+    name: str  # canonical name (a fused group: the name its adapter gives it)
     keys: list[str]  # canonical keys, stacked along rows when there are several
     is_matrix: bool
     shape: tuple[int, ...]  # of the (stacked) matrix
@@ -44,15 +45,15 @@ class Unit:
 
 @dataclass
 class MergePlan:
-    """Everything the preflight learnt: inputs, key classes, units, output model and estimates."""
+    """Everything the preflight learnt: inputs, the adapter that reads them, key classes, units, output model and
+    estimates."""
 
     base: ResolvedModel
     models: list[ResolvedModel]
     units: list[Unit]
     raw_keys: list[dict[str, str]]  # per input (base first): canonical key → key in that checkpoint
-    output_class: type
-    output_config: object
-    output_names: dict[str, str]  # canonical key → key in the saved output
+    adapter: Adapter
+    output: OutputModel  # the class, config and saved key names of the merged model
     base_infos: dict[str, TensorInfo]  # canonical key → base tensor info
     excluded: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
@@ -60,6 +61,19 @@ class MergePlan:
     fuse_qkv: bool = False
     warnings: list[str] = field(default_factory=list)  # what was merged although doubtful (allow_duplicates)
     mixed_precision: dict = field(default_factory=dict)  # fine-tunes less precise than the base (see base_rounding)
+
+    @property
+    def output_class(self) -> type:
+        return self.output.model_class
+
+    @property
+    def output_config(self):
+        return self.output.config
+
+    @property
+    def output_names(self) -> dict[str, str]:
+        """Canonical key → key in the saved output."""
+        return self.output.names
 
     @property
     def num_tasks(self) -> int:
@@ -73,11 +87,11 @@ class MergePlan:
                 "total_keys": sum(len(u.keys) for u in self.units)}
 
     def base_key(self, unit: Unit) -> str:
-        """The unit's name as the base checkpoint spells it (keeps its ``vision_model.`` prefix, if any)."""
+        """The unit's name as the base checkpoint spells it (with the prefix the base's keys have, if any)."""
         first = self.raw_keys[0][unit.keys[0]]
         if len(unit.keys) == 1:
             return first
-        return first[: len(first) - len("q_proj.weight")] + "qkv_proj.weight"
+        return self.adapter.spelled(first, unit.keys[0], unit.name)
 
     def readers(self):
         return [self.base.reader] + [m.reader for m in self.models]
@@ -107,26 +121,74 @@ def _numel(shape) -> int:
     return n
 
 
-def _canonical_infos(model: ResolvedModel) -> tuple[dict[str, TensorInfo], dict[str, str], list[str]]:
-    infos, raw, ignored = {}, {}, []
+@dataclass
+class _InputKeys:
+    """One input's keys as the adapter sees them."""
+
+    infos: dict[str, TensorInfo]  # canonical key → tensor info
+    raw: dict[str, str]  # canonical key → key in the checkpoint
+    ignored: list[str]  # keys of parts the adapter does not merge
+    heads: dict[str, str]  # canonical → raw key of a task-specific head
+
+
+def _where(model: ResolvedModel, file: object = None) -> str:
+    return f"model {model.name!r} ({file or model.reader.weights_file})"
+
+
+def _input_keys(model: ResolvedModel, adapter: Adapter) -> _InputKeys:
+    keys = _InputKeys({}, {}, [], {})
     for key, info in model.reader.infos.items():
-        canon = ClipVisionAdapter.canonical_key(key)
+        canon = adapter.canonical_key(key)
         if canon is None:
-            ignored.append(key)
+            keys.ignored.append(key)
             continue
-        if canon in raw:
-            raise MergeInputError(f"model {model.name!r} ({model.reader.weights_file}): keys {raw[canon]!r} and "
-                                  f"{key!r} are the same vision key; the checkpoint mixes two layouts")
-        infos[canon], raw[canon] = info, key
-    return infos, raw, ignored
+        if canon in keys.raw or canon in keys.heads:
+            first = keys.raw.get(canon) or keys.heads[canon]
+            raise MergeInputError(f"{_where(model)}: keys {first!r} and {key!r} are the same "
+                                  f"{adapter.title} key; the checkpoint mixes two layouts")
+        if adapter.is_head(canon):
+            keys.heads[canon] = key
+        else:
+            keys.infos[canon], keys.raw[canon] = info, key
+    return keys
+
+
+def _drop_heads(inputs: list[ResolvedModel], per_input: list[_InputKeys], drop: bool, notes: list[str]) -> None:
+    """Refuse task-specific heads (they differ between tasks), or with ``drop`` leave them out with a note."""
+    dropped: list[str] = []
+    for model, keys in zip(inputs, per_input):
+        if keys.heads and not drop:
+            raw = next(iter(keys.heads.values()))
+            raise MergeInputError(f"{_where(model, model.reader.infos[raw].file)}: key {raw!r} belongs to a "
+                                  f"task-specific head, which differs between tasks and is not merged; pass "
+                                  "--drop-heads (drop_heads=True) to merge the rest and leave the heads out")
+        dropped += [name for name in keys.heads if name not in dropped]
+        keys.ignored += keys.heads.values()
+    if dropped:
+        notes.append(f"task-specific heads left out (--drop-heads): {', '.join(sorted(dropped))}")
+
+
+def _optional_keys(per_input: list[_InputKeys], adapter: Adapter) -> list[str]:
+    """Leave out the optional keys (an adapter's :attr:`~hf_tsv.adapters.Adapter.optional`) that some input lacks;
+    return them."""
+    optional = sorted({k for keys in per_input for k in keys.infos if adapter.is_optional(k)})
+    missing = [k for k in optional if not all(k in keys.infos for keys in per_input)]
+    for keys in per_input:
+        for key in missing:
+            keys.infos.pop(key, None)
+            keys.raw.pop(key, None)
+    return missing
 
 
 def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, allow_duplicates: bool = False,
-               revision: str | None = None, token=None, min_models: int = 2) -> MergePlan:
+               revision: str | None = None, token=None, min_models: int = 2, architecture: str | None = None,
+               drop_heads: bool = False) -> MergePlan:
     """Preflight: resolve every reference, read configs and headers only, and refuse anything that cannot
     be merged, naming the model, the file and the key. ``exclude`` is a regular expression already checked
     by :class:`~hf_tsv.options.MergeOptions`. A model given twice (or the base given as a fine-tune) is
     refused unless ``allow_duplicates``, which records a warning in :attr:`MergePlan.warnings` instead.
+    The adapter is the one named by ``architecture``, else the one that reads every input's config
+    (:func:`~hf_tsv.adapters.choose_adapter`); task-specific heads are refused unless ``drop_heads``.
 
     Example:
         >>> plan = build_plan("base", ["ft_a", "ft_b"])  # doctest: +SKIP
@@ -144,83 +206,90 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
     for i, r in enumerate(resolved):  # make display names unique (two folders both called "checkpoint")
         if names[r.name] > 1:
             r.name = f"{r.name}#{i}"
-    warnings = _refuse_duplicates([resolved_base, *resolved], allow_duplicates)
+    inputs = [resolved_base, *resolved]
+    warnings = _refuse_duplicates(inputs, allow_duplicates)
 
-    def where(model: ResolvedModel, file: object = None) -> str:
-        return f"model {model.name!r} ({file or model.reader.weights_file})"
-
-    base_vision = ClipVisionAdapter.vision_config(resolved_base.reader.config, where(resolved_base, "config.json"))
+    adapter = choose_adapter([(_where(m, CONFIG_NAME), m.reader.config) for m in inputs], architecture)
+    base_architecture = adapter.architecture(resolved_base.reader.config)
     for r in resolved:
-        vision = ClipVisionAdapter.vision_config(r.reader.config, where(r, "config.json"))
-        for fld in ARCHITECTURE_FIELDS:
-            if fld in base_vision and fld in vision and vision[fld] != base_vision[fld]:
-                raise MergeInputError(f"{where(r, 'config.json')}: {fld} is {vision[fld]!r} but the base has "
-                                      f"{base_vision[fld]!r}; only fine-tunes of the same architecture merge")
+        fields = adapter.architecture(r.reader.config)
+        for fld, value in fields.items():
+            if fld in base_architecture and value != base_architecture[fld]:
+                raise MergeInputError(f"{_where(r, CONFIG_NAME)}: {fld} is {value!r} but the base has "
+                                      f"{base_architecture[fld]!r}; only fine-tunes of the same architecture merge")
 
-    base_infos, base_raw, ignored = _canonical_infos(resolved_base)
-    per_model = [_canonical_infos(r) for r in resolved]
-    notes = []
-    with_projection = PROJECTION_KEY in base_infos and all(PROJECTION_KEY in i for i, _, _ in per_model)
-    if not with_projection and (PROJECTION_KEY in base_infos or any(PROJECTION_KEY in i for i, _, _ in per_model)):
-        notes.append(f"{PROJECTION_KEY} is not in every model; it is left out and the output is a "
-                     "CLIPVisionModel")
-        base_infos.pop(PROJECTION_KEY, None)
-        base_raw.pop(PROJECTION_KEY, None)
-        for infos, raw, _ in per_model:
-            infos.pop(PROJECTION_KEY, None)
-            raw.pop(PROJECTION_KEY, None)
+    per_input = [_input_keys(m, adapter) for m in inputs]
+    notes: list[str] = []
+    _drop_heads(inputs, per_input, drop_heads, notes)
+    left_out = _optional_keys(per_input, adapter)
+    base_keys, model_keys = per_input[0], per_input[1:]
+    base_infos, base_raw = base_keys.infos, base_keys.raw
     for key, info in base_infos.items():
         if not info.dtype.is_floating_point:
-            raise MergeInputError(f"{where(resolved_base, info.file)}: key {base_raw[key]!r} has dtype "
+            raise MergeInputError(f"{_where(resolved_base, info.file)}: key {base_raw[key]!r} has dtype "
                                   f"{info.dtype}; only floating-point tensors can be merged")
-    for r, (infos, raw, _) in zip(resolved, per_model):
+    for r, keys in zip(resolved, model_keys):
+        infos, raw = keys.infos, keys.raw
         for key, info in base_infos.items():
             if key not in infos:
-                raise MergeInputError(f"{where(r)}: key {base_raw[key]!r} of the base is missing")
+                raise MergeInputError(f"{_where(r)}: key {base_raw[key]!r} of the base is missing")
             other = infos[key]
             if other.shape != info.shape:
-                raise MergeInputError(f"{where(r, other.file)}: key {raw[key]!r} has shape {list(other.shape)} "
+                raise MergeInputError(f"{_where(r, other.file)}: key {raw[key]!r} has shape {list(other.shape)} "
                                       f"but the base has {list(info.shape)}")
             if not other.dtype.is_floating_point:
-                raise MergeInputError(f"{where(r, other.file)}: key {raw[key]!r} has dtype {other.dtype}; "
+                raise MergeInputError(f"{_where(r, other.file)}: key {raw[key]!r} has dtype {other.dtype}; "
                                       "only floating-point tensors can be merged")
         extra = sorted(set(infos) - set(base_infos))
         if extra:
-            raise MergeInputError(f"{where(r)}: key {raw[extra[0]]!r} is not in the base "
+            raise MergeInputError(f"{_where(r)}: key {raw[extra[0]]!r} is not in the base "
                                   f"({len(extra)} extra keys); is this a fine-tune of that base?")
 
-    mixed_precision, warning = _mixed_precision(base_infos, resolved, per_model)
+    mixed_precision, warning = _mixed_precision(base_infos, resolved, [k.infos for k in model_keys])
     if warning:
         warnings.append(warning)
 
-    output_class, output_config, output_names = ClipVisionAdapter.output_model(base_vision, with_projection)
-    missing_out = sorted(set(output_names) - set(base_infos))
-    if missing_out:
-        raise MergeInputError(f"{where(resolved_base)}: key {missing_out[0]!r} that {output_class.__name__} "
-                              "needs is missing")
-    not_in_output = sorted(set(base_infos) - set(output_names))
+    output = adapter.output_model(resolved_base.reader.config, set(base_infos))
+    output_class = output.model_class
+    if left_out:
+        what = f"{left_out[0]} is" if len(left_out) == 1 else f"{', '.join(left_out)} are"
+        notes.append(f"{what} not in every model; {'it is' if len(left_out) == 1 else 'they are'} left out and "
+                     f"the output is a {output_class.__name__}{_init_note(output)}")
+    layout_hint = (f"is this a {adapter.title} checkpoint? (--architecture chooses another adapter; a layout that "
+                   "an older transformers saved and hf_tsv does not rename is read once you load the model with "
+                   "transformers and save it again)")
+    not_in_output = sorted(set(base_infos) - set(output.names))
     if not_in_output:
-        raise MergeInputError(f"{where(resolved_base)}: key {base_raw[not_in_output[0]]!r} is not part of a "
-                              f"{output_class.__name__}; is this a CLIP vision checkpoint?")
+        raise MergeInputError(f"{_where(resolved_base)}: key {base_raw[not_in_output[0]]!r} is not part of a "
+                              f"{output_class.__name__}; {layout_hint}")
+    missing_out = sorted(set(output.names) - set(base_infos))
+    if missing_out:
+        raise MergeInputError(f"{_where(resolved_base)}: key {missing_out[0]!r} that {output_class.__name__} "
+                              f"needs is missing; {layout_hint}")
 
     excluded = sorted(k for k in base_infos if exclude_re and exclude_re.search(k))
-    matrix_keys = [k for k in base_infos
-                   if k not in excluded and ClipVisionAdapter.is_matrix(k, base_infos[k].shape)]
-    groups = ClipVisionAdapter.qkv_groups(matrix_keys) if fuse_qkv else {}
+    matrix_keys = [k for k in base_infos if k not in excluded and adapter.is_matrix(k, base_infos[k].shape)]
+    groups = adapter.qkv_groups(matrix_keys) if fuse_qkv else {}
     grouped = {k for keys in groups.values() for k in keys}
     first_of_group = {keys[0]: (name, keys) for name, keys in groups.items()}
     units = []
-    for key in output_names:  # the output model's order
+    for key in output.names:  # the output model's order
         if key in first_of_group:
             name, keys = first_of_group[key]
             rows = sum(base_infos[k].shape[0] for k in keys)
             units.append(Unit(name, keys, True, (rows, base_infos[key].shape[1])))
         elif key not in grouped:
             units.append(Unit(key, [key], key in matrix_keys, base_infos[key].shape))
-    ignored_all = sorted(set(ignored) | {k for _, _, ign in per_model for k in ign})
-    return MergePlan(resolved_base, resolved, units, [base_raw] + [raw for _, raw, _ in per_model],
-                     output_class, output_config, output_names, base_infos, excluded, ignored_all, notes,
-                     fuse_qkv, warnings, mixed_precision)
+    ignored_all = sorted({k for keys in per_input for k in keys.ignored})
+    return MergePlan(resolved_base, resolved, units, [keys.raw for keys in per_input], adapter, output, base_infos,
+                     excluded, ignored_all, notes, fuse_qkv, warnings, mixed_precision)
+
+
+def _init_note(output: OutputModel) -> str:
+    """What loading the output needs beyond its config, for a note: ``" (load it with add_pooling_layer=False)"``."""
+    if not output.init_kwargs:
+        return ""
+    return f" (load it with {', '.join(f'{k}={v!r}' for k, v in output.init_kwargs.items())})"
 
 
 def _content_digest(model: ResolvedModel) -> str:
@@ -302,14 +371,14 @@ def base_rounding(base_dtype: torch.dtype, model_dtype: torch.dtype) -> torch.dt
     return None
 
 
-def _mixed_precision(base_infos: dict[str, TensorInfo], models: list[ResolvedModel], per_model: list
-                     ) -> tuple[dict, str | None]:
+def _mixed_precision(base_infos: dict[str, TensorInfo], models: list[ResolvedModel],
+                     per_model: list[dict[str, TensorInfo]]) -> tuple[dict, str | None]:
     """What the report records, and the warning, when some fine-tunes are stored in a narrower dtype than
     the base (else ``({}, None)``)."""
     rounded: dict[str, set[str]] = {}
     base_dtypes: set[str] = set()
     count = 0
-    for model, (infos, _, _) in zip(models, per_model):
+    for model, infos in zip(models, per_model):
         for key, base_info in base_infos.items():
             dtype = base_rounding(base_info.dtype, infos[key].dtype)
             if dtype is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .adapters import get_adapter
 from .engine import MergePlan, Timer, build_plan, check_finite, iter_units, split_rows, task_vector_scan
 from .errors import MergeInputError
 from .files import CONFIG_NAME, REPORT_NAME
@@ -40,10 +41,11 @@ class MergeResult:
     """
 
     def __init__(self, report: dict, config, model_class: type, state_dict: dict | None = None,
-                 folder: Path | None = None, inputs: tuple[InputLocation, ...] = ()):
+                 folder: Path | None = None, inputs: tuple[InputLocation, ...] = (), model_kwargs: dict | None = None):
         self.report = report
         self.config = config
         self.model_class = model_class
+        self.model_kwargs = dict(model_kwargs or {})  # what the class needs beyond the config (add_pooling_layer...)
         self._state_dict = state_dict
         self.folder = folder
         self.inputs = inputs  # where the merged models live: save_pretrained never writes there
@@ -56,7 +58,7 @@ class MergeResult:
 
     def to_model(self):
         """The merged model as an instance of the output transformers class (e.g. CLIPVisionModel)."""
-        model = self.model_class(self.config)
+        model = self.model_class(self.config, **self.model_kwargs)
         model.load_state_dict(self.state_dict(), strict=True)
         return model.eval()
 
@@ -169,6 +171,16 @@ def _base_report(plan: MergePlan, options: MergeOptions) -> dict:
     return report
 
 
+def _output_record(plan: MergePlan, dtype: torch.dtype) -> dict:
+    """What the report says about the output: its class, the adapter that made it, its main dtype and what
+    loading it needs beyond its config (``init_kwargs``, when anything)."""
+    record = {"class": plan.output_class.__name__, "architecture": plan.adapter.name,
+              "dtype": str(dtype).removeprefix("torch.")}
+    if plan.output.init_kwargs:
+        record["init_kwargs"] = dict(plan.output.init_kwargs)
+    return record
+
+
 class _MergeJob:
     """What :func:`merge` and :func:`merge_linear` share: the checked plan, the report and the unit loop."""
 
@@ -182,7 +194,8 @@ class _MergeJob:
         self.opts = options.method_options
         self.device = options.device
         self.plan = plan = build_plan(base, models, fuse_qkv=options.merge_fuses_qkv, exclude=options.exclude,
-                                      allow_duplicates=options.allow_duplicates, revision=revision, token=token)
+                                      allow_duplicates=options.allow_duplicates, revision=revision, token=token,
+                                      architecture=options.architecture, drop_heads=options.drop_heads)
         self.timer = Timer()
         self.timer.totals["preflight_s"] = time.perf_counter() - started
         self.layout = layout = _output_layout(plan, options.dtype)
@@ -195,8 +208,7 @@ class _MergeJob:
         if merge_method.uses_svd:
             report["k"] = merge_method.task_rank
         report["options"].update(options.method_parameters())
-        report["output"] = {"class": plan.output_class.__name__,
-                            "dtype": str(_main_dtype(layout)).removeprefix("torch.")}
+        report["output"] = _output_record(plan, _main_dtype(layout))
         if command:  # with no secret and local paths reduced to names, as in every file that holds it
             hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
             report["command"] = public_command(command, hub_ids, known_secrets(token))
@@ -247,7 +259,7 @@ class LinearMerge:
 
     def __init__(self, base_state: dict[str, torch.Tensor], delta_state: dict[str, torch.Tensor], report: dict,
                  config, model_class: type, dtypes: dict[str, torch.dtype], inputs: tuple[InputLocation, ...] = (),
-                 alpha_grid: list[float] | None = None):
+                 alpha_grid: list[float] | None = None, model_kwargs: dict | None = None):
         self.inputs = inputs  # where the merged models live (see MergeResult.inputs)
         self.alpha_grid = alpha_grid  # the method's default α grid for its options (None: look it up by name)
         self.base_state = base_state
@@ -255,6 +267,7 @@ class LinearMerge:
         self.report = report
         self.config = config
         self.model_class = model_class
+        self.model_kwargs = dict(model_kwargs or {})  # see MergeResult.model_kwargs
         self.dtypes = dtypes  # the output dtype of each key
 
     @property
@@ -273,11 +286,11 @@ class LinearMerge:
         report["alpha"] = finite_number(alpha, "alpha")
         report.update(report_extra)
         return MergeResult(report, copy.deepcopy(self.config), self.model_class, state_dict=self.state_dict(alpha),
-                           inputs=self.inputs)
+                           inputs=self.inputs, model_kwargs=self.model_kwargs)
 
     def to_model(self, alpha: float):
         """A new model instance (eval mode) holding θ₀ + α·Δ."""
-        model = self.model_class(copy.deepcopy(self.config))
+        model = self.model_class(copy.deepcopy(self.config), **self.model_kwargs)
         self.load_into(model, alpha)
         return model.eval()
 
@@ -325,7 +338,8 @@ def merge_linear(base, models, method: str = DEFAULT_METHOD, *, fuse_qkv: bool =
         job.report["alpha"] = 1.0
     dtypes = {k: v[0] for k, v in job.layout.items()}
     return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes,
-                       inputs=job.input_locations(), alpha_grid=list(job.options.search_grid))
+                       inputs=job.input_locations(), alpha_grid=list(job.options.search_grid),
+                       model_kwargs=job.plan.output.init_kwargs)
 
 
 def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None, *, fuse_qkv: bool = False,
@@ -350,6 +364,11 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
     ``svd`` chooses how each task's top-k triplets are computed: ``"exact"`` (default: Gram matrix + float64
     eigendecomposition + Rayleigh-Ritz), ``"fast"`` (float32 eigendecomposition) or ``"lapack"`` (a full SVD
     per task, as the paper's code does).
+
+    The inputs are read by the adapter (:mod:`hf_tsv.adapters`) that reads every one's ``config.json``: CLIP
+    (the vision tower, or whole ``CLIPModel``s when every input is one), SigLIP, ViT or DINOv2; the keyword
+    ``architecture="clip-vision"`` (any adapter's name) forces one. Task-specific heads (``classifier.*``) are refused
+    unless ``drop_heads=True``, which leaves them out. See docs/adapters.md.
 
     Every option is checked (:class:`hf_tsv.options.MergeOptions`) before any model is read or downloaded.
     A model given twice, or the base given again as a fine-tuned model, is refused unless
@@ -392,14 +411,16 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
         state: dict[str, torch.Tensor] = {}
         run(state.__setitem__)
         finish()
-        return MergeResult(report, config, plan.output_class, state_dict=state, inputs=inputs)
+        return MergeResult(report, config, plan.output_class, state_dict=state, inputs=inputs,
+                           model_kwargs=plan.output.init_kwargs)
     with atomic_output_dir(output_dir, overwrite, inputs=inputs) as tmp:
         writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
         run(writer.write)
         writer.close()
         finish()
         _write_metadata(tmp, config, report)
-    return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs)
+    return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs,
+                       model_kwargs=plan.output.init_kwargs)
 
 
 @dataclass
@@ -411,10 +432,11 @@ class STIReport:
     num_tasks: int
     fuse_qkv: bool = False
     warnings: list[str] = field(default_factory=list)  # e.g. a model given twice, with allow_duplicates
+    architecture: str = ""  # the adapter that read the checkpoints (it names the table's layers and types)
 
     def to_dict(self) -> dict:
         data = {"k": "floor(r/T)", "keys": self.keys, "total": self.total, "num_tasks": self.num_tasks,
-                "fuse_qkv": self.fuse_qkv}
+                "fuse_qkv": self.fuse_qkv, "architecture": self.architecture}
         if self.warnings:
             data["warnings"] = self.warnings
         return data
@@ -425,12 +447,12 @@ class STIReport:
 
     def table(self) -> str:
         """A per-layer plain-text table (columns: layer types)."""
-        return format_sti_table(self.keys, self.total)
+        return format_sti_table(self.keys, self.total, get_adapter(self.architecture) if self.architecture else None)
 
 
 def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, device="auto",
         compute_dtype=torch.float32, svd: str = "exact", allow_duplicates: bool = False, revision: str | None = None,
-        token=None) -> STIReport:
+        token=None, architecture: str | None = None, drop_heads: bool = False) -> STIReport:
     """Singular Task Interference of fine-tuned models, without merging. Options as in :func:`merge`.
 
     Example:
@@ -440,9 +462,11 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
     from .core import singular_task_interference, truncated_task_factors
 
     options = MergeOptions.from_arguments(fuse_qkv=fuse_qkv, exclude=exclude, device=device,
-                                          compute_dtype=compute_dtype, svd=svd, allow_duplicates=allow_duplicates)
+                                          compute_dtype=compute_dtype, svd=svd, allow_duplicates=allow_duplicates,
+                                          architecture=architecture, drop_heads=drop_heads)
     plan = build_plan(base, models, fuse_qkv=options.fuse_qkv, exclude=options.exclude,
-                      allow_duplicates=options.allow_duplicates, revision=revision, token=token)
+                      allow_duplicates=options.allow_duplicates, revision=revision, token=token,
+                      architecture=options.architecture, drop_heads=options.drop_heads)
     matrix_units = [u for u in plan.units if u.is_matrix]
     keys: dict[str, float] = {}
     for item in iter_units(plan, options.device, options.compute_dtype, Timer(), units=matrix_units, desc="STI"):
@@ -450,7 +474,7 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
                                          precision=item.precision)
         key = plan.base_key(item.unit)
         keys[key] = check_finite(singular_task_interference(factors), f"the STI of key {key!r}", OUTPUT_OVERFLOW_HINT)
-    return STIReport(keys, sum(keys.values()), plan.num_tasks, options.fuse_qkv, plan.warnings)
+    return STIReport(keys, sum(keys.values()), plan.num_tasks, options.fuse_qkv, plan.warnings, plan.adapter.name)
 
 
 def plan(base, models, *, method: str = DEFAULT_METHOD, alpha: float | None = None, svd: str = "exact",
@@ -468,7 +492,8 @@ def plan(base, models, *, method: str = DEFAULT_METHOD, alpha: float | None = No
                                           device=device, dtype=dtype, compute_dtype=compute_dtype,
                                           allow_duplicates=allow_duplicates, **method_params)
     p = build_plan(base, models, fuse_qkv=options.merge_fuses_qkv, exclude=options.exclude,
-                   allow_duplicates=options.allow_duplicates, revision=revision, token=token)
+                   allow_duplicates=options.allow_duplicates, revision=revision, token=token,
+                   architecture=options.architecture, drop_heads=options.drop_heads)
     weights_bytes = sum(i.nbytes for i in p.base_infos.values())
     info = {
         "method": options.method,
@@ -476,6 +501,7 @@ def plan(base, models, *, method: str = DEFAULT_METHOD, alpha: float | None = No
         "base": p.base.provenance(),
         "models": [m.provenance() for m in p.models],
         "output_class": p.output_class.__name__,
+        "architecture": p.adapter.name,
         "keys": p.counts(),
         "notes": p.notes,
         "model_bytes": weights_bytes,

@@ -45,7 +45,8 @@ MAX_GRID_SIZE = 1000  # α values one search may try
 FLAGS = {"method": "--method", "alpha": "--alpha", "alpha_grid": "--alpha-grid", "fuse_qkv": "--fuse-qkv",
          "exclude": "--exclude", "device": "--device", "dtype": "--dtype", "compute_dtype": "--svd-dtype",
          "svd": "--svd", "allow_duplicates": "--allow-duplicates", "overwrite": "--overwrite",
-         "max_shard_size": "--max-shard-size", "revision": "--revision"}
+         "max_shard_size": "--max-shard-size", "revision": "--revision", "architecture": "--architecture",
+         "drop_heads": "--drop-heads"}
 
 
 def option_label(name: str) -> str:
@@ -186,6 +187,18 @@ def _check_exclude(exclude: Any) -> str | None:
     return exclude or None
 
 
+def _check_architecture(architecture: Any) -> str | None:
+    """An adapter's name (see :mod:`hf_tsv.adapters`), or None to choose it from the inputs' configs."""
+    if architecture is None:
+        return None
+    if not isinstance(architecture, str):
+        raise _refuse("architecture", "an adapter's name (a string) or None", architecture)
+    from .adapters import get_adapter
+
+    get_adapter(architecture)  # refuses an unknown name, listing the known ones
+    return architecture
+
+
 def check_parameter(name: str, value: Any, spec: Parameter) -> Any:
     """A method parameter checked against its declaration (a number within its range, or one of its choices).
 
@@ -251,6 +264,8 @@ class MergeOptions:
     dtype: torch.dtype | None = None  # output dtype (None: the base's)
     method_options: MethodOptions = field(default_factory=MethodOptions)  # compute dtype, SVD mode, parameters
     allow_duplicates: bool = False  # merge a model given twice (or the base given as a fine-tune), with a warning
+    architecture: str | None = None  # the adapter (hf_tsv.adapters) to read the inputs with; None: from their configs
+    drop_heads: bool = False  # leave task-specific heads (classifier.*) out instead of refusing them
 
     def __post_init__(self) -> None:
         def set_(name: str, value: Any) -> None:
@@ -272,6 +287,8 @@ class MergeOptions:
         set_("dtype", as_dtype(self.dtype, "dtype"))
         set_("method_options", _check_method_options(self.method_options))
         set_("allow_duplicates", check_flag(self.allow_duplicates, "allow_duplicates"))
+        set_("architecture", _check_architecture(self.architecture))
+        set_("drop_heads", check_flag(self.drop_heads, "drop_heads"))
 
     @classmethod
     def argument_names(cls) -> tuple[str, ...]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import platform
-import re
 from collections import defaultdict
 from importlib import metadata
 
 import torch
 
-LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:.*\.)?([^.]+)\.weight$")
-TYPE_ORDER = ["q_proj", "k_proj", "v_proj", "qkv_proj", "out_proj", "fc1", "fc2"]
+from .adapters.base import NOT_IN_A_LAYER, Adapter, natural_order
 
 
 def library_versions() -> dict[str, str]:
@@ -29,31 +27,33 @@ def device_description(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
 
 
-def layer_and_type(key: str) -> tuple[str, str]:
-    """``encoder.layers.3.mlp.fc1.weight`` → ``("3", "fc1")``; keys outside layers → ``("-", key)``."""
-    match = LAYER.search(key)
-    if match:
-        return match.group(1), match.group(2)
-    return "-", key.removesuffix(".weight").removeprefix("vision_model.")
+def layer_and_type(key: str, adapter: Adapter | None = None) -> tuple[str, str]:
+    """``encoder.layers.3.mlp.fc1.weight`` → ``("3", "fc1")``; keys outside layers → ``("-", name)``. The
+    ``adapter`` of the checkpoints names the cells (a tower, older key names); default: the generic rules."""
+    return (adapter or Adapter()).layer_and_type(key)
 
 
-def sti_table(per_key: dict[str, float]) -> tuple[list[str], list[tuple[str, dict[str, float], float]]]:
-    """Per-layer STI: the layer types (columns) and rows ``(layer, {type: sti}, row total)``."""
+def sti_table(per_key: dict[str, float], adapter: Adapter | None = None
+              ) -> tuple[list[str], list[tuple[str, dict[str, float], float]]]:
+    """Per-layer STI: the layer types (columns) and rows ``(layer, {type: sti}, row total)``, layers in depth
+    order (per tower), then the keys outside layers in a row ``"-"``."""
+    adapter = adapter or Adapter()
     rows: dict[str, dict[str, float]] = defaultdict(dict)
     types: list[str] = []
     for key, value in per_key.items():
-        layer, kind = layer_and_type(key)
+        layer, kind = adapter.layer_and_type(key)
         rows[layer][kind] = value
-        if layer != "-" and kind not in types:
+        if layer != NOT_IN_A_LAYER and kind not in types:
             types.append(kind)
-    types.sort(key=lambda t: (TYPE_ORDER.index(t) if t in TYPE_ORDER else len(TYPE_ORDER), t))
-    ordered = sorted((k for k in rows if k != "-"), key=int) + (["-"] if "-" in rows else [])
+    types.sort(key=adapter.type_order)
+    ordered = sorted((k for k in rows if k != NOT_IN_A_LAYER), key=natural_order)
+    ordered += [NOT_IN_A_LAYER] if NOT_IN_A_LAYER in rows else []
     return types, [(layer, rows[layer], sum(rows[layer].values())) for layer in ordered]
 
 
-def format_sti_table(per_key: dict[str, float], total: float) -> str:
+def format_sti_table(per_key: dict[str, float], total: float, adapter: Adapter | None = None) -> str:
     """A plain-text per-layer table for the terminal."""
-    types, rows = sti_table(per_key)
+    types, rows = sti_table(per_key, adapter)
     width = max([10] + [len(t) for t in types])
     lines = ["  ".join(f"{h:>{width}}" for h in ["layer"] + types + ["layer total"])]
     for layer, values, row_total in rows:

@@ -1,7 +1,9 @@
-"""Synthetic CLIP vision checkpoints for examples, tests and benchmarks.
+"""Synthetic checkpoints for examples, tests and benchmarks: CLIP vision models by default, or any transformers
+model given its config and class.
 
-A randomly initialised :class:`~transformers.CLIPVisionModel` is the base; each "fine-tuned" model adds a
-perturbation of about ``relative_size`` (default 1e-3) of each weight's norm. Two spectra are offered:
+A randomly initialised :class:`~transformers.CLIPVisionModel` (or ``model_class(config)``) is the base; each
+"fine-tuned" model adds a perturbation of about ``relative_size`` (default 1e-3) of each weight's norm. Two spectra
+are offered:
 
 * ``"noise"``: a few strong directions plus a Gaussian noise bulk. k = floor(r/T) falls inside the flat
   bulk, where TSV-M is ill-conditioned (like real fine-tuning, see ``method.md``).
@@ -95,11 +97,21 @@ def make_checkpoints(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     config_overrides: dict | None = None,
+    config=None,
+    model_class: type | None = None,
 ) -> dict:
-    """Write a base and ``num_tasks`` fine-tuned CLIPVisionModel folders under ``out_dir``.
+    """Write a base and ``num_tasks`` fine-tuned CLIPVisionModel folders under ``out_dir``; with ``config`` (a
+    transformers config) and ``model_class`` (default: ``AutoModel``'s class for it), models of that architecture
+    instead of the ``preset``.
 
     Models are generated one at a time, so memory stays near two models whatever ``num_tasks`` is.
     Returns ``{"base": path, "tasks": [paths...]}``; the folders are ``base/`` and ``task_00/``... .
+
+    Example:
+        >>> from transformers import ViTConfig, ViTModel
+        >>> vit = ViTConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        ...                 image_size=16, patch_size=8)
+        >>> paths = make_checkpoints("/tmp/tsv-vit", config=vit, model_class=ViTModel)  # doctest: +SKIP
     """
     if preset not in PRESETS:
         raise MergeInputError(f"unknown preset {preset!r} (--preset); choose one of {', '.join(sorted(PRESETS))}")
@@ -107,13 +119,20 @@ def make_checkpoints(
         raise MergeInputError(f"unknown spectrum {spectrum!r}; choose one of {', '.join(SPECTRA)}")
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
         raise MergeInputError(f"num_tasks (--num-tasks) must be a whole number of at least 1, got {num_tasks!r}")
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
     out = Path(out_dir)
-    config = CLIPVisionConfig(**{**PRESETS[preset], **(config_overrides or {})})
-    config.architectures = ["CLIPVisionModel"]
+    if config is None:
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        config = CLIPVisionConfig(**{**PRESETS[preset], **(config_overrides or {})})
+        model_class = CLIPVisionModel
+    elif model_class is None:
+        from transformers import AutoModel
+
+        with torch.device("meta"):
+            model_class = type(AutoModel.from_config(config))
+    config.architectures = [model_class.__name__]
     torch.manual_seed(seed)
-    base_state = {k: v.detach().to(dtype).contiguous() for k, v in CLIPVisionModel(config).state_dict().items()}
+    base_state = {k: v.detach().to(dtype).contiguous() for k, v in model_class(config).state_dict().items()}
     _save(base_state, config, out / "base")
     spec = _Perturbation(relative_size, spectrum, num_tasks, signal_rank)
     tasks = []

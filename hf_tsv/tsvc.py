@@ -58,7 +58,8 @@ def _rank(shape: tuple[int, int], num_tasks: int, rank_fraction: float | None) -
 def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: float | None = None,
              fuse_qkv: bool = False, exclude: str | None = None, device="auto", dtype=torch.float32,
              compute_dtype=torch.float32, svd: str = "exact", allow_duplicates: bool = False, overwrite: bool = False,
-             max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, token=None) -> CompressResult:
+             max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, token=None, architecture: str | None = None,
+             drop_heads: bool = False) -> CompressResult:
     """TSV-C: keep each task's top k = ⌊r/T⌋ singular triplets per matrix key (or ⌊rank_fraction·r⌋).
 
     Factors are stored in ``dtype`` (float32 by default); other keys' task vectors are stored whole. Options
@@ -71,7 +72,8 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
     """
     started = time.perf_counter()
     options = MergeOptions.from_arguments(fuse_qkv=fuse_qkv, exclude=exclude, device=device, dtype=dtype,
-                                          compute_dtype=compute_dtype, svd=svd, allow_duplicates=allow_duplicates)
+                                          compute_dtype=compute_dtype, svd=svd, allow_duplicates=allow_duplicates,
+                                          architecture=architecture, drop_heads=drop_heads)
     check_output_options(overwrite, max_shard_size)
     store_dtype, compute_dtype = options.dtype or torch.float32, options.compute_dtype
     svd, dev = options.svd, options.device
@@ -82,7 +84,8 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
     models = check_model_references(base, models, min_models=1)
     check_output_dir(output_dir, overwrite, inputs=[base, *models])
     plan = build_plan(base, models, fuse_qkv=options.fuse_qkv, exclude=options.exclude,
-                      allow_duplicates=options.allow_duplicates, token=token, min_models=1)
+                      allow_duplicates=options.allow_duplicates, token=token, min_models=1,
+                      architecture=options.architecture, drop_heads=options.drop_heads)
     t_count = plan.num_tasks
     layout: dict[str, tuple[torch.dtype, tuple]] = {}
     ranks: dict[str, int] = {}
