@@ -32,6 +32,7 @@ import importlib
 import pkgutil
 from types import ModuleType
 
+from . import base
 from .base import (
     DEFAULT_METHOD,
     METHODS,
@@ -72,6 +73,7 @@ def method_modules() -> list[str]:
 
 for _name in method_modules():
     register_module(importlib.import_module(f"{__name__}.{_name}"))
+base.OWN_METHODS_REGISTERED = True
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "PARAMETERS", "TASK_ARITHMETIC_GRID", "TSV_GRID", "AlphaRule", "KeyContext",
            "MergeMethod", "MethodOptions", "Parameter", "Scan", "describe_alpha", "describe_grid", "get_method",

@@ -38,6 +38,10 @@ TASK_ARITHMETIC_QUICK_GRID = (0.1, 0.2, 0.3, 0.5, 1.0)
 SHARED_OPTIONS = ("compute_dtype", "svd")
 # Names a method parameter cannot take: those, and every other option of a merge (reserve_names adds them).
 RESERVED_NAMES: set[str] = set(SHARED_OPTIONS)
+# True once hf_tsv.methods has registered its own methods: a method registered after that comes from outside, and
+# register() first imports hf_tsv.options, whose import reserves MergeOptions' field names (it imports torch, which
+# the package's own import must not).
+OWN_METHODS_REGISTERED = False
 
 
 @dataclass(frozen=True)
@@ -318,6 +322,8 @@ def register(method: MergeMethod) -> MergeMethod:
     """
     if not isinstance(method, MergeMethod):
         raise TypeError(f"register() takes a MergeMethod, got {type(method).__name__}")
+    if OWN_METHODS_REGISTERED:
+        import hf_tsv.options  # noqa: F401 - reserves the names of every merge option (reserve_names)
     _check_definition(method)
     METHODS[method.name] = method
     _rebuild()
