@@ -324,12 +324,12 @@ def _run(args: argparse.Namespace) -> int:
         result = hf_tsv.merge(args.base, args.models, output_dir=args.output, overwrite=args.overwrite,
                               max_shard_size=args.max_shard_size, revision=args.revision, token=args.token,
                               command=args.recorded_command, **options)
-        r = result.report
-        _print_warnings(r.get("warnings", []))
-        print(f"merged {r['num_tasks']} models with {r['method']} (alpha={r['alpha']}) into "
-              f"{args.output or 'memory'} in {r['timings']['total_s']:.2f} s")
-        if "sti" in r:
-            print(f"STI total: {r['sti']['total']:.6g} over {len(r['sti']['keys'])} matrix keys")
+        report = result.report
+        _print_warnings(report.warnings)
+        print(f"merged {report.num_tasks} models with {report.method} (alpha={report.alpha}) into "
+              f"{args.output or 'memory'} in {report.total_seconds:.2f} s")
+        if report.sti is not None:
+            print(f"STI total: {report.sti.total:.6g} over {len(report.sti.keys)} matrix keys")
         if args.push_to_hub:
             _print_push(result.push_to_hub(args.push_to_hub, private=args.private or None, token=args.token))
         return 0
@@ -392,17 +392,17 @@ def _merge_with_eval(args: argparse.Namespace, options: dict) -> int:
         args.base, args.models, config, grid=args.alpha_grid, output_dir=args.output, overwrite=args.overwrite,
         batch_size=args.batch_size, max_examples=args.max_examples, revision=args.revision, token=args.token,
         command=args.recorded_command, **options)
-    alpha = result.report["alpha"]
-    _print_warnings(result.report.get("warnings", []))
+    report = result.report
+    _print_warnings(report.warnings)
     if search is not None:
         print(f"α search ({search.criterion} validation accuracy, {len(search.grid)} values):")
         for value in search.grid:
             mark = "  <- best" if value == search.best_alpha else ""
-            report = search.validation[value]
-            norm = report.mean_normalized_accuracy
-            print(f"  α={value:<8.4g} accuracy {report.mean_accuracy:6.2f}%  normalized "
+            scores = search.validation[value]
+            norm = scores.mean_normalized_accuracy
+            print(f"  α={value:<8.4g} accuracy {scores.mean_accuracy:6.2f}%  normalized "
                   f"{'–' if norm is None else f'{norm:6.2f}%'}{mark}")
-    print(f"\nmerged {result.report['num_tasks']} models with {args.method} at α={alpha:g}; "
+    print(f"\nmerged {report.num_tasks} models with {args.method} at α={report.alpha:g}; "
           f"test accuracy:\n{test.table()}")
     if args.output:
         print(f"written to {args.output} (weights, merge_report.json, eval_results.json)")
@@ -481,7 +481,7 @@ def _example(args: argparse.Namespace) -> int:
     from transformers import CLIPVisionModel
 
     model = CLIPVisionModel.from_pretrained(str(work / "merged"))
-    print(f"\nTSV-M merge written to {work / 'merged'} in {result.report['timings']['total_s']:.2f} s; "
+    print(f"\nTSV-M merge written to {work / 'merged'} in {result.report.total_seconds:.2f} s; "
           f"CLIPVisionModel.from_pretrained loads it ({sum(p.numel() for p in model.parameters()):,} parameters)")
     return 0
 

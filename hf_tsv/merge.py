@@ -11,23 +11,39 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .engine import MergePlan, Timer, build_plan, check_finite, iter_units, split_rows, task_vector_scan
+from .engine import (
+    OUTPUT_OVERFLOW_HINT,
+    MergePlan,
+    Timer,
+    build_plan,
+    check_finite,
+    iter_units,
+    split_rows,
+    task_vector_scan,
+)
 from .errors import MergeInputError
-from .files import CONFIG_NAME, REPORT_NAME
-from .io.output import InputLocation, input_locations, naming_file, write_json
-from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
+from .io.output import InputLocation, input_locations, write_json
+from .io.writer import (
+    DEFAULT_MAX_SHARD_SIZE,
+    ShardedSafetensorsWriter,
+    atomic_output_dir,
+    check_output_dir,
+    save_config,
+    set_config_dtype,
+)
 from .methods import KeyContext
 from .options import MergeOptions, check_model_references, check_output_options, finite_number
-from .report import device_description, format_sti_table, library_versions
-from .secrets import known_secrets, public_command, public_json
-
-# What the output check says to do when a merged tensor is not finite although every input was
-OUTPUT_OVERFLOW_HINT = ("the inputs' magnitudes or alpha are too large for this precision; check the inputs, or use "
-                        "a smaller alpha, a wider --dtype or --svd-dtype float64")
-
-
-def _set_config_dtype(config, dtype: torch.dtype) -> None:
-    setattr(config, "dtype" if hasattr(config, "dtype") else "torch_dtype", dtype)
+from .report import (
+    InputRecord,
+    MergeReport,
+    OutputRecord,
+    ReportOptions,
+    STIRecord,
+    device_description,
+    library_versions,
+)
+from .secrets import known_secrets, public_command
+from .sti_table import sti_table
 
 
 class MergeResult:
@@ -39,7 +55,7 @@ class MergeResult:
         >>> model = result.to_model()  # a CLIPVisionModel  # doctest: +SKIP
     """
 
-    def __init__(self, report: dict, config, model_class: type, state_dict: dict | None = None,
+    def __init__(self, report: MergeReport, config, model_class: type, state_dict: dict | None = None,
                  folder: Path | None = None, inputs: tuple[InputLocation, ...] = ()):
         self.report = report
         self.config = config
@@ -79,11 +95,12 @@ class MergeResult:
         for key, tensor in state.items():
             writer.write(key, tensor)
         writer.close()
-        _write_metadata(folder, self.config, self.report)
+        save_config(folder, self.config)
+        self.report.save(folder)
 
     def __repr__(self) -> str:
         r = self.report
-        return (f"MergeResult(method={r['method']!r}, alpha={r['alpha']}, num_tasks={r['num_tasks']}, "
+        return (f"MergeResult(method={r.method!r}, alpha={r.alpha}, num_tasks={r.num_tasks}, "
                 f"model_class={self.model_class.__name__}, folder={str(self.folder) if self.folder else None})")
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,
@@ -118,14 +135,6 @@ def _load_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _write_metadata(folder: Path, config, report: dict) -> None:
-    """``config.json`` and ``merge_report.json``, the report as published (:func:`hf_tsv.secrets.public_json`:
-    no secret, local paths reduced to names)."""
-    with naming_file(folder / CONFIG_NAME):
-        config.save_pretrained(str(folder))
-    write_json(folder / REPORT_NAME, public_json(report))
-
-
 def _check_output(tensor: torch.Tensor, key: str) -> torch.Tensor:
     """The output check: a merged tensor (in its output dtype) must be finite, or nothing is written."""
     return check_finite(tensor, f"the merged tensor of key {key!r} ({str(tensor.dtype).removeprefix('torch.')})",
@@ -150,23 +159,29 @@ def _main_dtype(layout: dict) -> torch.dtype:
     return max(sizes, key=sizes.get)
 
 
-def _base_report(plan: MergePlan, options: MergeOptions) -> dict:
-    report = {
-        "hf_tsv_version": __version__,
-        "num_tasks": plan.num_tasks,
-        "base": plan.base.provenance(),
-        "models": [m.provenance() for m in plan.models],
-        "options": {"fuse_qkv": plan.fuse_qkv, "excluded_keys": plan.excluded, "compute_dtype":
-                    str(options.compute_dtype).removeprefix("torch."), "device": device_description(options.device)},
-        "keys": plan.counts(),
-        "notes": plan.notes,
-        "versions": library_versions(),
-    }
-    if plan.mixed_precision:
-        report["mixed_precision"] = plan.mixed_precision
-    if plan.warnings:
-        report["warnings"] = plan.warnings
-    return report
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _merge_report(plan: MergePlan, options: MergeOptions, output_dtype: torch.dtype, command: str | None,
+                  token) -> MergeReport:
+    """The report of a merge about to run (STI and timings are added as it runs). A command is recorded as it
+    may be published (:func:`hf_tsv.secrets.public_command`): no secret, local paths reduced to names."""
+    method = options.merge_method
+    hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
+    return MergeReport(
+        method=options.method, method_description=method.description, alpha=options.effective_alpha,
+        hf_tsv_version=__version__, num_tasks=plan.num_tasks,
+        base=InputRecord.from_dict(plan.base.provenance()),
+        models=[InputRecord.from_dict(m.provenance()) for m in plan.models],
+        options=ReportOptions(plan.fuse_qkv, list(plan.excluded), _dtype_name(options.compute_dtype),
+                              device_description(options.device), options.svd if options.method == "tsv-m" else None,
+                              options.method_parameters()),
+        keys=plan.counts(), notes=list(plan.notes), versions=library_versions(),
+        mixed_precision=dict(plan.mixed_precision), warnings=list(plan.warnings),
+        k="floor(r/T)" if options.method == "tsv-m" else None,
+        output=OutputRecord(plan.output_class.__name__, _dtype_name(output_dtype)),
+        command=public_command(command, hub_ids, known_secrets(token)) if command else None)
 
 
 class _MergeJob:
@@ -175,8 +190,8 @@ class _MergeJob:
     def __init__(self, base, models, options: MergeOptions, *, revision, token, command, started):
         self.started = started
         self.options = options
-        self.method = method = options.method
-        self.merge_method = merge_method = options.merge_method
+        self.method = options.method
+        self.merge_method = options.merge_method
         self.alpha = options.effective_alpha
         self.compute_dtype = options.compute_dtype
         self.opts = options.method_options
@@ -186,21 +201,10 @@ class _MergeJob:
         self.timer = Timer()
         self.timer.totals["preflight_s"] = time.perf_counter() - started
         self.layout = layout = _output_layout(plan, options.dtype)
-        self.config = config = plan.output_config
-        _set_config_dtype(config, _main_dtype(layout))
-        report = {"method": method, "method_description": merge_method.description, "alpha": self.alpha,
-                  **_base_report(plan, options)}
-        if method == "tsv-m":
-            report["options"]["svd"] = options.svd
-        if merge_method.uses_svd:
-            report["k"] = "floor(r/T)" if method == "tsv-m" else None
-        report["options"].update(options.method_parameters())
-        report["output"] = {"class": plan.output_class.__name__,
-                            "dtype": str(_main_dtype(layout)).removeprefix("torch.")}
-        if command:  # with no secret and local paths reduced to names, as in every file that holds it
-            hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
-            report["command"] = public_command(command, hub_ids, known_secrets(token))
-        self.report = report
+        self.config = plan.output_config
+        self.output_dtype = _main_dtype(layout)
+        set_config_dtype(self.config, self.output_dtype)
+        self.report = _merge_report(plan, options, self.output_dtype, command, token)
 
     def deltas(self):
         """Yield ``(unit, base, Δ)`` per unit, streaming; records STI (TSV-M) in the report at the end."""
@@ -223,15 +227,16 @@ class _MergeJob:
         for key, value in sti_keys.items():  # after the merged tensors' own checks
             check_finite(value, f"the STI of key {key!r}", OUTPUT_OVERFLOW_HINT)
         if self.method == "tsv-m":
-            self.report["sti"] = {"k": "floor(r/T)", "total": sum(sti_keys.values()), "keys": sti_keys}
+            self.report.sti = STIRecord(sti_keys, sum(sti_keys.values()))
 
     def input_locations(self) -> tuple[InputLocation, ...]:
         """Where the resolved inputs live on disk (an output must stay clear of them)."""
         return tuple(input_locations([self.plan.base, *self.plan.models]))
 
     def finish(self) -> None:
-        self.report["timings"] = {k: round(v, 4) for k, v in self.timer.totals.items()}
-        self.report["timings"]["total_s"] = round(time.perf_counter() - self.started, 4)
+        timings = {k: round(v, 4) for k, v in self.timer.totals.items()}
+        timings["total_s"] = round(time.perf_counter() - self.started, 4)
+        self.report.timings = timings
 
 
 class LinearMerge:
@@ -244,7 +249,7 @@ class LinearMerge:
         >>> lin.at(0.5).save_pretrained("merged")  # doctest: +SKIP
     """
 
-    def __init__(self, base_state: dict[str, torch.Tensor], delta_state: dict[str, torch.Tensor], report: dict,
+    def __init__(self, base_state: dict[str, torch.Tensor], delta_state: dict[str, torch.Tensor], report: MergeReport,
                  config, model_class: type, dtypes: dict[str, torch.dtype], inputs: tuple[InputLocation, ...] = (),
                  alpha_grid: list[float] | None = None):
         self.inputs = inputs  # where the merged models live (see MergeResult.inputs)
@@ -258,7 +263,7 @@ class LinearMerge:
 
     @property
     def method(self) -> str:
-        return self.report["method"]
+        return self.report.method
 
     def state_dict(self, alpha: float) -> dict[str, torch.Tensor]:
         """θ₀ + α·Δ in the output dtypes (each checked finite)."""
@@ -266,11 +271,10 @@ class LinearMerge:
         return {k: _check_output((b + alpha * self.delta_state[k]).to(self.dtypes[k]), k)
                 for k, b in self.base_state.items()}
 
-    def at(self, alpha: float, **report_extra) -> MergeResult:
-        """The merge at ``alpha`` as a :class:`MergeResult` (its report says which α)."""
-        report = copy.deepcopy(self.report)
-        report["alpha"] = finite_number(alpha, "alpha")
-        report.update(report_extra)
+    def at(self, alpha: float, alpha_search: dict | None = None) -> MergeResult:
+        """The merge at ``alpha`` as a :class:`MergeResult` (its report says which α, and the validation sweep
+        ``alpha_search`` that chose it, when given)."""
+        report = self.report.with_alpha(finite_number(alpha, "alpha"), alpha_search)
         return MergeResult(report, copy.deepcopy(self.config), self.model_class, state_dict=self.state_dict(alpha),
                            inputs=self.inputs)
 
@@ -321,7 +325,7 @@ def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False,
                                               f"the merged delta of key {saved!r}", OUTPUT_OVERFLOW_HINT)
     job.finish()
     if job.merge_method.default_alpha is None:  # averaging: α is not a parameter of the method
-        job.report["alpha"] = 1.0
+        job.report.alpha = 1.0
     dtypes = {k: v[0] for k, v in job.layout.items()}
     return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes,
                        inputs=job.input_locations(), alpha_grid=list(job.options.search_grid))
@@ -366,7 +370,7 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
         >>> import hf_tsv
         >>> result = hf_tsv.merge("openai/clip-vit-base-patch32",  # doctest: +SKIP
         ...                       ["me/clip-cars", "me/clip-dtd", "me/clip-eurosat"], method="tsv-m")
-        >>> result.report["sti"]["total"]  # doctest: +SKIP
+        >>> result.report.sti.total  # doctest: +SKIP
         >>> result.save_pretrained("clip-tsv-merged")  # doctest: +SKIP
     """
     started = time.perf_counter()
@@ -399,7 +403,8 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
         run(writer.write)
         writer.close()
         finish()
-        _write_metadata(tmp, config, report)
+        save_config(tmp, config)
+        report.save(tmp)
     return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs)
 
 
@@ -426,7 +431,7 @@ class STIReport:
 
     def table(self) -> str:
         """A per-layer plain-text table (columns: layer types)."""
-        return format_sti_table(self.keys, self.total)
+        return sti_table(self.keys, self.total).text()
 
 
 def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, device="auto",

@@ -208,7 +208,7 @@ def run_merge(job: dict) -> dict:
     card = write_card(out, token=False)
     emit(event="stage", text="packing the download", fraction=0.95)
     _zip_folder(out, Path(job["zip"]))
-    return {"report": report, "card_warnings": list(card.warnings), "evaluation": evaluation}
+    return {"report": report.to_dict(), "card_warnings": list(card.warnings), "evaluation": evaluation}
 
 
 def outcome_of(job: dict) -> dict:

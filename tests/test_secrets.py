@@ -278,7 +278,7 @@ def test_hub_download_errors_do_not_show_the_token(wrong, tiny, hub, tmp_path, c
             hf_tsv.merge("hf-tsv-tester/base", ["hf-tsv-tester/ft0", "hf-tsv-tester/ft1"], token=TOKEN + wrong)
         result = hf_tsv.merge("hf-tsv-tester/base", ["hf-tsv-tester/ft0", "hf-tsv-tester/ft1"], device="cpu",
                               token=f"{TOKEN}\n")
-        assert result.report["base"]["repo_id"] == "hf-tsv-tester/base"
+        assert result.report.base.repo_id == "hf-tsv-tester/base"
     assert_token_nowhere(TOKEN, [], [*_exception_texts(failed.value), caplog.text, *_hub_texts(hub)])
 
 
@@ -394,7 +394,7 @@ def test_files_written_locally_are_redacted(tiny, tmp_path):
     assert index["base"]["path"] == str(Path(tiny["base"]).resolve())
     result = hf_tsv.merge(tiny["base"], tiny["tasks"][:2], device="cpu",
                           command=f"hf-tsv merge {tiny['base']} a b --token {LOWERCASE_TOKEN}")
-    result.report["notes"].append(f"Authorization: Bearer {TOKEN}")
+    result.report.notes.append(f"Authorization: Bearer {TOKEN}")
     result.save_pretrained(tmp_path / "saved")
     card = hf_tsv.write_card(tmp_path / "saved", repo_id="ns/x", license=f"other {TOKEN}")
     assert "Authorization: Bearer ***" in json.loads((tmp_path / "saved" / "merge_report.json").read_text())["notes"]
@@ -490,7 +490,8 @@ out.mkdir(parents=True)
 (out / "README.md").write_text("# merged")
 (out / "model.safetensors").write_bytes(b"0" * SIZE)
 Path(job["zip"]).write_bytes(b"0" * SIZE)
-report = {"method": "ta", "num_tasks": 2, "alpha": 0.3, "base": {}, "models": [], "output": {}, "options": {}}
+report = {"method": "ta", "num_tasks": 2, "alpha": 0.3, "base": {"name": "base", "source": "local"}, "models": [],
+          "output": {"class": "CLIPVisionModel", "dtype": "float32"}, "options": {}}
 job_file.with_name("result.json").write_text(json.dumps({"ok": True, "report": report, "card_warnings": []}))
 """
 

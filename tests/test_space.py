@@ -24,7 +24,8 @@ from safetensors.torch import load as load_safetensors
 from space_helpers import SPACES_APP, free_port, import_space, make_eval_tasks, running_space, zip_contents
 
 import hf_tsv
-from hf_tsv.card import sti_heatmap_png
+from hf_tsv.report import MergeReport
+from hf_tsv.sti_table import sti_heatmap_png
 from hf_tsv.synthetic import make_checkpoints
 
 app, space_core = import_space()
@@ -124,7 +125,7 @@ def test_merge_endpoint_gives_the_librarys_merge_card_and_download(merged, libra
 
     report = json.loads(files[folder + "merge_report.json"])
     assert report["method"] == "tsv-m" and report["alpha"] == 0.8 and report["num_tasks"] == 3
-    assert report["sti"]["total"] == pytest.approx(expected.report["sti"]["total"], rel=1e-9)
+    assert report["sti"]["total"] == pytest.approx(expected.report.sti.total, rel=1e-9)
     assert [m["name"] for m in report["models"]] == TASKS
     assert report["command"] == "hf-tsv merge base task_00 task_01 task_02 --method tsv-m --alpha 0.8 -o " \
                                 "hf-tsv-tsv-m-merge"
@@ -222,7 +223,8 @@ def test_evaluation_without_pairs_or_that_fails_keeps_the_merge(library, eval_sp
         assert "No evaluation was run" in (out / "README.md").read_text()
         assert f"{name}/model.safetensors" in zip_contents(tmp_path / "out" / f"{name}.zip")
         assert "The evaluation failed:" in app.evaluation_markdown(result["evaluation"], TASKS[:2], 8)
-        assert "evaluation: **failed**" in app.merge_summary(result["report"], 1, [], result["evaluation"])
+        assert "evaluation: **failed**" in app.merge_summary(MergeReport.from_dict(result["report"]), 1, [],
+                                                             result["evaluation"])
 
 
 def test_push_uses_the_visitors_token_and_reaches_the_hub(client, merged, tmp_path, caplog):

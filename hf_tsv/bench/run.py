@@ -103,7 +103,7 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
                  "sweep": search.to_dict()["sweep"]}
         default_alpha = 1.0 if method in ("tsv-m", "iso-c", "iso-cts") else None
         if method == "tsv-m":
-            sti_keys = linear.report["sti"]["keys"]
+            sti_keys = linear.report.sti.keys
         chosen = None if METHODS[method].default_alpha is None else search.best_alpha  # averaging has no α
         results[method] = _entry(test, chosen, **extra)
         if default_alpha is not None:

@@ -110,7 +110,7 @@ def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: 
         linear.load_into(model, alpha)
     test = evaluate_model(model, prepared, split="test", batch_size=batch_size, projection=projection,
                           progress=progress)
-    result = linear.at(alpha, **({"alpha_search": search.to_dict()} if search else {}))
+    result = linear.at(alpha, alpha_search=search.to_dict() if search else None)
     if output_dir is not None:
         with atomic_output_dir(output_dir, overwrite, inputs=result.inputs) as tmp:
             result.write_files(tmp)

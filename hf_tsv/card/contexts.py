@@ -1,0 +1,350 @@
+"""What the card template gets: one context (and the card's metadata) per kind of output folder.
+
+Method facts come from the method registry (:func:`method_facts`); the pipeline tag and the usage snippet from
+the output's model class (:func:`model_usage`, the one place an architecture's adapter will supply them); the
+STI table from :mod:`hf_tsv.sti_table`; the license from :mod:`hf_tsv.card.licenses`. Nothing here reads a file:
+everything comes from :class:`hf_tsv.card.folder.OutputFolder`, already public.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ..files import HEATMAP_NAME
+from ..report import InputRecord, MergeReport
+from ..sti_table import format_sti
+from .folder import EXPAND, MERGE, TSVC, EvalResults, OutputFolder
+from .licenses import Parent, resolve_licenses
+
+PAPER_URL = "https://arxiv.org/abs/2412.00081"  # Task Singular Vectors (Gargiulo et al., CVPR 2025)
+COMMON_TAGS = ["hf-tsv", "task-singular-vectors", "clip"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Facts from elsewhere: the method registry and the model's architecture
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodFacts:
+    """What the card says about a merge method: its title, its Hub tag and the paragraph that defines it."""
+
+    title: str
+    tags: tuple[str, ...]
+    card_description: str
+
+
+# The card's words for each method, until the registry (hf_tsv.methods) carries them as MergeMethod.title, .tags and
+# .card_description: method_facts reads those attributes first, so these go once the registry has them.
+_CARD_WORDS: dict[str, tuple[str, str, str]] = {
+    "tsv-m": ("TSV-M", "tsv-m",
+              "For every weight matrix, each task matrix Δ_t = W_t − W_0 is reduced to its top k = ⌊r/T⌋ singular "
+              "triplets (r = min(m, n), T tasks). The singular vectors of all tasks are concatenated and replaced by "
+              "their closest orthogonal matrices (polar factors), which removes the interference between tasks, and "
+              "the merged weight is W_0 + α · U⊥ diag(σ) V⊥ᵀ. Biases, LayerNorms, the class embedding and the patch "
+              "convolution are averaged."),
+    "ta": ("task arithmetic", "task-arithmetic", "θ = θ_0 + α · Σ_t τ_t, with task vectors τ_t = θ_t − θ_0."),
+    "ties": ("TIES", "ties-merging",
+             "Each task vector is trimmed to its largest entries (the top 20% over the whole model, as the reference "
+             "code does, unless the report says ties_scope tensor), a sign is elected per entry (the sign of the "
+             "sum; the majority sign where that is 0) and the agreeing entries are averaged (disjoint mean; summed "
+             "with ties_merge sum); θ = θ_0 + α · that."),
+    "avg": ("weight averaging", "weight-averaging", "θ = mean_t θ_t (α is not used)."),
+    "iso-c": ("Iso-C", "iso-c",
+              "The summed task matrix Σ_t τ_t of every weight matrix is given a flat spectrum (its mean singular "
+              "value times U Vᵀ); θ = θ_0 + α · that. Other parameters are averaged."),
+    "iso-cts": ("Iso-CTS", "iso-cts",
+                "The top directions of Σ_t τ_t plus each task's own top directions outside that subspace are "
+                "orthogonalised as in TSV-M and given a flat spectrum; θ = θ_0 + α · that. Other parameters are "
+                "averaged."),
+}
+
+
+def method_facts(name: str) -> MethodFacts:
+    """The card's facts about method ``name``, from the method registry (:func:`hf_tsv.methods.get_method`); a
+    method this hf-tsv does not know (a report of another version) is shown by its name."""
+    from ..methods import METHODS
+
+    method = METHODS.get(name)
+    title, tag, words = _CARD_WORDS.get(name, (name, name, ""))
+    return MethodFacts(getattr(method, "title", title), tuple(getattr(method, "tags", (tag,))),
+                       getattr(method, "card_description", words))
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    """How the card says to use the model: the Hub ``pipeline_tag`` and the usage snippet's pieces."""
+
+    pipeline_tag: str
+    class_name: str
+    processor: str
+    output: str
+    model_id: str
+    local: bool
+
+
+def model_usage(class_name: str, config: dict, base: InputRecord, model_id: str, local: bool) -> ModelUsage:
+    """The pipeline tag and usage snippet for a model of transformers class ``class_name``: the single hook where
+    the architecture's adapter will give them (today every output is a CLIP vision encoder)."""
+    size = int(config.get("image_size") or 224)
+    if base.hub_id:
+        processor = f'CLIPImageProcessor.from_pretrained("{base.hub_id}")  # the base model\'s preprocessing'
+    else:
+        processor = (f'CLIPImageProcessor(size={{"shortest_edge": {size}}}, crop_size={{"height": {size}, '
+                     f'"width": {size}}})')
+    output = "image_embeds" if class_name == "CLIPVisionModelWithProjection" else "pooler_output"
+    return ModelUsage("image-feature-extraction", class_name, processor, output, model_id, local)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pieces shared by the contexts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CardContext:
+    """What one card is rendered from: the template's variables, the card's metadata, warnings for the publisher
+    and, for a TSV-M merge, the STI to write beside the card."""
+
+    template: dict
+    metadata: dict
+    warnings: list[str] = field(default_factory=list)
+    sti_keys: dict[str, float] | None = None  # the per-key STI for the heatmap
+    sti_stats: dict | None = None  # sti_stats.json: {"k", "keys", "total"}
+
+
+def _md(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/")
+
+
+def _parent_row(parent: Parent, endpoint: str) -> dict:
+    record = parent.record
+    if parent.hub_id:
+        rev = record.revision
+        model = f"[{parent.hub_id}]({endpoint}/{parent.hub_id})"
+        revision = f"[`{rev[:12]}`]({endpoint}/{parent.hub_id}/tree/{rev})" if rev else "–"
+    elif record.source == "local":
+        model = f"`{_md(parent.name)}` (local folder)"
+        revision = f"fingerprint `{record.fingerprint}`" if record.fingerprint else "–"
+    else:
+        model = f"`{_md(parent.name)}` (model passed in memory)"
+        revision = "–"
+    return {"role": parent.role, "model": model, "revision": revision, "license": _md(parent.license_key or "–")}
+
+
+def _parent_ref(parent: Parent) -> str:
+    rev = parent.record.revision
+    if parent.hub_id:
+        return f"{parent.hub_id}@{rev}" if rev else parent.hub_id
+    return f"{parent.name} ({parent.record.source})"
+
+
+def _versions(versions: dict[str, str]) -> list[dict]:
+    return [{"name": k, "version": v} for k, v in versions.items()]
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False).rstrip()
+
+
+def _python_call(report: MergeReport) -> str:
+    """The Python call equivalent to a merge made through the API (which records no command)."""
+    models = ", ".join(json.dumps(m.pinned_reference) for m in report.models or [])
+    args = [json.dumps(report.base.pinned_reference), f"[{models}]", f"method={json.dumps(report.method)}"]
+    if report.uses_alpha:
+        args.append(f"alpha={report.alpha}")
+    options = report.options
+    if options and options.fuse_qkv:
+        args.append("fuse_qkv=True")
+    if options and options.svd not in (None, "exact"):
+        args.append(f"svd={json.dumps(options.svd)}")
+    if options and options.compute_dtype not in (None, "float32"):
+        args.append(f"compute_dtype={json.dumps(options.compute_dtype)}")
+    return "import hf_tsv\n\nresult = hf_tsv.merge(" + ", ".join(args) + ")"
+
+
+def _evaluation_context(evals: EvalResults | None) -> tuple[dict | None, list]:
+    """The template's evaluation table and the card's ``model-index`` results."""
+    if not evals:
+        return None, []
+    from huggingface_hub import EvalResult
+
+    rows, results = [], []
+    absolute, normalized = [], []
+    for task, scores in evals.tasks.items():
+        dataset = evals.dataset_ids.get(task) or task
+        norm = scores.get("normalized")
+        absolute.append(float(scores["absolute"]))
+        if norm is not None:
+            normalized.append(float(norm))
+        rows.append({"task": _md(task), "dataset": _md(dataset), "absolute": f"{scores['absolute']:.2f}",
+                     "normalized": "–" if norm is None else f"{norm:.2f}"})
+        results.append(EvalResult(task_type="image-classification", dataset_type=dataset, dataset_name=task,
+                                  metric_type="accuracy", metric_name="accuracy (%)",
+                                  metric_value=round(float(scores["absolute"]), 4)))
+        if norm is not None:
+            results.append(EvalResult(task_type="image-classification", dataset_type=dataset, dataset_name=task,
+                                      metric_type="normalized_accuracy",
+                                      metric_name="normalized accuracy (% of the fine-tuned model)",
+                                      metric_value=round(float(norm), 4)))
+    mean_norm = f"{sum(normalized) / len(normalized):.2f}" if len(normalized) == len(rows) else "–"
+    context = {"rows": rows, "mean_absolute": f"{sum(absolute) / len(absolute):.2f}", "mean_normalized": mean_norm,
+               "split": evals.split, "alpha": evals.alpha, "alpha_selection": evals.alpha_selection}
+    return context, results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One context per kind of folder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def merge_context(folder: OutputFolder, title: str, model_id: str, local: bool, token,
+                  license: str | None) -> CardContext:
+    """The card of a merge."""
+    report = folder.report
+    parents = [Parent("base", report.base)] + [Parent(f"task {i + 1}", m) for i, m in enumerate(report.models)]
+    licensing = resolve_licenses(parents, token, license)
+    hub_ids = [p.hub_id for p in parents if p.hub_id]
+    endpoint = _endpoint()
+    facts = method_facts(report.method)
+    options = report.options.to_dict() if report.options else {}
+    device = options.pop("device", None)
+    output = report.output.to_dict() if report.output else None
+    configuration = {
+        "base_model": _parent_ref(parents[0]),
+        "models": [_parent_ref(p) for p in parents[1:]],
+        "merge_method": report.method,
+        "alpha": report.alpha if report.uses_alpha else None,
+        "k": report.k,
+        "options": options,
+        "output": output,
+        "keys": report.keys,
+    }
+    sti = report.sti
+    sti_context = None
+    if sti is not None:
+        sti_context = {"total": format_sti(sti.total), "k": sti.k, "num_keys": len(sti.keys), "heatmap": HEATMAP_NAME,
+                       "table": sti.table().markdown()}
+    evaluation, eval_results = _evaluation_context(folder.evaluation)
+    versions = report.versions
+    reproduce = {
+        "hf_tsv_version": report.hf_tsv_version or versions.get("hf-tsv"),
+        "versions": _versions(versions),
+        "device": device, "compute_dtype": options.get("compute_dtype"), "svd": options.get("svd"),
+        "output_dtype": report.output.dtype if report.output else None,
+        "seconds": report.total_seconds,
+        "command": report.command,
+        "python": None if report.command else _python_call(report),
+    }
+    usage = model_usage(report.output.class_name if report.output else "CLIPVisionModel", folder.config, report.base,
+                        model_id, local)
+    template = {
+        "kind": MERGE,
+        "title": title,
+        "method": report.method,
+        "method_title": facts.title,
+        "method_description": report.method_description or report.method,
+        "method_rule": facts.card_description,
+        "alpha": report.alpha,
+        "uses_alpha": report.uses_alpha,
+        "num_tasks": report.num_tasks if report.num_tasks is not None else len(parents) - 1,
+        "paper_url": PAPER_URL,
+        "base": _parent_row(parents[0], endpoint),
+        "models": [_parent_row(p, endpoint) for p in parents[1:]],
+        "config_yaml": _yaml(configuration),
+        "notes": report.notes or [],
+        "sti": sti_context,
+        "evaluation": evaluation,
+        "license_sentence": licensing.sentence,
+        "usage": usage,
+        "reproduce": reproduce,
+    }
+    metadata = {
+        "base_model": hub_ids or None,
+        "base_model_relation": "merge" if hub_ids else None,
+        "tags": ["merge", *COMMON_TAGS, *facts.tags],
+        "library_name": "transformers",
+        "pipeline_tag": usage.pipeline_tag,
+        **licensing.metadata,
+    }
+    if eval_results:
+        metadata.update(model_name=title, eval_results=eval_results)
+    context = CardContext(template, metadata, licensing.warnings)
+    if sti is not None:
+        context.sti_keys = sti.keys
+        context.sti_stats = {"k": sti.k, "keys": sti.keys, "total": sti.total}
+    return context
+
+
+def tsvc_context(folder: OutputFolder, title: str, model_id: str, token, license: str | None) -> CardContext:
+    """The card of TSV-C factors (``hf-tsv compress``)."""
+    index = folder.index
+    base = Parent("base", InputRecord.from_dict(index["base"], "tsv_c.json", "base"))
+    tasks = [Parent(f"task {i}", InputRecord.from_dict(t, "tsv_c.json", f"tasks[{i}]"))
+             for i, t in enumerate(index["tasks"])]
+    parents = [base, *tasks]
+    licensing = resolve_licenses(parents, token, license)
+    endpoint = _endpoint()
+    sizes = index.get("sizes") or {}
+    stored, full = sizes.get("stored_bytes"), sizes.get("full_task_vectors_bytes")
+    versions = index.get("versions") or {}
+    template = {
+        "kind": TSVC,
+        "title": title,
+        "paper_url": PAPER_URL,
+        "num_tasks": index.get("num_tasks", len(tasks)),
+        "k": index.get("k"),
+        "dtype": index.get("dtype"),
+        "stored_mb": f"{stored / 1e6:.2f}" if stored else "?",
+        "full_mb": f"{full / 1e6:.2f}" if full else "?",
+        "percent": f"{100 * stored / full:.1f}" if stored and full else "?",
+        "base": _parent_row(base, endpoint),
+        "models": [_parent_row(p, endpoint) for p in tasks],
+        "task_names": [p.name.split("/")[-1] for p in tasks],
+        "model_id": model_id,
+        "local_dir": model_id.split("/")[-1],
+        "base_arg": "" if base.hub_id else f" --base path/to/{base.name}",
+        "base_kwarg": "" if base.hub_id else f', base="path/to/{base.name}"',
+        "license_sentence": licensing.sentence,
+        "reproduce": {"hf_tsv_version": versions.get("hf-tsv"), "versions": _versions(versions),
+                      "seconds": index.get("seconds")},
+    }
+    hub_ids = [p.hub_id for p in parents if p.hub_id]
+    metadata = {"base_model": hub_ids or None, "tags": [*COMMON_TAGS, "tsv-c", "compressed-task-vectors"],
+                **licensing.metadata}
+    return CardContext(template, metadata, licensing.warnings)
+
+
+def expand_context(folder: OutputFolder, title: str, model_id: str, local: bool, token,
+                   license: str | None) -> CardContext:
+    """The card of a task rebuilt from TSV-C factors (``hf-tsv expand``)."""
+    report = folder.report
+    base, task = Parent("base", report.base), Parent("task", report.task)
+    licensing = resolve_licenses([base, task], token, license)
+    endpoint = _endpoint()
+    usage = model_usage("CLIPVisionModel", folder.config, report.base, model_id, local)
+    template = {
+        "kind": EXPAND,
+        "title": title,
+        "paper_url": PAPER_URL,
+        "k": report.k,
+        "base": _parent_row(base, endpoint),
+        "task": _parent_row(task, endpoint),
+        "license_sentence": licensing.sentence,
+        "usage": usage,
+        "reproduce": {"hf_tsv_version": report.versions.get("hf-tsv"), "versions": _versions(report.versions)},
+    }
+    hub_ids = [p.hub_id for p in (task, base) if p.hub_id]
+    metadata = {"base_model": hub_ids[:1] or None, "tags": [*COMMON_TAGS, "tsv-c"], "library_name": "transformers",
+                "pipeline_tag": usage.pipeline_tag, **licensing.metadata}
+    return CardContext(template, metadata, licensing.warnings)
