@@ -412,20 +412,10 @@ def _merge_with_eval(args: argparse.Namespace, options: dict) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from hf_tsv.engine import resolve_device
-    from hf_tsv.evaluation import evaluate_model, load_tasks_spec, load_vision_model, prepare_tasks
-    from hf_tsv.evaluation.select import fill_finetuned_references, projection_for
+    from hf_tsv.evaluation import evaluate_folder
 
-    device = resolve_device(args.device)  # options first, before the spec and the model are read
-    config = load_tasks_spec(args.tasks)
-    prepared = prepare_tasks(config, args.model, splits=(args.split,), max_examples=args.max_examples,
-                             device=device)
-    if args.finetuned:
-        fill_finetuned_references(args.finetuned, prepared, batch_size=args.batch_size, device=device,
-                                  config=config)
-    model = load_vision_model(args.model, device=device)
-    report = evaluate_model(model, prepared, split=args.split, batch_size=args.batch_size,
-                            projection=projection_for(model, config))
+    report = evaluate_folder(args.model, args.tasks, finetuned=args.finetuned, split=args.split,
+                             batch_size=args.batch_size, max_examples=args.max_examples, device=args.device)
     print(report.table())
     if args.json:
         report.save_json(args.json)

@@ -128,6 +128,12 @@ def _spec_paths(config) -> list[str]:
     return [v for v in values if v and Path(v).is_absolute()]
 
 
+# what the visitor sees at each step of hf_tsv.evaluation.evaluate_folder
+EVALUATION_STAGES = {"prepare": ("loading the evaluation tasks", 0.6),
+                     "references": ("evaluating the fine-tuned models (references of normalised accuracy)", 0.7),
+                     "evaluate": ("evaluating the merged model", 0.8)}
+
+
 def evaluate_merged(out: Path, job: dict) -> dict:
     """Accuracy of the merged folder ``out`` on the test split of every task of the operator's spec
     (``job["evaluate"]``: ``{"tasks": spec path, "max_examples": n}``); writes ``eval_results.json`` (which the
@@ -137,27 +143,20 @@ def evaluate_merged(out: Path, job: dict) -> dict:
     ``job["models"]``), whose own accuracy on it is the reference of the normalised accuracy; otherwise the
     accuracy is absolute only. The spec's ``finetuned_accuracy`` values are not used: they describe the
     operator's fine-tuned models, not the visitor's."""
-    from hf_tsv.engine import resolve_device
-    from hf_tsv.evaluation import evaluate_model, load_tasks_spec, load_vision_model, prepare_tasks
-    from hf_tsv.evaluation.select import fill_finetuned_references, projection_for, write_eval_files
+    from hf_tsv.evaluation import evaluate_folder, load_tasks_spec, write_eval_files
 
     settings = job["evaluate"]
     config = load_tasks_spec(settings["tasks"])
-    device = resolve_device(job["device"])
-    emit(event="stage", text="loading the evaluation tasks", fraction=0.6)
+    paired = len(config.tasks) == len(job["models"])
+
+    def stage(step: str) -> None:
+        text, fraction = EVALUATION_STAGES[step]
+        emit(event="stage", text=text, fraction=fraction)
+
     # the image processor: the spec's, else the base model's (a merged folder has none)
-    prepared = prepare_tasks(config, job["base"], max_examples=settings["max_examples"], device=device)
-    for task in prepared:
-        task.finetuned_accuracy.clear()
-    paired = len(prepared) == len(job["models"])
-    if paired:
-        emit(event="stage", text="evaluating the fine-tuned models (references of normalised accuracy)",
-             fraction=0.7)
-        fill_finetuned_references(job["models"], prepared, device=device, config=config)
-    emit(event="stage", text="evaluating the merged model", fraction=0.8)
-    model = load_vision_model(out, device=device)
-    report = evaluate_model(model, prepared, split="test", projection=projection_for(model, config))
-    del model
+    report = evaluate_folder(out, config, finetuned=list(job["models"]) if paired else None,
+                             processor_from=job["base"], spec_references=False, max_examples=settings["max_examples"],
+                             device=job["device"], on_step=stage)
     write_eval_files(out, report)
     return {"table": report.table(), "results": report.to_eval_results(), "paired": paired,
             "mean_accuracy": report.mean_accuracy, "mean_normalized_accuracy": report.mean_normalized_accuracy}
@@ -166,7 +165,7 @@ def evaluate_merged(out: Path, job: dict) -> dict:
 def _evaluation_failed(out: Path, exc: BaseException, job: dict) -> dict:
     """What the visitor is told when the evaluation fails; the merge is kept, without evaluation files."""
     from hf_tsv.errors import HFTSVError
-    from hf_tsv.evaluation.select import EVAL_RESULTS_NAME, EVAL_TABLE_NAME
+    from hf_tsv.files import EVAL_RESULTS_NAME, EVAL_TABLE_NAME
 
     for name in (EVAL_RESULTS_NAME, EVAL_TABLE_NAME):
         (out / name).unlink(missing_ok=True)
@@ -244,7 +243,7 @@ def _warm_up() -> None:
         import datasets  # noqa: F401
         import evaluate  # noqa: F401
 
-        import hf_tsv.evaluation.select  # noqa: F401
+        import hf_tsv.evaluation  # noqa: F401
 
 
 def main(argv: list[str]) -> int:

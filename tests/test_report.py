@@ -214,3 +214,14 @@ def test_expand_refuses_a_task_without_a_source_before_writing(row, tiny, tmp_pa
     err = capsys.readouterr().err
     assert "tsv_c.json cannot be used: tasks[1] must have 'source' local, hub or memory" in err
     assert not (tmp_path / "t1").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["tsvc"]
+
+
+@pytest.mark.parametrize("row", [pytest.param("RPT-11", id="RPT-11")])
+def test_eval_refuses_unpaired_finetuned_models_before_reading_data(row, tiny, tmp_path, capsys):
+    spec = tmp_path / "tasks.json"
+    spec.write_text(json.dumps({"tasks": [{"name": "a", "dataset": "disk:missing_a"},
+                                          {"name": "b", "dataset": "disk:missing_b"}]}))
+    code = main(["eval", str(tiny["base"]), "--tasks", str(spec), "--finetuned", str(tiny["tasks"][0])])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "2 tasks but 1 fine-tuned models: normalised accuracy pairs task i with model i" in err

@@ -158,8 +158,14 @@ def test_merge_is_evaluated_on_the_configured_tasks(merged, library, eval_spec, 
     i normalised by fine-tuned model i; the card shows it."""
     import zipfile
 
-    from hf_tsv.evaluation import evaluate_model, load_tasks_spec, load_vision_model, prepare_tasks
-    from hf_tsv.evaluation.select import fill_finetuned_references, projection_for
+    from hf_tsv.evaluation import (
+        evaluate_model,
+        fill_finetuned_references,
+        load_tasks_spec,
+        load_vision_model,
+        prepare_tasks,
+        projection_for,
+    )
 
     summary, _, card, download, evaluation = merged
     with zipfile.ZipFile(download) as archive:
