@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gradio as gr  # noqa: E402
 import space_core  # noqa: E402
-from space_core import Settings, SpaceError, Workspace  # noqa: E402
+from space_core import EvaluationSettings, MergeJob, Settings, SpaceError, StiJob, Workspace  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 logger = logging.getLogger("hf_tsv.space")
@@ -240,11 +240,11 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         """Server folders that messages for visitors must not show (any other path is reduced to its name)."""
         return [str(workspace.root), str(settings.hub_cache)] + ([str(settings.library)] if settings.library else [])
 
-    def common_job(kind, base, models, fuse_qkv, device, job_dir):
-        scrub = [str(job_dir), *server_paths()]
-        return {"kind": kind, "base": base.worker_ref, "models": [m.worker_ref for m in models],
-                "fuse_qkv": fuse_qkv, "device": device, "threads": settings.threads,
-                "memory_gb": settings.worker_memory_gb, "scrub": scrub}
+    def common_job(base, models, fuse_qkv, device, job_dir) -> dict:
+        """The fields every job has (:class:`space_core.StiJob`)."""
+        return dict(base=base.worker_ref, models=tuple(m.worker_ref for m in models), fuse_qkv=fuse_qkv,
+                    device=device, threads=settings.threads, memory_gb=settings.worker_memory_gb,
+                    scrub=(str(job_dir), *server_paths()))
 
     results_cap = settings.max_results_gb * space_core.GB
 
@@ -282,7 +282,7 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
             progress(0.0, desc="starting the worker")
             folder = workspace.session_dir(session)
             job_dir = Path(tempfile.mkdtemp(prefix="sti-", dir=folder))
-            result = run(common_job("sti", base, models, fuse, device, job_dir), job_dir, progress)
+            result = run(StiJob(**common_job(base, models, fuse, device, job_dir)), job_dir, progress)
             state = dict(session or {}, dir=str(folder))
             workspace.delete(state.get("sti"))
             state["sti"] = str(job_dir)
@@ -320,10 +320,10 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
             command = " ".join(["hf-tsv", "merge", base.label, *[m.label for m in models], "--method", method]
                                + (["--alpha", f"{alpha:g}"] if alpha is not None else [])
                                + (["--fuse-qkv"] if fuse else []) + ["-o", name])
-            job = dict(common_job("merge", base, models, fuse, device, job_dir), method=method, alpha=alpha,
-                       output=str(job_dir / name), zip=str(job_dir / f"{name}.zip"), command=command,
-                       evaluate={"tasks": str(settings.tasks), "max_examples": settings.eval_max_examples}
-                       if evaluate else None)
+            job = MergeJob(**common_job(base, models, fuse, device, job_dir), method=method, alpha=alpha,
+                           output=str(job_dir / name), zip=str(job_dir / f"{name}.zip"), command=command,
+                           evaluate=EvaluationSettings(str(settings.tasks), settings.eval_max_examples)
+                           if evaluate else None)
             # the merged folder and its zip: about twice one model's weights
             result = run(job, job_dir, progress, reserve=2 * total / (len(models) + 1))
             state = dict(session or {}, dir=str(folder))

@@ -233,12 +233,12 @@ def test_the_space_worker_refuses_bad_options_before_resolving(tmp_path):
         import space_worker
     finally:
         sys.path.pop(0)
-    job = {"kind": "merge", "base": UNCACHED[0], "models": UNCACHED[1:], "method": "tsv-m", "alpha": float("nan"),
-           "fuse_qkv": False, "device": "cpu", "output": str(tmp_path / "out"), "command": "hf-tsv merge"}
+    job = space_worker.MergeJob(base=UNCACHED[0], models=tuple(UNCACHED[1:]), method="tsv-m", alpha=float("nan"),
+                                fuse_qkv=False, device="cpu", output=str(tmp_path / "out"), command="hf-tsv merge")
     with pytest.raises(MergeInputError, match="finite number"):
         space_worker.run_merge(job)
     with pytest.raises(MergeInputError, match="cannot compute on 'meta'"):
-        space_worker.run_sti({**job, "kind": "sti", "device": "meta"})
+        space_worker.run_sti(space_worker.StiJob(base=job.base, models=job.models, fuse_qkv=False, device="meta"))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -293,10 +293,10 @@ def test_space_zip_and_messages_hold_no_token(tmp_path):
     from hf_tsv.synthetic import make_checkpoints
 
     library = make_checkpoints(tmp_path / "library", preset="tiny", num_tasks=2, seed=4)
-    job = {"kind": "merge", "base": str(library["base"]), "models": list(map(str, library["tasks"])),
-           "method": "ta", "alpha": 0.3, "fuse_qkv": False, "device": "cpu", "output": str(tmp_path / "jobs" / "m"),
-           "zip": str(tmp_path / "jobs" / "m.zip"), "command": f"hf-tsv merge base a b --tok {TOKEN}",
-           "scrub": [str(tmp_path)]}
+    job = space_worker.MergeJob(base=str(library["base"]), models=tuple(map(str, library["tasks"])), method="ta",
+                                alpha=0.3, fuse_qkv=False, device="cpu", output=str(tmp_path / "jobs" / "m"),
+                                zip=str(tmp_path / "jobs" / "m.zip"), command=f"hf-tsv merge base a b --tok {TOKEN}",
+                                scrub=(str(tmp_path),))
     outcome = space_worker.outcome_of(job)
     assert outcome["ok"] and zipfile.is_zipfile(tmp_path / "jobs" / "m.zip")
     assert_token_nowhere(TOKEN, [tmp_path / "jobs"], [json.dumps(outcome)])
@@ -446,8 +446,8 @@ def test_space_errors_show_no_server_path(weights, tiny, tmp_path):
         api.upload_file(path_or_fileobj=b"{}", path_in_repo="config.json", repo_id="ns/broken")
         api.upload_file(path_or_fileobj=weights, path_in_repo="model.safetensors", repo_id="ns/broken")
         assert hub_server.repos["ns/broken"]
-        job = {"kind": "sti", "base": "ns/broken", "models": [str(tiny["tasks"][0]), str(tiny["tasks"][1])],
-               "fuse_qkv": False, "device": "cpu", "scrub": [str(tmp_path / "workspace")]}
+        job = space_worker.StiJob(base="ns/broken", models=(str(tiny["tasks"][0]), str(tiny["tasks"][1])),
+                                  fuse_qkv=False, device="cpu", scrub=(str(tmp_path / "workspace"),))
         outcome = space_worker.outcome_of(job)
     assert not outcome["ok"] and "ns/broken" in outcome["error"]
     for server_path in (str(tmp_path), "/tmp/", str(Path(tiny["base"]).parent)):

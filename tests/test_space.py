@@ -201,10 +201,11 @@ def test_evaluation_without_pairs_or_that_fails_keeps_the_merge(library, eval_sp
     import space_worker
 
     def job(name, spec, models=TASKS[:2]):
-        return {"base": str(library / "base"), "models": [str(library / m) for m in models], "method": "ta",
-                "alpha": 0.3, "fuse_qkv": False, "device": "cpu", "output": str(tmp_path / "out" / name),
-                "zip": str(tmp_path / "out" / f"{name}.zip"), "command": "hf-tsv merge", "scrub": [str(library)],
-                "evaluate": {"tasks": str(spec), "max_examples": 8}}
+        return space_core.MergeJob(base=str(library / "base"), models=tuple(str(library / m) for m in models),
+                                   method="ta", alpha=0.3, fuse_qkv=False, device="cpu",
+                                   output=str(tmp_path / "out" / name), zip=str(tmp_path / "out" / f"{name}.zip"),
+                                   command="hf-tsv merge", scrub=(str(library),),
+                                   evaluate=space_core.EvaluationSettings(str(spec), 8))
 
     result = space_worker.run_merge(job("unpaired", eval_spec))
     evaluation = result["evaluation"]
@@ -423,7 +424,7 @@ def test_a_dying_worker_is_reported_and_the_server_keeps_serving(tmp_path, libra
     pool = space_core.WorkerPool(quick, workspace, script=sleeper, spares=0)
     started = time.monotonic()
     with pytest.raises(space_core.SpaceError, match="longer than this server's limit of 1 s"):
-        pool.run({"kind": "sti"}, tmp_path / "job")
+        pool.run(space_core.StiJob(base="base", models=("a", "b")), tmp_path / "job")
     assert time.monotonic() - started < 30
     workspace.close()
     assert not workspace.root.exists()
@@ -556,3 +557,14 @@ def test_on_spaces_visitors_sign_in_with_hugging_face(library):
     finally:
         demo.hf_tsv_pool.close()
         demo.hf_tsv_workspace.close()
+
+
+def test_worker_jobs_are_typed_and_round_trip_through_job_json():
+    """The app hands the worker a StiJob or a MergeJob (job.json); the worker reads back the same object."""
+    merge = space_core.MergeJob(base="base", models=("a", "b"), fuse_qkv=True, device="cpu", scrub=("/srv",),
+                                output="/srv/out", zip="/srv/out.zip", method="ta", alpha=0.3, command="hf-tsv merge",
+                                evaluate=space_core.EvaluationSettings("/srv/tasks.json", 8))
+    sti = space_core.StiJob(base="base", models=("a", "b"), threads=2, memory_gb=4.0)
+    for job in (merge, sti):
+        again = space_core.job_from_json(space_core.job_to_json(job))
+        assert again == job and type(again) is type(job)
