@@ -217,8 +217,8 @@ def merge_context(folder: OutputFolder, title: str, model_id: str, local: bool, 
     hub_ids = [p.hub_id for p in parents if p.hub_id]
     endpoint = _endpoint()
     facts = method_facts(report.method)
-    options = report.options.to_dict() if report.options else {}
-    device = options.pop("device", None)
+    recorded = report.options
+    options = {k: v for k, v in recorded.to_dict().items() if k != "device"} if recorded else {}
     output = report.output.to_dict() if report.output else None
     configuration = {
         "base_model": _parent_ref(parents[0]),
@@ -240,7 +240,8 @@ def merge_context(folder: OutputFolder, title: str, model_id: str, local: bool, 
     reproduce = {
         "hf_tsv_version": report.hf_tsv_version or versions.get("hf-tsv"),
         "versions": _versions(versions),
-        "device": device, "compute_dtype": options.get("compute_dtype"), "svd": options.get("svd"),
+        "device": recorded.device if recorded else None,
+        "compute_dtype": recorded.compute_dtype if recorded else None, "svd": recorded.svd if recorded else None,
         "output_dtype": report.output.dtype if report.output else None,
         "seconds": report.total_seconds,
         "command": report.command,
