@@ -27,15 +27,17 @@ from .errors import (  # noqa: E402
     OutputPathError,
     OutputWriteError,
     PushError,
+    ReportError,
     TokenError,
 )
 from .hub import PushResult, push_to_hub  # noqa: E402
 from .merge import LinearMerge, MergeResult, STIReport, merge, merge_linear, plan, sti  # noqa: E402
 from .methods import METHODS  # noqa: E402
 from .options import MergeOptions  # noqa: E402
+from .report import MergeReport  # noqa: E402
 from .tsvc import CompressResult, compress, expand  # noqa: E402
 
 __all__ = ["METHODS", "CardError", "CompressResult", "HFTSVError", "LinearMerge", "MergeInputError", "MergeOptions",
-           "MergeResult", "OutputExistsError", "OutputPathError", "OutputWriteError", "PushError", "PushResult",
-           "STIReport", "TokenError", "__version__", "compress", "expand", "merge", "merge_linear", "plan",
-           "push_to_hub", "sti", "write_card"]
+           "MergeReport", "MergeResult", "OutputExistsError", "OutputPathError", "OutputWriteError", "PushError",
+           "PushResult", "ReportError", "STIReport", "TokenError", "__version__", "compress", "expand", "merge",
+           "merge_linear", "plan", "push_to_hub", "sti", "write_card"]
