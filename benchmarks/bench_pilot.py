@@ -1,6 +1,6 @@
 """Pilot of the offline model-merging benchmark: pretrain, fine-tune per task, merge, evaluate.
 
-Steps: load the pretraining pool and the tasks (``hf_tsv.bench.sources``; without it, a small fallback built
+Steps: load the pretraining pool and the tasks (``hf_tsv_bench.sources``; without it, a small fallback built
 from sklearn's digits and Fashion-MNIST), build every zero-shot head from the frozen MiniLM text encoder,
 pretrain a small CLIP vision encoder "locked-text" style, evaluate it zero-shot, fine-tune one copy per task
 with that task's frozen head, then merge the fine-tunes with ``hf_tsv.merge`` (avg, ta over an α grid, tsv-m
@@ -39,8 +39,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hf_tsv  # noqa: E402
-from hf_tsv.bench import train as bt  # noqa: E402
-from hf_tsv.bench.text import MiniLMTextEncoder  # noqa: E402
+from hf_tsv_bench import train as bt  # noqa: E402
+from hf_tsv_bench.text import MiniLMTextEncoder  # noqa: E402
 
 TA_GRID = [i / 8 for i in range(1, 9)]
 TSV_GRID = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0]  # the pilot's best TSV-M α was 1.5-2.5
@@ -114,7 +114,7 @@ def _pick(images, labels, classes, rng, n) -> Images:
 
 
 def fallback_sources(max_pool: int | None, max_train: int | None, max_eval: int | None, seed: int):
-    """Development stand-in for hf_tsv.bench.sources: pool = Fashion-MNIST 0-4 + digits 0-4."""
+    """Development stand-in for hf_tsv_bench.sources: pool = Fashion-MNIST 0-4 + digits 0-4."""
     rng = np.random.default_rng(seed)
     ftr, fytr = _fashion("train")
     fte, fyte = _fashion("test")
@@ -166,11 +166,11 @@ def load_data(args):
 
 
 def _load_data(args):
-    """(pool, pool templates, {task name: TaskData}) from hf_tsv.bench.sources, or the fallback."""
+    """(pool, pool templates, {task name: TaskData}) from hf_tsv_bench.sources, or the fallback."""
     try:
-        from hf_tsv.bench import sources
+        from hf_tsv_bench import sources
     except ImportError as exc:
-        print(f"[data] hf_tsv.bench.sources not importable ({exc}); using the fallback tasks")
+        print(f"[data] hf_tsv_bench.sources not importable ({exc}); using the fallback tasks")
         pool, templates, tasks = fallback_sources(args.max_pool, args.max_train, args.max_eval, args.seed)
         names = args.tasks.split(",") if args.tasks else list(tasks)
         return pool, templates, {n: tasks[n] for n in names}

@@ -1,5 +1,10 @@
 """The ``hf-tsv`` command line: parse, call the public API, print. Every bad input exits non-zero with a
-one-line reason."""
+one-line reason.
+
+Parsing imports nothing heavy (``hf-tsv --help`` does not load torch): each command imports what it runs, and
+the choices that come from torch-backed modules (the merge methods, the SVD modes) are read when an option is
+checked or its help is shown.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
 
-from .core.svd import SVD_MODES
 from .secrets import REDACTED, SECRET_OPTIONS, known_secrets, redact, redact_json
 
 
@@ -39,7 +46,47 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
     def error(self, message: str):
-        super().error(redact(message))
+        """One line on stderr and exit status 2, like every other refusal (argparse would print the usage block
+        first); ``--help`` shows the usage."""
+        self.exit(2, f"{self.prog}: error: {redact(message)}\n")
+
+
+class _Choices(Sequence[str]):
+    """An option's choices, read on first use (when the option is checked or its help shown), so that building
+    the parser imports nothing heavy. Add the option with :func:`_add_choice_option`."""
+
+    def __init__(self, load: Callable[[], Iterable[str]]) -> None:
+        self._load = load
+        self._values: tuple[str, ...] | None = None
+
+    def _get(self) -> tuple[str, ...]:
+        if self._values is None:
+            self._values = tuple(self._load())
+        return self._values
+
+    def __getitem__(self, index):
+        return self._get()[index]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def _svd_modes() -> tuple[str, ...]:
+    from .core.svd import SVD_MODES
+
+    return tuple(SVD_MODES)
+
+
+SVD_CHOICES = _Choices(_svd_modes)
+
+
+def _add_choice_option(p: argparse.ArgumentParser, flag: str, choices: _Choices, **kwargs) -> argparse.Action:
+    """``p.add_argument(flag, choices=choices, ...)`` without reading ``choices`` yet. argparse formats an option
+    once as it is added (to check its metavar), which would read them: the option is added with a placeholder
+    metavar, then shown as usual (``{a,b,c}``) whenever its help or usage is printed."""
+    action = p.add_argument(flag, choices=choices, metavar="-", **kwargs)
+    action.metavar = None
+    return action
 
 
 def _positive_int(text: str) -> int:
@@ -59,8 +106,8 @@ def _alpha_arg(text: str) -> float | str:
 
 
 def _configure_threads(threads: int | None) -> None:
-    """Honour --threads, defaulting to half the CPUs (OMP_WAIT_POLICY=PASSIVE is set by ``hf_tsv`` itself,
-    before torch loads)."""
+    """Honour --threads, defaulting to half the CPUs (OMP_WAIT_POLICY is set by :func:`main` before this loads
+    torch)."""
     import torch
 
     torch.set_num_threads(threads or default_threads())
@@ -84,10 +131,10 @@ def _add_compute(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     p.add_argument("--svd-dtype", default="float32", choices=["float32", "float64"],
                    help="precision of the SVDs, whatever the checkpoint dtype")
-    p.add_argument("--svd", default="exact", choices=SVD_MODES,
-                   help="how each task's top-k singular triplets are computed: exact (default; Gram matrix, "
-                   "float64 eigendecomposition, Rayleigh-Ritz), fast (float32 eigendecomposition) or lapack "
-                   "(a full SVD per task, as the paper's code)")
+    _add_choice_option(p, "--svd", SVD_CHOICES, default="exact",
+                       help="how each task's top-k singular triplets are computed: exact (default; Gram matrix, "
+                       "float64 eigendecomposition, Rayleigh-Ritz), fast (float32 eigendecomposition) or lapack "
+                       "(a full SVD per task, as the paper's code)")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: half the CPUs, at least 1)")
 
 
@@ -98,9 +145,44 @@ def _add_card_options(p: argparse.ArgumentParser, repo_id: bool = True) -> None:
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login); never printed or stored")
 
 
+def _help(text: str) -> str:
+    """Text for argparse's help, which reads ``%`` as a format character."""
+    return text.replace("%", "%%")
+
+
+def _method_help() -> str:
+    from .methods import DEFAULT_METHOD, METHODS
+
+    listing = "; ".join(f"{m.name}: {m.description}" for m in METHODS.values())
+    return _help(f"merge method (default {DEFAULT_METHOD}). {listing}")
+
+
+def _per_method(describe) -> str:
+    """``"avg ignores α; ta 0.3; …"``: one fact of every method, as help text."""
+    from .methods import METHODS
+
+    return _help("; ".join(f"{m.name} {describe(m)}" for m in METHODS.values()))
+
+
+def _add_method_parameters(p: argparse.ArgumentParser) -> None:
+    """A flag for every parameter a method declares (``--ties-density``...), from :data:`hf_tsv.methods.PARAMETERS`;
+    left unset (None), a parameter keeps its declared default."""
+    from .methods import METHODS, PARAMETERS
+
+    for spec in PARAMETERS.values():
+        owners = "/".join(METHODS[name].label for name in spec.methods)
+        default = f"{spec.default:g}" if isinstance(spec.default, float) else spec.default
+        if spec.choices is not None:  # argparse shows the choices
+            kind, accepted = {"choices": list(spec.choices)}, ""
+        else:
+            kind, accepted = {"type": float}, f"; {spec.accepted()}"
+        p.add_argument(spec.flag, dest=spec.name, **kind,
+                       help=_help(f"{owners}: {spec.help}{accepted} (default {default})"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .methods import METHODS
+    from .methods import DEFAULT_METHOD, METHODS, describe_alpha
 
     parser = _Parser(prog="hf-tsv", description="Task Singular Vectors model merging "
                      "(TSV-M, TSV-C, STI) for Hugging Face CLIP checkpoints.")
@@ -112,30 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "CLIPVisionModel.from_pretrained loads, with merge_report.json.")
     _add_inputs(p)
     p.add_argument("-o", "--output", help="output folder (written atomically)")
-    p.add_argument("--method", default="tsv-m", choices=list(METHODS), help="merge method (default tsv-m)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=_method_help())
     p.add_argument("--alpha", type=_alpha_arg,
-                   help="scaling α of the merged delta (default 1.0 for tsv-m/iso-*/ties, 0.3 for ta and ties "
-                   "--ties-merge sum; avg ignores it), or 'search': choose α on the validation splits of --eval's "
-                   "tasks")
+                   help=f"scaling α of the merged delta (default: {_per_method(describe_alpha)}), or 'search': "
+                   "choose α on the validation splits of --eval's tasks")
     p.add_argument("--eval", metavar="TASKS_SPEC",
                    help="task spec (JSON/YAML): evaluate the merge on each task's test split and write "
                    "eval_results.json beside it (the card shows it); needed by --alpha search")
     p.add_argument("--alpha-grid", metavar="GRID",
-                   help="α values for --alpha search: 0.1,0.5,1 or start:stop:step (default 0.1:3.0:0.1 for "
-                   "tsv-m/iso-*/ties, 1/30..1 for ta and ties --ties-merge sum)")
+                   help="α values for --alpha search: 0.1,0.5,1 or start:stop:step (default: "
+                   f"{_per_method(lambda m: describe_alpha(m, grid=True))})")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="evaluation batch size")
     p.add_argument("--max-examples", type=_positive_int, help="evaluate at most N examples per task and split")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="output dtype (default: the base's)")
-    p.add_argument("--ties-density", type=float, help="TIES: fraction of entries kept per task, in (0, 1] "
-                   "(default 0.2)")
-    p.add_argument("--ties-merge", choices=["mean", "sum"],
-                   help="TIES: mean of the agreeing entries (default, the paper's) or their sum (FusionBench's)")
-    p.add_argument("--ties-scope", choices=["model", "tensor"],
-                   help="TIES: trim each task's top entries over the whole model (default, the reference code's) "
-                   "or per tensor")
-    p.add_argument("--iso-common-fraction", type=float, help="Iso-CTS: common-subspace share of r, in (0, 1] "
-                   "(default 0.8)")
+    _add_method_parameters(p)
     p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors past this size (e.g. 2GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     p.add_argument("--dry-run", action="store_true", help="run the preflight only (same as `hf-tsv plan`)")
@@ -161,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="the offline 8-task merging benchmark: build it once, then run it",
                        description="Real data from Debian/PyPI packages, a small CLIP vision encoder pretrained "
-                       "against a frozen MiniLM text encoder, one fine-tune per task; every method scored.")
+                       "against a frozen MiniLM text encoder, one fine-tune per task; every method scored. It runs "
+                       "from a source checkout (benchmarks/hf_tsv_bench), not from the installed package.")
     bench = p.add_subparsers(dest="bench_command", required=True, metavar="STEP")
     for name, text in (("build", "prepare data, base model, heads and fine-tuned models (cached)"),
                        ("run", "evaluate zero-shot, fine-tuned, every merge method and TSV-C; write results")):
@@ -225,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="preflight only: key counts, memory and time estimates")
     _add_inputs(p)
-    p.add_argument("--method", default="tsv-m", choices=list(METHODS))
-    p.add_argument("--svd", default="exact", choices=SVD_MODES, help="as for merge")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=_method_help())
+    _add_choice_option(p, "--svd", SVD_CHOICES, default="exact", help="as for merge")
     p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads for the timing probe (default: half the CPUs)")
     p.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
@@ -275,7 +349,7 @@ def _check_merge_arguments(args: argparse.Namespace) -> dict:
     """Every option of ``hf-tsv merge`` checked before any work (the API checks them again, identically);
     returns them as the API's keyword arguments."""
     import hf_tsv
-    from hf_tsv.methods import PARAMETERS, MethodOptions
+    from hf_tsv.methods import PARAMETERS, MethodOptions, get_method
     from hf_tsv.options import MergeOptions
 
     options = _option_arguments(args)
@@ -283,8 +357,8 @@ def _check_merge_arguments(args: argparse.Namespace) -> dict:
         raise hf_tsv.MergeInputError("--alpha-grid only applies with --alpha search (α chosen on the validation "
                                      "splits of --eval's tasks); add --alpha search, or drop --alpha-grid")
     MergeOptions.from_arguments(**options, alpha_grid=args.alpha_grid)
-    if args.method == "avg" and args.alpha is not None:
-        print("note: avg ignores --alpha", file=sys.stderr)
+    if not get_method(args.method).uses_alpha and args.alpha is not None:
+        print(f"note: {args.method} ignores --alpha", file=sys.stderr)
     defaults = MethodOptions()
     for name, spec in PARAMETERS.items():
         if getattr(args, name, None) not in (None, getattr(defaults, name)) and args.method not in spec.methods:
@@ -423,18 +497,52 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# The offline benchmark is not part of the installed package: it lives beside it in a source checkout.
+BENCHMARK_PACKAGE = "hf_tsv_bench"
+CHECKOUT_BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_package() -> ModuleType:
+    """The offline benchmark package ``hf_tsv_bench``: importable as it is (an environment that installed or put
+    it on ``sys.path``), else loaded from ``benchmarks/hf_tsv_bench`` of the source checkout this ``hf_tsv`` runs
+    from (an editable install, or ``PYTHONPATH=<checkout>``). Only that package is loaded, without adding
+    ``benchmarks/`` (and its scripts) to ``sys.path``.
+
+    Raises:
+        BenchmarkUnavailableError: neither is there, as in an installed wheel; the message says how to get it.
+    """
+    import importlib
+    import importlib.util
+
+    from .errors import BenchmarkUnavailableError
+
+    if importlib.util.find_spec(BENCHMARK_PACKAGE) is not None:
+        return importlib.import_module(BENCHMARK_PACKAGE)
+    init = CHECKOUT_BENCHMARKS / BENCHMARK_PACKAGE / "__init__.py"
+    if not init.is_file():
+        raise BenchmarkUnavailableError(
+            "the offline benchmark is not part of the installed hf-tsv package: it lives in the source checkout "
+            "(benchmarks/hf_tsv_bench); clone the repository and run `bash dev.sh bench` there, or `pip install -e "
+            "'.[bench]'` from the checkout and run `hf-tsv bench` again")
+    spec = importlib.util.spec_from_file_location(BENCHMARK_PACKAGE, init,
+                                                  submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[BENCHMARK_PACKAGE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(BENCHMARK_PACKAGE, None)
+        raise
+    return module
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from hf_tsv.bench import build_benchmark, run_benchmark
-
+    bench = benchmark_package()
     if args.bench_command == "build":
-        build_benchmark(args.cache, quick=args.quick, seed=args.seed, force=args.force)
+        bench.build_benchmark(args.cache, quick=args.quick, seed=args.seed, force=args.force)
         return 0
-    payload = run_benchmark(args.cache, quick=args.quick, out_dir=args.out)
-    from hf_tsv.bench.build import build_dir
-
-    out = Path(args.out) if args.out else build_dir(args.cache, args.quick) / "results"
+    payload = bench.run_benchmark(args.cache, quick=args.quick, out_dir=args.out)
+    out = Path(args.out) if args.out else bench.build.build_dir(args.cache, args.quick) / "results"
     print((out / "results.md").read_text())  # the table run_benchmark wrote
     print(f"results.json, results.md and plots in {out} ({payload['timings']['total_s']:.0f} s)")
     return 0
@@ -452,8 +560,6 @@ def _print_push(result) -> None:
 
 def _example(args: argparse.Namespace) -> int:
     """The README's first command: generate tiny checkpoints, print their STI, merge them, load the result."""
-    from pathlib import Path
-
     import hf_tsv
     from hf_tsv.synthetic import make_checkpoints
 
@@ -515,7 +621,16 @@ def recorded_command(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     return shlex.join(words + options)
 
 
+# OpenMP reads OMP_WAIT_POLICY once, when torch loads: busy-waiting threads ran 2-10x slower on this project's
+# 2-core machine when another process held a core. The command sets it (only a default: an explicit setting is
+# kept); importing hf_tsv sets nothing.
+WAIT_POLICY = "PASSIVE"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``hf-tsv`` command: parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit status
+    (0, 2 for bad input with one line on stderr, 130/143 when interrupted, 1 for a bug)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
     parser = build_parser()
     args = parser.parse_args(None if argv is None else [str(a) for a in argv])
     args.recorded_command = recorded_command(parser, args)

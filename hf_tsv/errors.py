@@ -47,3 +47,8 @@ class OutputPathError(HFTSVError, ValueError):
 class OutputWriteError(HFTSVError, OSError):
     """Writing an output failed (disk full, I/O error, a rename refused). Nothing was left at the target: a
     partial result is removed and an earlier output there is kept."""
+
+
+class BenchmarkUnavailableError(HFTSVError, RuntimeError):
+    """``hf-tsv bench`` was run where the offline benchmark is not available: it lives in the source checkout
+    (``benchmarks/hf_tsv_bench``), not in the installed package. The message says how to get it."""

@@ -32,13 +32,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PublishedGroup:
-    """Files that a push uploads (top-level names matching ``patterns``) and what they are, for the README."""
+    """Files that a push uploads (top-level names matching ``patterns``) and what they are, for docs/hub.md."""
 
     patterns: tuple[str, ...]
     what: str
 
 
-# Exactly what a push uploads: README.md's table "What a pushed repository contains" is rendered from this
+# Exactly what a push uploads: docs/hub.md's table "What a pushed repository contains" is rendered from this
 # (:func:`published_files_table`); every other file of the folder stays local, with a warning.
 PUBLISHED_FILES = (
     PublishedGroup(("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", "config.json"),
@@ -59,7 +59,7 @@ TEXT_SUFFIXES = (".md", ".csv")
 
 
 def published_files_table() -> str:
-    """The Markdown table of what a push uploads, as README.md shows it."""
+    """The Markdown table of what a push uploads, as docs/hub.md shows it."""
     rows = ["| file | what |", "|---|---|"]
     rows += [f"| {', '.join(f'`{p}`' for p in group.patterns)} | {group.what} |" for group in PUBLISHED_FILES]
     return "\n".join(rows)
@@ -216,8 +216,8 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
     operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=_public_content(p)) for p in files]
     names = [p.name for p in files]
     logger.info("pushing %d files to %s: %s", len(names), repo_id, ", ".join(names))
-    left_out = (f"not published (a push uploads only the files listed in README.md, 'What a pushed repository "
-                f"contains'): {', '.join(skipped)}" if skipped else None)
+    left_out = (f"not published (a push uploads only the files listed in hf-tsv's docs/hub.md, 'What a pushed "
+                f"repository contains'): {', '.join(skipped)}" if skipped else None)
     if left_out:
         logger.warning("%s", left_out)
 

@@ -31,7 +31,7 @@ from .io.writer import (
     save_config,
     set_config_dtype,
 )
-from .methods import KeyContext
+from .methods import DEFAULT_METHOD, KeyContext
 from .options import MergeOptions, check_model_references, check_output_options, finite_number
 from .report import (
     InputRecord,
@@ -175,11 +175,12 @@ def _merge_report(plan: MergePlan, options: MergeOptions, output_dtype: torch.dt
         base=InputRecord.from_dict(plan.base.provenance()),
         models=[InputRecord.from_dict(m.provenance()) for m in plan.models],
         options=ReportOptions(plan.fuse_qkv, list(plan.excluded), _dtype_name(options.compute_dtype),
-                              device_description(options.device), options.svd if options.method == "tsv-m" else None,
+                              device_description(options.device),
+                              options.svd if method.task_rank is not None else None,  # it truncates per task
                               options.method_parameters()),
         keys=plan.counts(), notes=list(plan.notes), versions=library_versions(),
         mixed_precision=dict(plan.mixed_precision), warnings=list(plan.warnings),
-        k="floor(r/T)" if options.method == "tsv-m" else None,
+        k=method.task_rank if method.uses_svd else None,
         output=OutputRecord(plan.output_class.__name__, _dtype_name(output_dtype)),
         command=public_command(command, hub_ids, known_secrets(token)) if command else None)
 
@@ -226,8 +227,8 @@ class _MergeJob:
             timer.add("write_s", start)
         for key, value in sti_keys.items():  # after the merged tensors' own checks
             check_finite(value, f"the STI of key {key!r}", OUTPUT_OVERFLOW_HINT)
-        if self.method == "tsv-m":
-            self.report.sti = STIRecord(sti_keys, sum(sti_keys.values()))
+        if self.merge_method.reports_sti:
+            self.report.sti = STIRecord(sti_keys, sum(sti_keys.values()), self.merge_method.task_rank)
 
     def input_locations(self) -> tuple[InputLocation, ...]:
         """Where the resolved inputs live on disk (an output must stay clear of them)."""
@@ -297,7 +298,7 @@ class LinearMerge:
             target.copy_(base.to(target.device) + alpha * self.delta_state[key].to(target.device))
 
 
-def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False, exclude: str | None = None,
+def merge_linear(base, models, method: str = DEFAULT_METHOD, *, fuse_qkv: bool = False, exclude: str | None = None,
                  device: str | torch.device = "auto", dtype=None, compute_dtype=torch.float32, svd: str = "exact",
                  allow_duplicates: bool = False, revision: str | None = None, token=None, command: str | None = None,
                  **method_params) -> LinearMerge:
@@ -324,14 +325,14 @@ def merge_linear(base, models, method: str = "tsv-m", *, fuse_qkv: bool = False,
             delta_state[saved] = check_finite(tensor.to(device="cpu", dtype=keep),
                                               f"the merged delta of key {saved!r}", OUTPUT_OVERFLOW_HINT)
     job.finish()
-    if job.merge_method.default_alpha is None:  # averaging: α is not a parameter of the method
+    if not job.merge_method.uses_alpha:  # averaging: α is not a parameter of the method
         job.report.alpha = 1.0
     dtypes = {k: v[0] for k, v in job.layout.items()}
     return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes,
                        inputs=job.input_locations(), alpha_grid=list(job.options.search_grid))
 
 
-def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fuse_qkv: bool = False,
+def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None, *, fuse_qkv: bool = False,
           exclude: str | None = None, device: str | torch.device = "auto", dtype=None,
           compute_dtype=torch.float32, svd: str = "exact", allow_duplicates: bool = False,
           output_dir: str | os.PathLike | None = None, overwrite: bool = False,
@@ -344,17 +345,15 @@ def merge(base, models, method: str = "tsv-m", alpha: float | None = None, *, fu
     ``output_dir`` the result is written straight to disk (atomically) and never held whole in memory;
     without it the merged weights are kept in memory.
 
-    Methods: ``tsv-m`` (α default 1.0), ``iso-c``/``iso-cts`` (1.0), ``ta`` (0.3), ``ties`` (1.0 with
-    ``ties_merge="mean"``, 0.3 with ``"sum"``), ``avg`` (ignores α); each method's definition is the docstring
-    of its :mod:`hf_tsv.core` function. TIES trims each task's top ``ties_density`` of entries over the whole
-    model (``ties_scope="model"``, as its reference code; this reads the inputs 3 more times, 5 with float64
-    compute) or per key (``"tensor"``). ``dtype`` is the output dtype (default: the base's); SVDs run in
-    ``compute_dtype`` (float32, or float64). ``svd`` chooses how each task's top-k triplets are computed:
-    ``"exact"`` (default: Gram matrix + float64 eigendecomposition + Rayleigh-Ritz), ``"fast"`` (float32
-    eigendecomposition) or ``"lapack"`` (a full SVD per task, as the paper's code does). Method parameters
-    are keyword arguments named as in :data:`hf_tsv.methods.PARAMETERS`: ``ties_density`` (TIES, in (0, 1],
-    default 0.2), ``ties_merge`` (``"mean"``/``"sum"``), ``ties_scope`` (``"model"``/``"tensor"``) and
-    ``iso_common_fraction`` (Iso-CTS, in (0, 1], default 0.8).
+    ``method`` is one of :data:`hf_tsv.METHODS`; each declares, in its module of :mod:`hf_tsv.methods`, its α
+    default (used when ``alpha`` is None), its α search grid and its parameters, which are keyword arguments
+    here (``ties_density=0.3``; ``hf-tsv merge --help`` lists them with their ranges and defaults). Its
+    definition is the docstring of its :mod:`hf_tsv.core` function. TIES over the whole model
+    (``ties_scope="model"``, as its reference code) reads the inputs 3 more times, 5 with float64 compute.
+    ``dtype`` is the output dtype (default: the base's); SVDs run in ``compute_dtype`` (float32, or float64).
+    ``svd`` chooses how each task's top-k triplets are computed: ``"exact"`` (default: Gram matrix + float64
+    eigendecomposition + Rayleigh-Ritz), ``"fast"`` (float32 eigendecomposition) or ``"lapack"`` (a full SVD
+    per task, as the paper's code does).
 
     Every option is checked (:class:`hf_tsv.options.MergeOptions`) before any model is read or downloaded.
     A model given twice, or the base given again as a fine-tuned model, is refused unless
@@ -459,7 +458,7 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
     return STIReport(keys, sum(keys.values()), plan.num_tasks, options.fuse_qkv, plan.warnings)
 
 
-def plan(base, models, *, method: str = "tsv-m", alpha: float | None = None, svd: str = "exact",
+def plan(base, models, *, method: str = DEFAULT_METHOD, alpha: float | None = None, svd: str = "exact",
          fuse_qkv: bool = False, exclude: str | None = None, device="auto", dtype=None, compute_dtype=torch.float32,
          allow_duplicates: bool = False, revision: str | None = None, token=None, **method_params) -> dict:
     """The preflight alone: checks every option and input as :func:`merge` does, and returns key counts and

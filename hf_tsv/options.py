@@ -5,8 +5,8 @@
 worker build from their arguments. Constructing one normalises and checks every field (types, ranges,
 finiteness, device, dtypes) and raises :class:`~hf_tsv.errors.MergeInputError`, naming the option as Python
 and as the command line spell it, for anything wrong. Method parameters (``ties_density``...) live in the
-nested :class:`~hf_tsv.methods.MethodOptions` and are checked against their declarations in
-:data:`hf_tsv.methods.PARAMETERS`.
+nested :class:`~hf_tsv.methods.MethodOptions` and are checked against their declarations, which each method
+makes in its module of :mod:`hf_tsv.methods` (collected in :data:`hf_tsv.methods.PARAMETERS`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numbers
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -24,7 +24,17 @@ import torch
 from .core.svd import COMPUTE_DTYPES, SVD_MODES
 from .errors import MergeInputError
 from .io.writer import parse_size
-from .methods import METHODS, PARAMETERS, MergeMethod, MethodOptions, Parameter, get_method, resolve_alpha
+from .methods import (
+    DEFAULT_METHOD,
+    METHODS,
+    PARAMETERS,
+    MergeMethod,
+    MethodOptions,
+    Parameter,
+    get_method,
+    reserve_names,
+    resolve_alpha,
+)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64, "fp64": torch.float64}
@@ -211,7 +221,7 @@ def _check_method_options(options: Any) -> MethodOptions:
         raise MergeInputError(f"unknown SVD mode {_shown(svd)} for {option_label('svd')}; choose one of "
                               f"{', '.join(SVD_MODES)}")
     checked = {name: check_parameter(name, getattr(options, name), spec) for name, spec in PARAMETERS.items()}
-    return replace(options, compute_dtype=compute_dtype, svd=svd, **checked)
+    return options.replace(compute_dtype=compute_dtype, svd=svd, **checked)
 
 
 @dataclass(frozen=True)
@@ -232,7 +242,7 @@ class MergeOptions:
         hf_tsv.errors.MergeInputError: alpha (--alpha) must be a finite number, got nan
     """
 
-    method: str = "tsv-m"
+    method: str = DEFAULT_METHOD
     alpha: float | None = None  # None: the method's default (or, for an α search, chosen on validation data)
     alpha_grid: tuple[float, ...] | None = None  # the α search's values (None: the method's default grid)
     fuse_qkv: bool = False
@@ -267,8 +277,7 @@ class MergeOptions:
     def argument_names(cls) -> tuple[str, ...]:
         """The keyword arguments :meth:`from_arguments` takes: the fields, with ``method_options`` spelt out."""
         own = [f.name for f in fields(cls) if f.name != "method_options"]
-        nested = [f.name for f in fields(MethodOptions)]
-        return tuple(own + nested)
+        return tuple(own + list(MethodOptions.names()))
 
     @classmethod
     def from_arguments(cls, **arguments: Any) -> MergeOptions:
@@ -278,7 +287,7 @@ class MergeOptions:
         unknown = sorted(set(arguments) - set(known))
         if unknown:
             raise MergeInputError(f"unknown option {unknown[0]!r}; the options are {', '.join(known)}")
-        nested_names = {f.name for f in fields(MethodOptions)}
+        nested_names = set(MethodOptions.names())
         nested = {k: v for k, v in arguments.items() if k in nested_names}
         own = {k: v for k, v in arguments.items() if k not in nested_names}
         return cls(**own, method_options=MethodOptions(**nested))
@@ -314,6 +323,9 @@ class MergeOptions:
         """The parameters the chosen method reads, by name (what the merge report records)."""
         return {name: getattr(self.method_options, name) for name, spec in PARAMETERS.items()
                 if self.method in spec.methods}
+
+
+reserve_names(f.name for f in fields(MergeOptions))  # method parameters share the keyword arguments of these
 
 
 def _check_reference(reference: Any, what: str) -> None:

@@ -296,8 +296,12 @@ class MergeReport:
 
     @property
     def uses_alpha(self) -> bool:
-        """Whether α scales the merge (weight averaging has none)."""
-        return self.method != "avg"
+        """Whether α scales the merge, as the method's registry entry says (weight averaging has none); a method
+        this hf-tsv does not know (a report of another version) is taken to use it."""
+        from .methods import METHODS
+
+        method = METHODS.get(self.method)
+        return True if method is None else method.uses_alpha
 
     @property
     def total_seconds(self) -> float | None:

@@ -10,7 +10,6 @@ for ``gradio_client``: ``/sti``, ``/merge`` and ``/push`` (see README.md beside 
 import contextlib
 import html
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -25,10 +24,7 @@ from tqdm import tqdm  # noqa: E402
 
 logger = logging.getLogger("hf_tsv.space")
 
-METHOD_LABELS = {"tsv-m": "TSV-M (Task Singular Vectors)", "ta": "Task arithmetic", "ties": "TIES",
-                 "avg": "Weight averaging", "iso-c": "Iso-C", "iso-cts": "Iso-CTS"}
-DEFAULT_ALPHA = {"tsv-m": 1.0, "iso-c": 1.0, "iso-cts": 1.0, "ta": 0.3, "ties": 1.0}  # hf_tsv.METHODS' defaults
-MAX_ALPHA = 10.0
+MAX_ALPHA = 10.0  # the α box takes (0, MAX_ALPHA]: a range of this form; the merge's own rules are MergeOptions'
 # System fonts only: the page loads nothing from outside the server.
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
                        font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
@@ -120,9 +116,35 @@ def sti_summary(keys: dict[str, float], total: float, num_tasks: int) -> str:
             "TSV-M orthogonalises these directions before merging.")
 
 
+def method_label(name: str) -> str:
+    """A method as the menu and the result name it (:data:`hf_tsv.METHODS`): "TSV-M (Task Singular Vectors)"."""
+    from hf_tsv.methods import METHODS
+
+    method = METHODS.get(name)
+    if method is None:
+        return name
+    return f"{method.label} ({method.expansion})" if method.expansion else method.label
+
+
+def default_alpha(name: str) -> float:
+    """The α the box shows for a method: the one the merge uses when none is given."""
+    from hf_tsv.methods import get_method, resolve_alpha
+
+    return resolve_alpha(get_method(name), None)
+
+
+def alpha_info() -> str:
+    """The α box's help: every method's default, from :data:`hf_tsv.METHODS`."""
+    from hf_tsv.methods import METHODS, describe_alpha
+
+    defaults = "; ".join(f"{method_label(m.name)} {describe_alpha(m)}" for m in METHODS.values())
+    return (f"set to the method's default when the method changes ({defaults}); above 0 and at most "
+            f"{MAX_ALPHA:g}")
+
+
 def merge_summary(report, zip_bytes: int, warnings: list[str], evaluation: dict | None = None) -> str:
     """The result of a merge for the visitor, from its :class:`hf_tsv.report.MergeReport`."""
-    lines = [f"### {METHOD_LABELS.get(report.method, report.method)} merge of {report.num_tasks} models"]
+    lines = [f"### {method_label(report.method)} merge of {report.num_tasks} models"]
     if report.uses_alpha:
         lines.append(f"- α = {report.alpha}")
     lines.append(f"- base: `{report.base.repo_id or report.base.name}`")
@@ -192,14 +214,18 @@ def card_preview(text: str) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _check_alpha(alpha) -> float | None:
+def _check_alpha(alpha, method: str) -> float | None:
+    """α as every merge checks it (:class:`hf_tsv.MergeOptions`), then within the α box's range."""
     if alpha is None or alpha == "":
         return None
+    from hf_tsv.errors import MergeInputError
+    from hf_tsv.options import MergeOptions
+
     try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise SpaceError(f"α must be a number, not {str(alpha)[:30]!r}") from None
-    if not math.isfinite(value) or not 0 < value <= MAX_ALPHA:
+        value = MergeOptions(method=method, alpha=alpha, device="cpu").alpha
+    except MergeInputError as exc:
+        raise SpaceError(space_core.visitor_message(str(exc))) from None
+    if not 0 < value <= MAX_ALPHA:
         raise SpaceError(f"α must be above 0 and at most {MAX_ALPHA:g} (got {value:g})")
     return value
 
@@ -221,6 +247,8 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
     """The Gradio app. ``settings`` default to :meth:`Settings.from_env`; ``workspace`` holds the sessions'
     temporary folders (default: a new one under the system temporary folder, removed at exit); ``pool`` runs
     the jobs (default: one worker process per job, with a spare one started ahead of time)."""
+    from hf_tsv.methods import DEFAULT_METHOD, METHODS
+
     settings = settings or Settings.from_env()
     workspace = workspace or Workspace()
     pool = pool or space_core.WorkerPool(settings, workspace, spares=settings.spare_workers)
@@ -307,8 +335,8 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         from hf_tsv.report import MergeReport
 
         with visitor_errors():
-            _check_choice(method, list(METHOD_LABELS), "method")
-            alpha = _check_alpha(alpha)
+            _check_choice(method, list(METHODS), "method")
+            alpha = _check_alpha(alpha, method)
             if evaluate and not tasks:
                 raise SpaceError("no evaluation tasks are configured on this server (HF_TSV_SPACE_TASKS)")
             base, models, total, fuse = prepare(base_library, base_hub, models_library, models_hub, fuse_qkv,
@@ -381,11 +409,11 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
     with gr.Blocks(title="hf-tsv: merge CLIP fine-tunes with Task Singular Vectors",
                    delete_cache=(max(60, ttl // 4), ttl)) as demo:
         session = gr.State(None, time_to_live=ttl, delete_callback=workspace.delete_session)
+        tsv = METHODS["tsv-m"]
         gr.Markdown("# hf-tsv · Task Singular Vectors merging\n"
                     "Merge fine-tuned CLIP image encoders of one base model without training: see how much they "
-                    "interfere (STI) first, merge with **TSV-M** ([Gargiulo et al., CVPR 2025]"
-                    "(https://arxiv.org/abs/2412.00081)) or a baseline, read the model card, and publish.\n\n"
-                    + limits)
+                    f"interfere (STI) first, merge with **{tsv.title}** ([{tsv.citation}]({tsv.paper_url})) or a "
+                    "baseline, read the model card, and publish.\n\n" + limits)
         with gr.Row():
             with gr.Column(scale=2, min_width=360):
                 gr.Markdown("### Models")
@@ -402,11 +430,10 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
                                         placeholder="me/clip-cars\nme/clip-dtd@main\nme/clip-eurosat",
                                         info="one per line", elem_id="models-hub")
                 gr.Markdown("### Merge options")
-                method = gr.Dropdown([(label, key) for key, label in METHOD_LABELS.items()], value="tsv-m",
+                method = gr.Dropdown([(method_label(key), key) for key in METHODS], value=DEFAULT_METHOD,
                                      label="Method")
-                alpha = gr.Number(value=DEFAULT_ALPHA["tsv-m"], label="α (scale of the merged task vector)",
-                                  info="set to the method's default when the method changes (1.0 for TSV-M and Iso, "
-                                  f"0.3 for task arithmetic and TIES; averaging ignores it); at most {MAX_ALPHA:g}")
+                alpha = gr.Number(value=default_alpha(DEFAULT_METHOD), label="α (scale of the merged task vector)",
+                                  info=alpha_info())
                 with gr.Row():
                     fuse_qkv = gr.Checkbox(False, label="Fuse q/k/v", info="one SVD over the stacked q, k and v "
                                            "projections (the paper's open_clip layout)")
@@ -452,7 +479,7 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
                     push_button = gr.Button("Push to Hub", variant="primary", elem_id="push-button")
                     push_info = gr.Markdown(elem_id="push-status")
 
-        method.change(lambda m: DEFAULT_ALPHA.get(m, 1.0), method, alpha, api_visibility="private", queue=False)
+        method.change(default_alpha, method, alpha, api_visibility="private", queue=False)
         for button, tab in ((analyse_button, "sti"), (merge_button, "merge")):  # show where the result will be
             button.click(lambda tab=tab: gr.Tabs(selected=tab), None, tabs, api_visibility="private", queue=False)
         model_inputs = [base_library, base_hub, models_library, models_hub]

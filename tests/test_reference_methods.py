@@ -294,9 +294,9 @@ def test_ties_model_scope_peak_memory_stays_far_below_one_task_vector(tmp_path):
     assert growth < 0.5 * model_bytes, (growth, model_bytes)
 
 
-def test_ties_over_the_whole_model_through_merge_linear_plan_and_alpha_grids(tiny):
+def test_ties_over_the_whole_model_through_merge_linear_plan_and_alpha_grids(tiny, monkeypatch):
     """merge_linear (what --alpha search and the benchmark use) computes the same model-wide TIES once; the α grid
-    follows --ties-merge; plan estimates it."""
+    follows --ties-merge; plan estimates it, with the extra reads of the model-wide pass."""
     from hf_tsv.evaluation import default_grid
 
     linear = hf_tsv.merge_linear(tiny["base"], tiny["tasks"], method="ties", device="cpu")
@@ -304,12 +304,18 @@ def test_ties_over_the_whole_model_through_merge_linear_plan_and_alpha_grids(tin
     assert "model_pass_s" in direct.report.timings
     at = linear.state_dict(0.7)
     assert all(torch.equal(at[k], v) for k, v in direct.state_dict().items())
-    svd_grid = [round(0.1 * i, 2) for i in range(1, 31)]
-    assert linear.alpha_grid == svd_grid == default_grid("ties")
+    grid = linear.alpha_grid  # the documented grids: 0.1, 0.2 … 3.0 for the disjoint mean, 1/30 … 1 for the sum
+    assert grid == default_grid("ties") and len(grid) == 30 and grid[:3] == [0.1, 0.2, 0.3] and grid[-1] == 3.0
     summed = hf_tsv.merge_linear(tiny["base"], tiny["tasks"], method="ties", ties_merge="sum", device="cpu")
-    assert summed.alpha_grid == [i / 30 for i in range(1, 31)] and summed.report.alpha == 0.3
+    assert len(summed.alpha_grid) == 30 and summed.alpha_grid[-1] == 1.0 and summed.report.alpha == 0.3
+    assert summed.alpha_grid[0] == pytest.approx(1 / 30) and summed.alpha_grid[14] == pytest.approx(0.5)
     info = hf_tsv.plan(tiny["base"], tiny["tasks"], method="ties")
-    assert info["method"] == "ties" and info["estimated_seconds"] >= 0
+    assert info["method"] == "ties"
+    # on a disk that reads one model per second, reading the 4 inputs takes 4 s; the model-wide trim reads them again
+    monkeypatch.setattr("hf_tsv.estimate.READ_BYTES_PER_SECOND", info["model_bytes"])
+    per_tensor = hf_tsv.plan(tiny["base"], tiny["tasks"], method="ties", ties_scope="tensor")["estimated_seconds"]
+    model_wide = hf_tsv.plan(tiny["base"], tiny["tasks"], method="ties")["estimated_seconds"]
+    assert per_tensor == 4.0 and model_wide >= 2 * per_tensor
 
 
 # ---- bad input -------------------------------------------------------------------------------------------------

@@ -319,11 +319,11 @@ def folder(merged, tmp_path) -> Path:
     return Path(shutil.copytree(merged, tmp_path / "clip-merged"))
 
 
-def test_readme_lists_exactly_what_a_push_uploads():
+def test_hub_doc_lists_exactly_what_a_push_uploads():
     from hf_tsv.hub import published_files_table
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert published_files_table() in readme
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text()
+    assert published_files_table() in doc
 
 
 @pytest.mark.parametrize("stray", [
@@ -348,7 +348,7 @@ def test_push_uploads_only_the_documented_files(stray, folder, hub, tmp_path):
     assert sorted(commit.files) == ["README.md", "config.json", "merge_report.json", "model.safetensors",
                                     "sti_heatmap.png", "sti_stats.json"]
     assert url.files == tuple(sorted(commit.files))
-    assert url.warnings[-1].startswith("not published (a push uploads only the files listed in README.md")
+    assert url.warnings[-1].startswith("not published (a push uploads only the files listed in hf-tsv's docs/hub.md")
     assert url.warnings[-1].endswith(stray)
 
 

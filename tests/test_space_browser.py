@@ -14,9 +14,11 @@ from space_helpers import CHROMEDRIVER, CHROMIUM, ROOT, Browser, import_space, r
 
 from hf_tsv.synthetic import make_checkpoints
 
-pytestmark = pytest.mark.skipif(
+# slow: a real browser (~15 s) for what tests/test_space.py already checks through the same /merge endpoint
+# (numbers, card, download); this adds only the page's wiring. Run it with `pytest -m slow`.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)")
+    reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)")]
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CARD = ("const c = document.querySelector('#merge-card');"

@@ -17,7 +17,6 @@ from ..sti_table import format_sti
 from .folder import EXPAND, MERGE, TSVC, EvalResults, OutputFolder
 from .licenses import Parent, resolve_licenses
 
-PAPER_URL = "https://arxiv.org/abs/2412.00081"  # Task Singular Vectors (Gargiulo et al., CVPR 2025)
 COMMON_TAGS = ["hf-tsv", "task-singular-vectors", "clip"]
 
 
@@ -28,48 +27,35 @@ COMMON_TAGS = ["hf-tsv", "task-singular-vectors", "clip"]
 
 @dataclass(frozen=True)
 class MethodFacts:
-    """What the card says about a merge method: its title, its Hub tag and the paragraph that defines it."""
+    """What the card says about a merge method, from its registry entry (:mod:`hf_tsv.methods`)."""
 
-    title: str
-    tags: tuple[str, ...]
-    card_description: str
-
-
-# The card's words for each method, until the registry (hf_tsv.methods) carries them as MergeMethod.title, .tags and
-# .card_description: method_facts reads those attributes first, so these go once the registry has them.
-_CARD_WORDS: dict[str, tuple[str, str, str]] = {
-    "tsv-m": ("TSV-M", "tsv-m",
-              "For every weight matrix, each task matrix Δ_t = W_t − W_0 is reduced to its top k = ⌊r/T⌋ singular "
-              "triplets (r = min(m, n), T tasks). The singular vectors of all tasks are concatenated and replaced by "
-              "their closest orthogonal matrices (polar factors), which removes the interference between tasks, and "
-              "the merged weight is W_0 + α · U⊥ diag(σ) V⊥ᵀ. Biases, LayerNorms, the class embedding and the patch "
-              "convolution are averaged."),
-    "ta": ("task arithmetic", "task-arithmetic", "θ = θ_0 + α · Σ_t τ_t, with task vectors τ_t = θ_t − θ_0."),
-    "ties": ("TIES", "ties-merging",
-             "Each task vector is trimmed to its largest entries (the top 20% over the whole model, as the reference "
-             "code does, unless the report says ties_scope tensor), a sign is elected per entry (the sign of the "
-             "sum; the majority sign where that is 0) and the agreeing entries are averaged (disjoint mean; summed "
-             "with ties_merge sum); θ = θ_0 + α · that."),
-    "avg": ("weight averaging", "weight-averaging", "θ = mean_t θ_t (α is not used)."),
-    "iso-c": ("Iso-C", "iso-c",
-              "The summed task matrix Σ_t τ_t of every weight matrix is given a flat spectrum (its mean singular "
-              "value times U Vᵀ); θ = θ_0 + α · that. Other parameters are averaged."),
-    "iso-cts": ("Iso-CTS", "iso-cts",
-                "The top directions of Σ_t τ_t plus each task's own top directions outside that subspace are "
-                "orthogonalised as in TSV-M and given a flat spectrum; θ = θ_0 + α · that. Other parameters are "
-                "averaged."),
-}
+    title: str  # "TSV-M", "task arithmetic"
+    label: str  # as a sentence starts with it
+    description: str  # its full name and paper reference
+    card_description: str  # the paragraph that defines the merge
+    paper: dict | None  # {"url", "title"} of its paper
+    tags: tuple[str, ...]  # its Hub tags
 
 
-def method_facts(name: str) -> MethodFacts:
-    """The card's facts about method ``name``, from the method registry (:func:`hf_tsv.methods.get_method`); a
-    method this hf-tsv does not know (a report of another version) is shown by its name."""
+def method_facts(name: str, recorded_description: str | None = None) -> MethodFacts:
+    """The card's facts about method ``name`` from the registry; a method this hf-tsv does not know (a report
+    of another version) is shown by its name and the description its report recorded."""
     from ..methods import METHODS
 
     method = METHODS.get(name)
-    title, tag, words = _CARD_WORDS.get(name, (name, name, ""))
-    return MethodFacts(getattr(method, "title", title), tuple(getattr(method, "tags", (tag,))),
-                       getattr(method, "card_description", words))
+    if method is None:
+        return MethodFacts(name, name, recorded_description or name, "", None, (name,))
+    paper = {"url": method.paper_url, "title": method.paper_title} if method.paper_url else None
+    return MethodFacts(method.title, method.label, method.description, method.card_description, paper,
+                       tuple(method.tags))
+
+
+def tsv_paper() -> dict:
+    """The Task Singular Vectors paper (TSV-M's, and TSV-C's), as the TSV-C and expand cards cite it."""
+    from ..methods import get_method
+
+    tsv = get_method("tsv-m")
+    return {"url": tsv.paper_url, "title": tsv.paper_title, "citation": tsv.citation}
 
 
 @dataclass(frozen=True)
@@ -216,7 +202,7 @@ def merge_context(folder: OutputFolder, title: str, model_id: str, local: bool, 
     licensing = resolve_licenses(parents, token, license)
     hub_ids = [p.hub_id for p in parents if p.hub_id]
     endpoint = _endpoint()
-    facts = method_facts(report.method)
+    facts = method_facts(report.method, report.method_description)
     recorded = report.options
     options = {k: v for k, v in recorded.to_dict().items() if k != "device"} if recorded else {}
     output = report.output.to_dict() if report.output else None
@@ -254,12 +240,13 @@ def merge_context(folder: OutputFolder, title: str, model_id: str, local: bool, 
         "title": title,
         "method": report.method,
         "method_title": facts.title,
-        "method_description": report.method_description or report.method,
+        "method_label": facts.label,
+        "method_description": facts.description,
         "method_rule": facts.card_description,
+        "method_paper": facts.paper,
         "alpha": report.alpha,
         "uses_alpha": report.uses_alpha,
         "num_tasks": report.num_tasks if report.num_tasks is not None else len(parents) - 1,
-        "paper_url": PAPER_URL,
         "base": _parent_row(parents[0], endpoint),
         "models": [_parent_row(p, endpoint) for p in parents[1:]],
         "config_yaml": _yaml(configuration),
@@ -302,7 +289,7 @@ def tsvc_context(folder: OutputFolder, title: str, model_id: str, token, license
     template = {
         "kind": TSVC,
         "title": title,
-        "paper_url": PAPER_URL,
+        "paper": tsv_paper(),
         "num_tasks": index.get("num_tasks", len(tasks)),
         "k": index.get("k"),
         "dtype": index.get("dtype"),
@@ -337,7 +324,7 @@ def expand_context(folder: OutputFolder, title: str, model_id: str, local: bool,
     template = {
         "kind": EXPAND,
         "title": title,
-        "paper_url": PAPER_URL,
+        "paper": tsv_paper(),
         "k": report.k,
         "base": _parent_row(base, endpoint),
         "task": _parent_row(task, endpoint),

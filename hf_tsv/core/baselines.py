@@ -21,7 +21,7 @@ def weight_average(task_vectors: torch.Tensor) -> torch.Tensor:
 
 
 def task_arithmetic(task_vectors: torch.Tensor) -> torch.Tensor:
-    """Δ = Σ_t τ_t; the merge is θ₀ + λ·Δ (Ilharco et al., 2023), λ default 0.3, searched over 1/30, 2/30, …, 1.
+    """Δ = Σ_t τ_t; the merge is θ₀ + λ·Δ (Ilharco et al., 2023; λ's default and grid: :mod:`hf_tsv.methods.ta`).
 
     Example:
         >>> task_arithmetic(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
@@ -41,8 +41,8 @@ def iso_c(
     Δ_TA = Σ_t τ_t = U S Vᵀ (r = min(m, n) triplets), then Δ = mean(S)·U Vᵀ, the mean over all r. Null
     triplets of Δ_TA (a rank-deficient sum; see :class:`~hf_tsv.core.svd.InputPrecision`) count as σ = 0 in
     the mean and are left out of U Vᵀ, where the authors' code would give LAPACK's arbitrary vectors the mean
-    singular value. Non-matrix keys are averaged by the method binding. The merge is θ₀ + α·Δ, α default 1.0,
-    searched over 0.1, 0.2, …, 3.0.
+    singular value. Non-matrix keys are averaged by the method binding. The merge is θ₀ + α·Δ (α's default and
+    grid: :mod:`hf_tsv.methods.iso_c`).
 
     Example:
         >>> d = iso_c(torch.randn(3, 6, 4, dtype=torch.float64), compute_dtype=torch.float64)
@@ -88,7 +88,7 @@ def iso_cts(
     factors and every singular value is set to the mean of the r kept ones: Δ = mean(σ)·U⊥ V⊥ᵀ. Null
     triplets (measured against Δ_TA's largest σ, see :class:`~hf_tsv.core.svd.InputPrecision`) count as
     σ = 0 and are left out of the bases, where the authors' code would keep LAPACK's arbitrary vectors. The
-    merge is θ₀ + α·Δ (α default 1.0, searched over 0.1…3.0); non-matrix keys are averaged by the binding.
+    merge is θ₀ + α·Δ (α: :mod:`hf_tsv.methods.iso_cts`); non-matrix keys are averaged by the binding.
 
     Example:
         >>> iso_cts(torch.randn(2, 8, 6)).shape

@@ -14,11 +14,10 @@ reference: every merged key) or one key (scope ``"tensor"``):
    sum running over every entry of the scope.
 3. **Disjoint merge**: per entry, the τ̂_t that agree with γ (τ̂_t > 0 where γ > 0, else τ̂_t < 0: the reference's
    ``where(γ > 0, τ̂ > 0, τ̂ < 0)``, so an entry whose γ is still 0 keeps the negative ones): their mean
-   (``"mean"``, the paper's, λ ≈ 1) or their sum (``"sum"``, FusionBench's default, λ = 0.3).
+   (``"mean"``, the paper's) or their sum (``"sum"``, FusionBench's default).
 
-The merge is θ₀ + λ·that. Defaults: K = 0.2, scope ``"model"``, ``"mean"`` with λ = 1.0 searched over 0.1, 0.2, …,
-3.0 (λ ≈ 1 in the paper, so the grid has room on both sides); ``"sum"`` with λ = 0.3 searched
-over 1/30, …, 1. Model scope, exactly and with bounded memory: θ_t is found by a radix select on the
+The merge is θ₀ + λ·that; the method's defaults (K, scope, merge, λ and its search grid) are declared in
+:mod:`hf_tsv.methods.ties`. Model scope, exactly and with bounded memory: θ_t is found by a radix select on the
 bit patterns of |τ| (non-negative IEEE floats order like their bit patterns read as integers): one streaming
 pass per 16-bit digit counts, per task, the entries of each digit value among those matching the digits chosen
 so far (2 passes for float32, 4 for float64, 2¹⁶ counters per task), a further pass counts the elected signs

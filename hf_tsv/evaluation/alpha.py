@@ -13,11 +13,11 @@ from .heads import EvalInputError
 from .runner import EvalReport, PreparedTask, evaluate_model, load_metric
 
 
-def default_grid(method: str, opts: MethodOptions | None = None) -> list[float]:
-    """The α grid searched for ``method`` (with ``opts``, default the method's defaults) when none is given;
-    each method keeps its grid with its definition, in :data:`hf_tsv.methods.METHODS`."""
+def default_grid(method: str, opts: MethodOptions | None = None, *, quick: bool = False) -> list[float]:
+    """The α grid searched for ``method`` (with ``opts``, default the method's defaults) when none is given
+    (``quick``: its coarse version); each method declares its grids in its module of :mod:`hf_tsv.methods`."""
     try:
-        return METHODS[method].alpha_grid(opts)
+        return METHODS[method].alpha_grid(opts, quick=quick)
     except KeyError:
         raise EvalInputError(f"no default α grid for method {method!r}") from None
 

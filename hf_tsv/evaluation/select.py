@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
+from ..methods import DEFAULT_METHOD
 from .alpha import search_alpha
 from .folder import fill_finetuned_references, projection_for, write_eval_files
 from .runner import evaluate_model, prepare_tasks
 from .tasks import TasksConfig
 
 
-def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: str = "tsv-m",
+def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: str = DEFAULT_METHOD,
                             grid: list[float] | None = None, alpha: float | None = None,
                             output_dir: str | os.PathLike | None = None, overwrite: bool = False,
                             batch_size: int = 256, device: str | torch.device = "cpu", max_examples: int | None = None,

@@ -1,7 +1,7 @@
 """Offline benchmark for model merging: real image data, a small CLIP model, training and evaluation.
 
 Example:
-    >>> from hf_tsv.bench import build_benchmark, run_benchmark
+    >>> from hf_tsv_bench import build_benchmark, run_benchmark
     >>> build_benchmark(quick=True)  # doctest: +SKIP
     >>> run_benchmark(quick=True)["methods"]["tsv-m"]  # doctest: +SKIP
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation import (
+from hf_tsv.evaluation import (
     EvalReport,
     PreparedTask,
     evaluate_model,
@@ -21,13 +21,10 @@ from ..evaluation import (
     prepare_tasks,
     search_alpha,
 )
-from ..evaluation.alpha import default_grid
-from ..io.output import write_json
-from .build import BUILD_INFO, SPEC_NAME, BenchError, build_dir
+from hf_tsv.evaluation.alpha import default_grid
+from hf_tsv.io.output import write_json
 
-MERGE_METHODS = ("avg", "ta", "ties", "iso-c", "iso-cts", "tsv-m")
-QUICK_GRIDS = {"tsv-m": [0.5, 1.0, 1.5, 2.0], "iso-c": [0.5, 1.0, 1.5, 2.0], "iso-cts": [0.5, 1.0, 1.5, 2.0],
-               "ta": [0.1, 0.2, 0.3, 0.5, 1.0], "ties": [0.5, 1.0, 1.5, 2.0], "avg": [1.0]}
+from .build import BUILD_INFO, SPEC_NAME, BenchError, build_dir
 
 
 def _entry(report: EvalReport, alpha=None, **extra) -> dict:
@@ -50,11 +47,11 @@ def _own_task_reports(models: dict[str, str], prepared: list[PreparedTask], spli
 
 
 def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = False,
-                  out_dir: str | os.PathLike | None = None, methods: tuple[str, ...] = MERGE_METHODS,
+                  out_dir: str | os.PathLike | None = None, methods: tuple[str, ...] | None = None,
                   progress: bool = True) -> dict:
-    """Evaluate every method on a benchmark made by :func:`hf_tsv.bench.build_benchmark`; returns the results
-    dict (also written to ``out_dir/results.json``)."""
-    from .. import METHODS, compress, expand, merge_linear
+    """Evaluate every method (default: all of :data:`hf_tsv.METHODS`) on a benchmark made by
+    :func:`hf_tsv_bench.build_benchmark`; returns the results dict (also written to ``out_dir/results.json``)."""
+    from hf_tsv import METHODS, compress, expand, merge_linear
 
     folder = build_dir(cache_dir, quick)
     info_path = folder / BUILD_INFO
@@ -91,20 +88,21 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
 
     models = [finetuned[t.name] for t in config.tasks]
     sti_keys = None
-    for method in methods:
+    for method in methods or tuple(METHODS):
         t0 = time.perf_counter()
         linear = merge_linear(base, models, method, device="cpu")
-        grid = QUICK_GRIDS[method] if quick else default_grid(method)
+        grid = default_grid(method, quick=quick)
         search = search_alpha(linear, prepared, grid=grid, progress=progress)
         model = linear.to_model(search.best_alpha)
         test = evaluate_model(model, prepared, split="test", metric=metric, progress=False)
         extra = {"alpha_grid": grid, "validation_normalized": search.score(search.best_alpha)
                  if search.criterion == "normalized" else None,
                  "sweep": search.to_dict()["sweep"]}
-        default_alpha = 1.0 if method in ("tsv-m", "iso-c", "iso-cts") else None
-        if method == "tsv-m":
+        # SVD methods are also scored at their default α, which their papers use without a search
+        default_alpha = METHODS[method].default_alpha if METHODS[method].uses_svd else None
+        if linear.report.sti is not None:
             sti_keys = linear.report.sti.keys
-        chosen = None if METHODS[method].default_alpha is None else search.best_alpha  # averaging has no α
+        chosen = search.best_alpha if METHODS[method].uses_alpha else None  # averaging has no α
         results[method] = _entry(test, chosen, **extra)
         if default_alpha is not None:
             linear.load_into(model, default_alpha)

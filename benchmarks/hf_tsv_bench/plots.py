@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ORDER = ["zero-shot", "finetuned", "avg", "ta", "ties", "iso-c", "iso-cts", "tsv-m", "tsv-c"]
-LABELS = {"zero-shot": "Zero-shot", "finetuned": "Fine-tuned (own task)", "avg": "Weight averaging",
-          "ta": "Task arithmetic", "ties": "TIES", "iso-c": "Iso-C", "iso-cts": "Iso-CTS", "tsv-m": "TSV-M",
-          "tsv-c": "TSV-C (own task, rank r/T)"}
+# The rows that are not merge methods; the merge methods sit between them, as hf_tsv.METHODS lists them.
+REFERENCE_ROWS = {"zero-shot": "Zero-shot", "finetuned": "Fine-tuned (own task)"}
+COMPRESSION_ROWS = {"tsv-c": "TSV-C (own task, rank r/T)"}
+
+
+def _order() -> list[str]:
+    from hf_tsv.methods import METHODS
+
+    return [*REFERENCE_ROWS, *METHODS, *COMPRESSION_ROWS]
+
+
+def _label(name: str) -> str:
+    from hf_tsv.methods import METHODS
+
+    method = METHODS.get(name)
+    return method.label if method else {**REFERENCE_ROWS, **COMPRESSION_ROWS}.get(name, name)
 
 
 def _methods(payload: dict) -> list[str]:
     present = payload["methods"]
-    return [m for m in ORDER if m in present] + [m for m in present if m not in ORDER]
+    order = _order()
+    return [m for m in order if m in present] + [m for m in present if m not in order]
 
 
 def _fmt(value) -> str:
@@ -32,12 +45,12 @@ def write_table(payload: dict, path: str | Path) -> str:
     for name in _methods(payload):
         entry = payload["methods"][name]
         per_task = " | ".join(_fmt(entry["per_task"].get(t, {}).get("absolute")) for t in tasks)
-        lines.append(f"| {LABELS.get(name, name)} | {_fmt(entry['absolute'])} | {_fmt(entry['normalized'])} | "
+        lines.append(f"| {_label(name)} | {_fmt(entry['absolute'])} | {_fmt(entry['normalized'])} | "
                      f"{_alpha(entry)} | {per_task} |")
         default = entry.get("at_default_alpha")
         if default:
             per_task = " | ".join(_fmt(default["per_task"].get(t, {}).get("absolute")) for t in tasks)
-            lines.append(f"| {LABELS.get(name, name)} at α = {default['alpha']:g} | {_fmt(default['absolute'])} | "
+            lines.append(f"| {_label(name)} at α = {default['alpha']:g} | {_fmt(default['absolute'])} | "
                          f"{_fmt(default['normalized'])} | {default['alpha']:g} | {per_task} |")
     text = "\n".join(lines) + "\n"
     Path(path).write_text(text)
@@ -59,8 +72,8 @@ def write_plots(payload: dict, out: str | Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(8, 3.6))
     values = [entries[m]["normalized"] or 0.0 for m in methods]
-    bars = ax.bar([LABELS.get(m, m) for m in methods], values,
-                  color=["#999999" if m in ("zero-shot", "finetuned", "tsv-c") else "#3b75af" for m in methods])
+    bars = ax.bar([_label(m) for m in methods], values,
+                  color=["#999999" if m in {**REFERENCE_ROWS, **COMPRESSION_ROWS} else "#3b75af" for m in methods])
     bars[methods.index("tsv-m")].set_color("#d1495b") if "tsv-m" in methods else None
     for bar, v in zip(bars, values):
         ax.text(bar.get_x() + bar.get_width() / 2, v + 1, f"{v:.1f}", ha="center", fontsize=8)
@@ -79,7 +92,7 @@ def write_plots(payload: dict, out: str | Path) -> list[Path]:
     for i, m in enumerate(methods):
         xs = [j + (i - len(methods) / 2 + 0.5) * width for j in range(len(tasks))]
         ax.bar(xs, [entries[m]["per_task"].get(t, {}).get("absolute") or 0.0 for t in tasks], width,
-               label=LABELS.get(m, m))
+               label=_label(m))
     ax.set_xticks(range(len(tasks)), tasks, rotation=20, fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
@@ -92,7 +105,7 @@ def write_plots(payload: dict, out: str | Path) -> list[Path]:
 
     sti = (payload.get("sti") or {}).get("keys")
     if sti:
-        from ..sti_table import sti_heatmap_png
+        from hf_tsv.sti_table import sti_heatmap_png
 
         png = sti_heatmap_png(sti, title="TSV-M Singular Task Interference per layer")
         if png:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import HFTSVError
-from ..io.output import write_json
+from hf_tsv.errors import HFTSVError
+from hf_tsv.io.output import write_json
 
 BUILD_INFO = "build.json"
 SPEC_NAME = "tasks.json"
@@ -87,7 +87,7 @@ def _to_dataset(split) -> object:
 
 
 def _versions() -> dict:
-    from ..report import library_versions
+    from hf_tsv.report import library_versions
 
     return library_versions()
 
@@ -102,8 +102,9 @@ def build_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool =
     """
     import datasets
 
-    from ..evaluation.heads import save_heads, text_head
-    from ..io.writer import atomic_output_dir
+    from hf_tsv.evaluation.heads import save_heads, text_head
+    from hf_tsv.io.writer import atomic_output_dir
+
     from . import sources, train
     from .text import MiniLMTextEncoder
 
