@@ -240,17 +240,22 @@ class STIRecord:
 
 @dataclass
 class OutputRecord:
-    """What was written: the transformers class that loads it and its main dtype."""
+    """What was written: the transformers class that loads it, the architecture (adapter) that made it, its main
+    dtype and what loading it needs beyond its config (``init_kwargs``)."""
 
     class_name: str
     dtype: str
+    architecture: str | None = None
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"class": self.class_name, "dtype": self.dtype}
+        data = _drop_none({"class": self.class_name, "architecture": self.architecture, "dtype": self.dtype})
+        return {**data, "init_kwargs": self.init_kwargs} if self.init_kwargs else data
 
     @classmethod
     def _read(cls, reader: _Reader) -> OutputRecord:
-        return cls(reader.get("class", "text", required=True), reader.get("dtype", "text", required=True))
+        return cls(reader.get("class", "text", required=True), reader.get("dtype", "text", required=True),
+                   reader.get("architecture", "text"), reader.get("init_kwargs", "object") or {})
 
 
 # ----------------------------------------------------------------------------------------------------------------

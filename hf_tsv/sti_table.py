@@ -18,15 +18,24 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:.*\.)?([^.]+)\.weight$")
 TYPE_ORDER = ["q_proj", "k_proj", "v_proj", "qkv_proj", "out_proj", "fc1", "fc2"]
 MISSING = "–"  # a layer type that a layer has no value for
 OUTSIDE = "-"  # the "layer" of keys outside the numbered layers
 
-LayerOf = Callable[[str], tuple[str, str]]  # a key → (layer number or OUTSIDE, layer type or key name)
+
+
+class KeyLayout(Protocol):
+    """How a checkpoint's keys fall into layers and layer types (what an architecture's adapter knows)."""
+
+    def layer_and_type(self, key: str) -> tuple[str, str]:
+        """A key → (its layer, or :data:`OUTSIDE`; its layer type, or its name outside the layers)."""
+
+    def type_order(self, kind: str) -> object:
+        """The sort key of a layer type (the columns' order)."""
 
 
 def layer_and_type(key: str) -> tuple[str, str]:
@@ -40,6 +49,21 @@ def layer_and_type(key: str) -> tuple[str, str]:
     if match:
         return match.group(1), match.group(2)
     return OUTSIDE, key.removesuffix(".weight").removeprefix("vision_model.")
+
+
+class GenericLayout:
+    """transformers' ``….layers.N.….TYPE.weight`` keys, types in the order of a transformer block."""
+
+    def layer_and_type(self, key: str) -> tuple[str, str]:
+        return layer_and_type(key)
+
+    def type_order(self, kind: str) -> tuple[int, str]:
+        return (TYPE_ORDER.index(kind) if kind in TYPE_ORDER else len(TYPE_ORDER), kind)
+
+
+def _natural(layer: str) -> list:
+    """``"text.10"`` after ``"text.9"``: digit runs compare as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", layer) if part]
 
 
 def format_sti(value: float | None) -> str:
@@ -110,35 +134,36 @@ class STITable:
         return "\n".join(lines + ([""] + others if others else []))
 
 
-def sti_table(per_key: dict[str, float], total: float | None = None, layer_of: LayerOf = layer_and_type
-              ) -> STITable:
-    """Arrange per-key STI into a :class:`STITable`. ``total`` defaults to the sum of ``per_key``; ``layer_of``
-    names each key's layer and layer type (default: :func:`layer_and_type`, for transformers'
-    ``….layers.N.….TYPE.weight`` keys)."""
+def sti_table(per_key: dict[str, float], total: float | None = None, layout: KeyLayout | None = None) -> STITable:
+    """Arrange per-key STI into a :class:`STITable`. ``total`` defaults to the sum of ``per_key``; ``layout``
+    (the checkpoints' adapter) names each key's layer and layer type and orders the types (default:
+    :class:`GenericLayout`); layers are in depth order."""
+    layout = layout or GenericLayout()
     rows: dict[str, dict[str, float]] = {}
     others: dict[str, float] = {}
     types: list[str] = []
     for key, value in per_key.items():
-        layer, kind = layer_of(key)
+        layer, kind = layout.layer_and_type(key)
         if layer == OUTSIDE:
             others[kind] = value
             continue
         rows.setdefault(layer, {})[kind] = value
         if kind not in types:
             types.append(kind)
-    types.sort(key=lambda t: (TYPE_ORDER.index(t) if t in TYPE_ORDER else len(TYPE_ORDER), t))
-    ordered = sorted(rows, key=int)
+    types.sort(key=layout.type_order)
+    ordered = sorted(rows, key=_natural)
     return STITable(types, [STIRow(layer, rows[layer], sum(rows[layer].values())) for layer in ordered], others,
                     sum(per_key.values()) if total is None else total)
 
 
-def sti_heatmap_png(per_key: dict[str, float], title: str = "Singular Task Interference") -> bytes | None:
+def sti_heatmap_png(per_key: dict[str, float], title: str = "Singular Task Interference",
+                    layout: KeyLayout | None = None) -> bytes | None:
     """A PNG heatmap of STI with layers (depth) as rows and layer types as columns; None without layer keys."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    table = sti_table(per_key)
+    table = sti_table(per_key, layout=layout)
     types, layers = table.types, table.rows
     if not layers or not types:
         return None

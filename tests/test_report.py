@@ -225,3 +225,44 @@ def test_eval_refuses_unpaired_finetuned_models_before_reading_data(row, tiny, t
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "2 tasks but 1 fine-tuned models: normalised accuracy pairs task i with model i" in err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The STI table: one arrangement, three layouts of the same cells
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_one_sti_table_for_the_terminal_the_card_and_the_space():
+    from hf_tsv.sti_table import sti_table
+
+    keys = {f"encoder.layers.{i}.mlp.fc1.weight": 0.1 * (i + 1) for i in (10, 9, 2)}
+    keys["encoder.layers.2.self_attn.q_proj.weight"] = 0.123456
+    keys["visual_projection.weight"] = 0.5
+    table = sti_table(keys)
+    assert table.headers == ["layer", "q_proj", "fc1", "layer total"]
+    assert [row.layer for row in table.rows] == ["2", "9", "10"]  # depth order, not text order
+    cells = table.layer_cells()
+    assert cells == [["2", "0.1235", "0.3", "0.4235"], ["9", "–", "1", "1"], ["10", "–", "1.1", "1.1"]]
+    assert table.records() == [*cells, ["visual_projection", "", "", "0.5"]]
+    markdown = table.markdown().splitlines()
+    assert markdown[2:5] == [f"| {' | '.join(row)} |" for row in cells]
+    assert markdown[5] == "| **all layers** | 0.1235 | 2.4 | |" and markdown[-1] == "- `visual_projection`: 0.5"
+    text = table.text().splitlines()
+    assert text[2].split() == cells[1] and "visual_projection: 0.5" in text
+    assert text[-1] == f"total STI (all matrix keys): {sum(keys.values()):.6g}"
+
+
+def test_the_sti_table_takes_the_architectures_key_layout():
+    from hf_tsv.sti_table import OUTSIDE, sti_table
+
+    class Towers:
+        def layer_and_type(self, key: str) -> tuple[str, str]:
+            tower, _, rest = key.partition("/")
+            return (f"{tower}.{rest[0]}", rest[2:]) if rest else (OUTSIDE, key)
+
+        def type_order(self, kind: str) -> int:
+            return len(kind)  # not the generic (block, then alphabetical) order
+
+    table = sti_table({"text/1.up": 1.0, "text/0.down": 2.0, "logit_scale": 3.0}, layout=Towers())
+    assert [row.layer for row in table.rows] == ["text.0", "text.1"] and table.types == ["up", "down"]
+    assert table.others == {"logit_scale": 3.0} and table.total == 6.0
