@@ -214,8 +214,9 @@ def run_tool(tool: str, ckpt: dict, tasks: list[str], work: Path) -> dict:
         cmd = [sys.executable, "-m", "hf_tsv.cli", "merge", ckpt["base"], *tasks, "-o", str(out_dir),
                "--svd", tool, "--threads", "1", "--device", "cpu", "--overwrite"]
         m = measure(cmd, work / "log.txt")
-        report = json.loads((out_dir / "merge_report.json").read_text())
-        m["internal"] = report.get("timings", {})
+        from hf_tsv.report import MergeReport
+
+        m["internal"] = MergeReport.load(out_dir).timings
         m["output"] = str(out_dir)
     m["command"] = " ".join(["hf-tsv", *cmd[3:]] if tool != "fusionbench" else
                             ["benchmarks/.fb-venv/bin/python", "benchmarks/run_fusionbench.py", *cmd[2:]])

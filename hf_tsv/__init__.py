@@ -27,6 +27,7 @@ from .errors import (
     OutputPathError,
     OutputWriteError,
     PushError,
+    ReportError,
     TokenError,
 )
 
@@ -40,6 +41,7 @@ _LAZY_NAMES = {
     "merge_linear": "merge", "plan": "merge", "sti": "merge",
     "METHODS": "methods",
     "MergeOptions": "options",
+    "MergeReport": "report",
     "CompressResult": "tsvc", "compress": "tsvc", "expand": "tsvc",
 }
 
@@ -49,12 +51,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .merge import LinearMerge, MergeResult, STIReport, merge, merge_linear, plan, sti
     from .methods import METHODS
     from .options import MergeOptions
+    from .report import MergeReport
     from .tsvc import CompressResult, compress, expand
 
 __all__ = ["METHODS", "CardError", "CompressResult", "HFTSVError", "LinearMerge", "MergeInputError", "MergeOptions",
-           "MergeResult", "OutputExistsError", "OutputPathError", "OutputWriteError", "PushError", "PushResult",
-           "STIReport", "TokenError", "__version__", "compress", "expand", "merge", "merge_linear", "plan",
-           "push_to_hub", "sti", "write_card"]
+           "MergeReport", "MergeResult", "OutputExistsError", "OutputPathError", "OutputWriteError", "PushError",
+           "PushResult", "ReportError", "STIReport", "TokenError", "__version__", "compress", "expand", "merge",
+           "merge_linear", "plan", "push_to_hub", "sti", "write_card"]
 
 
 def __getattr__(name: str) -> Any:

@@ -406,12 +406,12 @@ def _run(args: argparse.Namespace) -> int:
         result = hf_tsv.merge(args.base, args.models, output_dir=args.output, overwrite=args.overwrite,
                               max_shard_size=args.max_shard_size, revision=args.revision, token=args.token,
                               command=args.recorded_command, **options)
-        r = result.report
-        _print_warnings(r.get("warnings", []))
-        print(f"merged {r['num_tasks']} models with {r['method']} (alpha={r['alpha']}) into "
-              f"{args.output or 'memory'} in {r['timings']['total_s']:.2f} s")
-        if "sti" in r:
-            print(f"STI total: {r['sti']['total']:.6g} over {len(r['sti']['keys'])} matrix keys")
+        report = result.report
+        _print_warnings(report.warnings)
+        print(f"merged {report.num_tasks} models with {report.method} (alpha={report.alpha}) into "
+              f"{args.output or 'memory'} in {report.total_seconds:.2f} s")
+        if report.sti is not None:
+            print(f"STI total: {report.sti.total:.6g} over {len(report.sti.keys)} matrix keys")
         if args.push_to_hub:
             _print_push(result.push_to_hub(args.push_to_hub, private=args.private or None, token=args.token))
         return 0
@@ -474,17 +474,17 @@ def _merge_with_eval(args: argparse.Namespace, options: dict) -> int:
         args.base, args.models, config, grid=args.alpha_grid, output_dir=args.output, overwrite=args.overwrite,
         batch_size=args.batch_size, max_examples=args.max_examples, revision=args.revision, token=args.token,
         command=args.recorded_command, **options)
-    alpha = result.report["alpha"]
-    _print_warnings(result.report.get("warnings", []))
+    report = result.report
+    _print_warnings(report.warnings)
     if search is not None:
         print(f"α search ({search.criterion} validation accuracy, {len(search.grid)} values):")
         for value in search.grid:
             mark = "  <- best" if value == search.best_alpha else ""
-            report = search.validation[value]
-            norm = report.mean_normalized_accuracy
-            print(f"  α={value:<8.4g} accuracy {report.mean_accuracy:6.2f}%  normalized "
+            scores = search.validation[value]
+            norm = scores.mean_normalized_accuracy
+            print(f"  α={value:<8.4g} accuracy {scores.mean_accuracy:6.2f}%  normalized "
                   f"{'–' if norm is None else f'{norm:6.2f}%'}{mark}")
-    print(f"\nmerged {result.report['num_tasks']} models with {args.method} at α={alpha:g}; "
+    print(f"\nmerged {report.num_tasks} models with {args.method} at α={report.alpha:g}; "
           f"test accuracy:\n{test.table()}")
     if args.output:
         print(f"written to {args.output} (weights, merge_report.json, eval_results.json)")
@@ -494,20 +494,10 @@ def _merge_with_eval(args: argparse.Namespace, options: dict) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from hf_tsv.engine import resolve_device
-    from hf_tsv.evaluation import evaluate_model, load_tasks_spec, load_vision_model, prepare_tasks
-    from hf_tsv.evaluation.select import fill_finetuned_references, projection_for
+    from hf_tsv.evaluation import evaluate_folder
 
-    device = resolve_device(args.device)  # options first, before the spec and the model are read
-    config = load_tasks_spec(args.tasks)
-    prepared = prepare_tasks(config, args.model, splits=(args.split,), max_examples=args.max_examples,
-                             device=device)
-    if args.finetuned:
-        fill_finetuned_references(args.finetuned, prepared, batch_size=args.batch_size, device=device,
-                                  config=config)
-    model = load_vision_model(args.model, device=device)
-    report = evaluate_model(model, prepared, split=args.split, batch_size=args.batch_size,
-                            projection=projection_for(model, config))
+    report = evaluate_folder(args.model, args.tasks, finetuned=args.finetuned, split=args.split,
+                             batch_size=args.batch_size, max_examples=args.max_examples, device=args.device)
     print(report.table())
     if args.json:
         report.save_json(args.json)
@@ -595,7 +585,7 @@ def _example(args: argparse.Namespace) -> int:
     from transformers import CLIPVisionModel
 
     model = CLIPVisionModel.from_pretrained(str(work / "merged"))
-    print(f"\nTSV-M merge written to {work / 'merged'} in {result.report['timings']['total_s']:.2f} s; "
+    print(f"\nTSV-M merge written to {work / 'merged'} in {result.report.total_seconds:.2f} s; "
           f"CLIPVisionModel.from_pretrained loads it ({sum(p.numel() for p in model.parameters()):,} parameters)")
     return 0
 

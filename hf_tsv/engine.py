@@ -396,6 +396,11 @@ def _mixed_precision(base_infos: dict[str, TensorInfo], models: list[ResolvedMod
                     "not enter them as noise")
 
 
+# What the output check says to do when a merged (or stored) tensor is not finite although every input was
+OUTPUT_OVERFLOW_HINT = ("the inputs' magnitudes or alpha are too large for this precision; check the inputs, or use "
+                        "a smaller alpha, a wider --dtype or --svd-dtype float64")
+
+
 def check_finite(value, what: str, hint: str):
     """``value`` (a tensor or a number) unchanged when all of it is finite; else a :class:`MergeInputError`
     saying that ``what`` contains NaN or inf values, and ``hint`` (what to do)."""

@@ -23,6 +23,12 @@ class CardError(HFTSVError, ValueError):
     """A model card cannot be written for this folder (not an hf-tsv output, or a malformed report file)."""
 
 
+class ReportError(CardError):
+    """A ``merge_report.json`` that hf-tsv cannot read: missing, not JSON, of another schema version, or with an
+    entry missing or of the wrong type (the message names it). A :class:`CardError`, since the model card is
+    where a report is read most (and where hf-tsv 0.1.0 raised CardError for it)."""
+
+
 class PushError(HFTSVError, RuntimeError):
     """Publishing to the Hub failed. The message says which step failed and what was left on the Hub
     (a repository created by the failed push is deleted); it never contains the token."""

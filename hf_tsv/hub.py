@@ -21,16 +21,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .card import (
-    CARD_NAME,
-    EVAL_NAME,
-    HEATMAP_NAME,
-    REPORT_NAME,
-    STI_STATS_NAME,
-    TSVC_INDEX_NAME,
-    write_card,
-)
-from .errors import PushError
+from .card import write_card
+from .errors import HFTSVError, PushError
+from .files import CARD_NAME, EVAL_RESULTS_NAME, HEATMAP_NAME, REPORT_NAME, STI_STATS_NAME, TSVC_INDEX_NAME
 from .json_io import dumps_json
 from .secrets import describe_exception, known_secrets, public_json, public_text, resolve_token, safe_cause
 
@@ -55,7 +48,7 @@ PUBLISHED_FILES = (
                    "timings, device, dtypes, library versions, command"),
     PublishedGroup((STI_STATS_NAME, HEATMAP_NAME), 'TSV-M merges: `{"k", "keys", "total"}` and the STI heatmap '
                    "(layers × layer types)"),
-    PublishedGroup((EVAL_NAME, "eval_*.json", "eval_*.csv", "eval_*.md", "eval_*.png"),
+    PublishedGroup((EVAL_RESULTS_NAME, "eval_*.json", "eval_*.csv", "eval_*.md", "eval_*.png"),
                    "evaluation results, when present in the folder"),
     PublishedGroup((TSVC_INDEX_NAME, "tsv_c.safetensors", "tsv_c-*-of-*.safetensors", "tsv_c.safetensors.index.json"),
                    "TSV-C folders (`hf-tsv compress`) instead of the weights and merge report"),
@@ -162,17 +155,17 @@ def _check_folder(folder: Path) -> None:
 
 def _default_message(folder: Path) -> str:
     from . import __version__
+    from .report import MergeReport
 
     try:
         if (folder / TSVC_INDEX_NAME).is_file():
             index = json.loads((folder / TSVC_INDEX_NAME).read_text())
             return f"Upload TSV-C factors of {index.get('num_tasks')} tasks (hf-tsv {__version__})"
-        report = json.loads((folder / REPORT_NAME).read_text())
-        if report.get("method") == "tsv-c expand":
+        report = MergeReport.load(folder)
+        if report.is_expand:
             return f"Upload a task rebuilt from TSV-C factors (hf-tsv {__version__})"
-        return (f"Upload {report.get('method')} merge of {report.get('num_tasks')} models "
-                f"(hf-tsv {__version__})")
-    except (OSError, ValueError):
+        return f"Upload {report.method} merge of {report.num_tasks} models (hf-tsv {__version__})"
+    except (OSError, ValueError, HFTSVError):
         return f"Upload with hf-tsv {__version__}"
 
 

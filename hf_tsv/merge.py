@@ -12,23 +12,39 @@ import torch
 
 from . import __version__
 from .adapters import get_adapter
-from .engine import MergePlan, Timer, build_plan, check_finite, iter_units, split_rows, task_vector_scan
+from .engine import (
+    OUTPUT_OVERFLOW_HINT,
+    MergePlan,
+    Timer,
+    build_plan,
+    check_finite,
+    iter_units,
+    split_rows,
+    task_vector_scan,
+)
 from .errors import MergeInputError
-from .files import CONFIG_NAME, REPORT_NAME
-from .io.output import InputLocation, input_locations, naming_file, write_json
-from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
+from .io.output import InputLocation, input_locations, write_json
+from .io.writer import (
+    DEFAULT_MAX_SHARD_SIZE,
+    ShardedSafetensorsWriter,
+    atomic_output_dir,
+    check_output_dir,
+    save_config,
+    set_config_dtype,
+)
 from .methods import DEFAULT_METHOD, KeyContext
 from .options import MergeOptions, check_model_references, check_output_options, finite_number
-from .report import device_description, format_sti_table, library_versions
-from .secrets import known_secrets, public_command, public_json
-
-# What the output check says to do when a merged tensor is not finite although every input was
-OUTPUT_OVERFLOW_HINT = ("the inputs' magnitudes or alpha are too large for this precision; check the inputs, or use "
-                        "a smaller alpha, a wider --dtype or --svd-dtype float64")
-
-
-def _set_config_dtype(config, dtype: torch.dtype) -> None:
-    setattr(config, "dtype" if hasattr(config, "dtype") else "torch_dtype", dtype)
+from .report import (
+    InputRecord,
+    MergeReport,
+    OutputRecord,
+    ReportOptions,
+    STIRecord,
+    device_description,
+    library_versions,
+)
+from .secrets import known_secrets, public_command
+from .sti_table import sti_table
 
 
 class MergeResult:
@@ -40,12 +56,11 @@ class MergeResult:
         >>> model = result.to_model()  # a CLIPVisionModel  # doctest: +SKIP
     """
 
-    def __init__(self, report: dict, config, model_class: type, state_dict: dict | None = None,
-                 folder: Path | None = None, inputs: tuple[InputLocation, ...] = (), model_kwargs: dict | None = None):
+    def __init__(self, report: MergeReport, config, model_class: type, state_dict: dict | None = None,
+                 folder: Path | None = None, inputs: tuple[InputLocation, ...] = ()):
         self.report = report
         self.config = config
         self.model_class = model_class
-        self.model_kwargs = dict(model_kwargs or {})  # what the class needs beyond the config (add_pooling_layer...)
         self._state_dict = state_dict
         self.folder = folder
         self.inputs = inputs  # where the merged models live: save_pretrained never writes there
@@ -58,7 +73,7 @@ class MergeResult:
 
     def to_model(self):
         """The merged model as an instance of the output transformers class (e.g. CLIPVisionModel)."""
-        model = self.model_class(self.config, **self.model_kwargs)
+        model = self.model_class(self.config, **_init_kwargs(self.report))
         model.load_state_dict(self.state_dict(), strict=True)
         return model.eval()
 
@@ -81,11 +96,12 @@ class MergeResult:
         for key, tensor in state.items():
             writer.write(key, tensor)
         writer.close()
-        _write_metadata(folder, self.config, self.report)
+        save_config(folder, self.config)
+        self.report.save(folder)
 
     def __repr__(self) -> str:
         r = self.report
-        return (f"MergeResult(method={r['method']!r}, alpha={r['alpha']}, num_tasks={r['num_tasks']}, "
+        return (f"MergeResult(method={r.method!r}, alpha={r.alpha}, num_tasks={r.num_tasks}, "
                 f"model_class={self.model_class.__name__}, folder={str(self.folder) if self.folder else None})")
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,
@@ -120,14 +136,6 @@ def _load_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _write_metadata(folder: Path, config, report: dict) -> None:
-    """``config.json`` and ``merge_report.json``, the report as published (:func:`hf_tsv.secrets.public_json`:
-    no secret, local paths reduced to names)."""
-    with naming_file(folder / CONFIG_NAME):
-        config.save_pretrained(str(folder))
-    write_json(folder / REPORT_NAME, public_json(report))
-
-
 def _check_output(tensor: torch.Tensor, key: str) -> torch.Tensor:
     """The output check: a merged tensor (in its output dtype) must be finite, or nothing is written."""
     return check_finite(tensor, f"the merged tensor of key {key!r} ({str(tensor.dtype).removeprefix('torch.')})",
@@ -152,33 +160,31 @@ def _main_dtype(layout: dict) -> torch.dtype:
     return max(sizes, key=sizes.get)
 
 
-def _base_report(plan: MergePlan, options: MergeOptions) -> dict:
-    report = {
-        "hf_tsv_version": __version__,
-        "num_tasks": plan.num_tasks,
-        "base": plan.base.provenance(),
-        "models": [m.provenance() for m in plan.models],
-        "options": {"fuse_qkv": plan.fuse_qkv, "excluded_keys": plan.excluded, "compute_dtype":
-                    str(options.compute_dtype).removeprefix("torch."), "device": device_description(options.device)},
-        "keys": plan.counts(),
-        "notes": plan.notes,
-        "versions": library_versions(),
-    }
-    if plan.mixed_precision:
-        report["mixed_precision"] = plan.mixed_precision
-    if plan.warnings:
-        report["warnings"] = plan.warnings
-    return report
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
-def _output_record(plan: MergePlan, dtype: torch.dtype) -> dict:
-    """What the report says about the output: its class, the adapter that made it, its main dtype and what
-    loading it needs beyond its config (``init_kwargs``, when anything)."""
-    record = {"class": plan.output_class.__name__, "architecture": plan.adapter.name,
-              "dtype": str(dtype).removeprefix("torch.")}
-    if plan.output.init_kwargs:
-        record["init_kwargs"] = dict(plan.output.init_kwargs)
-    return record
+def _merge_report(plan: MergePlan, options: MergeOptions, output_dtype: torch.dtype, command: str | None,
+                  token) -> MergeReport:
+    """The report of a merge about to run (STI and timings are added as it runs). A command is recorded as it
+    may be published (:func:`hf_tsv.secrets.public_command`): no secret, local paths reduced to names."""
+    method = options.merge_method
+    hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
+    return MergeReport(
+        method=options.method, method_description=method.description, alpha=options.effective_alpha,
+        hf_tsv_version=__version__, num_tasks=plan.num_tasks,
+        base=InputRecord.from_dict(plan.base.provenance()),
+        models=[InputRecord.from_dict(m.provenance()) for m in plan.models],
+        options=ReportOptions(plan.fuse_qkv, list(plan.excluded), _dtype_name(options.compute_dtype),
+                              device_description(options.device),
+                              options.svd if method.task_rank is not None else None,  # it truncates per task
+                              options.method_parameters()),
+        keys=plan.counts(), notes=list(plan.notes), versions=library_versions(),
+        mixed_precision=dict(plan.mixed_precision), warnings=list(plan.warnings),
+        k=method.task_rank if method.uses_svd else None,
+        output=OutputRecord(plan.output_class.__name__, _dtype_name(output_dtype), plan.adapter.name,
+                            dict(plan.output.init_kwargs)),
+        command=public_command(command, hub_ids, known_secrets(token)) if command else None)
 
 
 class _MergeJob:
@@ -187,8 +193,8 @@ class _MergeJob:
     def __init__(self, base, models, options: MergeOptions, *, revision, token, command, started):
         self.started = started
         self.options = options
-        self.method = method = options.method
-        self.merge_method = merge_method = options.merge_method
+        self.method = options.method
+        self.merge_method = options.merge_method
         self.alpha = options.effective_alpha
         self.compute_dtype = options.compute_dtype
         self.opts = options.method_options
@@ -199,20 +205,10 @@ class _MergeJob:
         self.timer = Timer()
         self.timer.totals["preflight_s"] = time.perf_counter() - started
         self.layout = layout = _output_layout(plan, options.dtype)
-        self.config = config = plan.output_config
-        _set_config_dtype(config, _main_dtype(layout))
-        report = {"method": method, "method_description": merge_method.description, "alpha": self.alpha,
-                  **_base_report(plan, options)}
-        if merge_method.task_rank is not None:  # it truncates each task's SVD: the SVD mode matters
-            report["options"]["svd"] = options.svd
-        if merge_method.uses_svd:
-            report["k"] = merge_method.task_rank
-        report["options"].update(options.method_parameters())
-        report["output"] = _output_record(plan, _main_dtype(layout))
-        if command:  # with no secret and local paths reduced to names, as in every file that holds it
-            hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
-            report["command"] = public_command(command, hub_ids, known_secrets(token))
-        self.report = report
+        self.config = plan.output_config
+        self.output_dtype = _main_dtype(layout)
+        set_config_dtype(self.config, self.output_dtype)
+        self.report = _merge_report(plan, options, self.output_dtype, command, token)
 
     def deltas(self):
         """Yield ``(unit, base, Δ)`` per unit, streaming; records STI (TSV-M) in the report at the end."""
@@ -235,16 +231,16 @@ class _MergeJob:
         for key, value in sti_keys.items():  # after the merged tensors' own checks
             check_finite(value, f"the STI of key {key!r}", OUTPUT_OVERFLOW_HINT)
         if self.merge_method.reports_sti:
-            self.report["sti"] = {"k": self.merge_method.task_rank, "total": sum(sti_keys.values()),
-                                  "keys": sti_keys}
+            self.report.sti = STIRecord(sti_keys, sum(sti_keys.values()), self.merge_method.task_rank)
 
     def input_locations(self) -> tuple[InputLocation, ...]:
         """Where the resolved inputs live on disk (an output must stay clear of them)."""
         return tuple(input_locations([self.plan.base, *self.plan.models]))
 
     def finish(self) -> None:
-        self.report["timings"] = {k: round(v, 4) for k, v in self.timer.totals.items()}
-        self.report["timings"]["total_s"] = round(time.perf_counter() - self.started, 4)
+        timings = {k: round(v, 4) for k, v in self.timer.totals.items()}
+        timings["total_s"] = round(time.perf_counter() - self.started, 4)
+        self.report.timings = timings
 
 
 class LinearMerge:
@@ -257,9 +253,9 @@ class LinearMerge:
         >>> lin.at(0.5).save_pretrained("merged")  # doctest: +SKIP
     """
 
-    def __init__(self, base_state: dict[str, torch.Tensor], delta_state: dict[str, torch.Tensor], report: dict,
+    def __init__(self, base_state: dict[str, torch.Tensor], delta_state: dict[str, torch.Tensor], report: MergeReport,
                  config, model_class: type, dtypes: dict[str, torch.dtype], inputs: tuple[InputLocation, ...] = (),
-                 alpha_grid: list[float] | None = None, model_kwargs: dict | None = None):
+                 alpha_grid: list[float] | None = None):
         self.inputs = inputs  # where the merged models live (see MergeResult.inputs)
         self.alpha_grid = alpha_grid  # the method's default α grid for its options (None: look it up by name)
         self.base_state = base_state
@@ -267,12 +263,11 @@ class LinearMerge:
         self.report = report
         self.config = config
         self.model_class = model_class
-        self.model_kwargs = dict(model_kwargs or {})  # see MergeResult.model_kwargs
         self.dtypes = dtypes  # the output dtype of each key
 
     @property
     def method(self) -> str:
-        return self.report["method"]
+        return self.report.method
 
     def state_dict(self, alpha: float) -> dict[str, torch.Tensor]:
         """θ₀ + α·Δ in the output dtypes (each checked finite)."""
@@ -280,17 +275,16 @@ class LinearMerge:
         return {k: _check_output((b + alpha * self.delta_state[k]).to(self.dtypes[k]), k)
                 for k, b in self.base_state.items()}
 
-    def at(self, alpha: float, **report_extra) -> MergeResult:
-        """The merge at ``alpha`` as a :class:`MergeResult` (its report says which α)."""
-        report = copy.deepcopy(self.report)
-        report["alpha"] = finite_number(alpha, "alpha")
-        report.update(report_extra)
+    def at(self, alpha: float, alpha_search: dict | None = None) -> MergeResult:
+        """The merge at ``alpha`` as a :class:`MergeResult` (its report says which α, and the validation sweep
+        ``alpha_search`` that chose it, when given)."""
+        report = self.report.with_alpha(finite_number(alpha, "alpha"), alpha_search)
         return MergeResult(report, copy.deepcopy(self.config), self.model_class, state_dict=self.state_dict(alpha),
-                           inputs=self.inputs, model_kwargs=self.model_kwargs)
+                           inputs=self.inputs)
 
     def to_model(self, alpha: float):
         """A new model instance (eval mode) holding θ₀ + α·Δ."""
-        model = self.model_class(copy.deepcopy(self.config), **self.model_kwargs)
+        model = self.model_class(copy.deepcopy(self.config), **_init_kwargs(self.report))
         self.load_into(model, alpha)
         return model.eval()
 
@@ -335,11 +329,10 @@ def merge_linear(base, models, method: str = DEFAULT_METHOD, *, fuse_qkv: bool =
                                               f"the merged delta of key {saved!r}", OUTPUT_OVERFLOW_HINT)
     job.finish()
     if not job.merge_method.uses_alpha:  # averaging: α is not a parameter of the method
-        job.report["alpha"] = 1.0
+        job.report.alpha = 1.0
     dtypes = {k: v[0] for k, v in job.layout.items()}
     return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes,
-                       inputs=job.input_locations(), alpha_grid=list(job.options.search_grid),
-                       model_kwargs=job.plan.output.init_kwargs)
+                       inputs=job.input_locations(), alpha_grid=list(job.options.search_grid))
 
 
 def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None, *, fuse_qkv: bool = False,
@@ -384,7 +377,7 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
         >>> import hf_tsv
         >>> result = hf_tsv.merge("openai/clip-vit-base-patch32",  # doctest: +SKIP
         ...                       ["me/clip-cars", "me/clip-dtd", "me/clip-eurosat"], method="tsv-m")
-        >>> result.report["sti"]["total"]  # doctest: +SKIP
+        >>> result.report.sti.total  # doctest: +SKIP
         >>> result.save_pretrained("clip-tsv-merged")  # doctest: +SKIP
     """
     started = time.perf_counter()
@@ -411,16 +404,20 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
         state: dict[str, torch.Tensor] = {}
         run(state.__setitem__)
         finish()
-        return MergeResult(report, config, plan.output_class, state_dict=state, inputs=inputs,
-                           model_kwargs=plan.output.init_kwargs)
+        return MergeResult(report, config, plan.output_class, state_dict=state, inputs=inputs)
     with atomic_output_dir(output_dir, overwrite, inputs=inputs) as tmp:
         writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
         run(writer.write)
         writer.close()
         finish()
-        _write_metadata(tmp, config, report)
-    return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs,
-                       model_kwargs=plan.output.init_kwargs)
+        save_config(tmp, config)
+        report.save(tmp)
+    return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs)
+
+
+def _init_kwargs(report: MergeReport) -> dict:
+    """What the output class needs beyond its config (``add_pooling_layer=False``...), as the report records it."""
+    return dict(report.output.init_kwargs) if report.output else {}
 
 
 @dataclass
@@ -447,7 +444,8 @@ class STIReport:
 
     def table(self) -> str:
         """A per-layer plain-text table (columns: layer types)."""
-        return format_sti_table(self.keys, self.total, get_adapter(self.architecture) if self.architecture else None)
+        layout = get_adapter(self.architecture) if self.architecture else None
+        return sti_table(self.keys, self.total, layout).text()
 
 
 def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, device="auto",

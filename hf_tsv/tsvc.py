@@ -11,19 +11,25 @@ from pathlib import Path
 import torch
 
 from .core import truncated_task_factors
-from .engine import Timer, build_plan, check_finite, iter_units, resolve_device
+from .engine import OUTPUT_OVERFLOW_HINT, Timer, build_plan, check_finite, iter_units, resolve_device
 from .errors import MergeInputError
 from .files import CONFIG_NAME
 from .files import TSVC_FORMAT as FORMAT
 from .files import TSVC_INDEX_NAME as INDEX_NAME
 from .io.layout import find_member, model_root, parse_json, read_member
-from .io.output import naming_file, write_json
+from .io.output import write_json
 from .io.reader import SafetensorsFiles
 from .io.resolve import resolve_model
-from .io.writer import DEFAULT_MAX_SHARD_SIZE, ShardedSafetensorsWriter, atomic_output_dir, check_output_dir
-from .merge import OUTPUT_OVERFLOW_HINT, _set_config_dtype, _write_metadata
+from .io.writer import (
+    DEFAULT_MAX_SHARD_SIZE,
+    ShardedSafetensorsWriter,
+    atomic_output_dir,
+    check_output_dir,
+    save_config,
+    set_config_dtype,
+)
 from .options import MergeOptions, check_model_references, check_output_options, finite_number
-from .report import library_versions
+from .report import EXPAND_METHOD, SOURCES, InputRecord, MergeReport, library_versions
 from .secrets import redact_json
 
 
@@ -122,9 +128,8 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
                     write(f"tasks.{t}.{unit.name}.delta", item.task_vectors[t])
         writer.close()
         config = plan.output_config
-        _set_config_dtype(config, plan.base_infos[plan.units[0].keys[0]].dtype)
-        with naming_file(tmp / CONFIG_NAME):
-            config.save_pretrained(str(tmp))
+        set_config_dtype(config, plan.base_infos[plan.units[0].keys[0]].dtype)
+        save_config(tmp, config)
         index = {
             "format": FORMAT, "version": 1, "num_tasks": t_count,
             "k": "floor(r/T)" if rank_fraction is None else f"floor({rank_fraction}*r)",
@@ -199,6 +204,9 @@ def _index_problem(index: object) -> str | None:
     if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict) and is_text(t.get("name"))
                                                          for t in tasks):
         return "'tasks' must be a non-empty list of objects with a 'name'"
+    for i, task in enumerate(tasks):
+        if task.get("source") not in SOURCES or task["source"] == "hub" and not is_text(task.get("repo_id")):
+            return f"tasks[{i}] must have 'source' local, hub or memory (and a Hub task its 'repo_id')"
     if index.get("num_tasks") != len(tasks):
         return f"'num_tasks' is {index.get('num_tasks')!r}, not the number of entries in 'tasks' ({len(tasks)})"
     if not isinstance(base, dict) or base.get("source") not in ("local", "hub", "memory"):
@@ -306,6 +314,7 @@ def expand(compressed_dir: str | os.PathLike, task: str | int, output_dir: str |
     index_path = folder / INDEX_NAME
     index = load_index(folder)
     t = _task_index(index, task)
+    task_record = InputRecord.from_dict(index["tasks"][t], INDEX_NAME, f"tasks[{t}]")
     check_output_dir(output_dir, overwrite, inputs=[folder, base])
     recorded = index["base"]
     if base is None:
@@ -357,7 +366,7 @@ def expand(compressed_dir: str | os.PathLike, task: str | int, output_dir: str |
                 writer.write(saved, check_finite(rebuilt, f"the rebuilt tensor of key {saved!r}",
                                                  f"check the factors in {folder} (tsv_c*.safetensors)"))
         writer.close()
-        report = {"method": "tsv-c expand", "task": index["tasks"][t], "base": resolved.provenance(),
-                  "k": index["k"], "versions": library_versions()}
-        _write_metadata(tmp, config, report)
+        save_config(tmp, config)
+        MergeReport(EXPAND_METHOD, InputRecord.from_dict(resolved.provenance()),
+                    task=task_record, k=index["k"], versions=library_versions()).save(tmp)
     return Path(output_dir)

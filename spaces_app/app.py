@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gradio as gr  # noqa: E402
 import space_core  # noqa: E402
-from space_core import Settings, SpaceError, Workspace  # noqa: E402
+from space_core import EvaluationSettings, MergeJob, Settings, SpaceError, StiJob, Workspace  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 logger = logging.getLogger("hf_tsv.space")
@@ -94,23 +94,15 @@ class ProgressMirror:
 
 
 def sti_rows(keys: dict[str, float]) -> tuple[list[str], list[list[str]]]:
-    """The STI per layer (rows) and layer type (columns), as strings with 4 significant digits."""
-    from hf_tsv.report import sti_table
+    """The STI per layer (rows) and layer type (columns), as :mod:`hf_tsv.sti_table` shows it everywhere."""
+    from hf_tsv.sti_table import sti_table
 
-    types, rows = sti_table(keys)
-    headers = ["layer", *types, "layer total"]
-    table = []
-    for layer, values, total in rows:
-        if layer == "-":
-            for kind, value in values.items():
-                table.append([kind, *[""] * len(types), f"{value:.4g}"])
-        else:
-            table.append([layer, *[f"{values[t]:.4g}" if t in values else "" for t in types], f"{total:.4g}"])
-    return headers, table
+    table = sti_table(keys)
+    return table.headers, table.records()
 
 
 def sti_summary(keys: dict[str, float], total: float, num_tasks: int) -> str:
-    from hf_tsv.report import layer_and_type
+    from hf_tsv.sti_table import layer_and_type
 
     if not keys:
         return "No weight matrix to analyse."
@@ -150,28 +142,21 @@ def alpha_info() -> str:
             f"{MAX_ALPHA:g}")
 
 
-def merge_summary(report: dict, zip_bytes: int, warnings: list[str], evaluation: dict | None = None) -> str:
-    from hf_tsv.methods import METHODS
-
-    method = report.get("method", "?")
-    lines = [f"### {method_label(method)} merge of {report.get('num_tasks')} models"]
-    if method not in METHODS or METHODS[method].uses_alpha:
-        lines.append(f"- α = {report.get('alpha')}")
-    base = report.get("base") or {}
-    lines.append(f"- base: `{base.get('repo_id') or base.get('name')}`")
-    names = [m.get("repo_id") or m.get("name") for m in report.get("models") or []]
-    lines.append("- fine-tuned: " + ", ".join(f"`{n}`" for n in names))
-    sti = report.get("sti")
-    if isinstance(sti, dict):
-        lines.append(f"- total STI: **{sti.get('total'):.4g}** ({len(sti.get('keys') or {})} matrices)")
+def merge_summary(report, zip_bytes: int, warnings: list[str], evaluation: dict | None = None) -> str:
+    """The result of a merge for the visitor, from its :class:`hf_tsv.report.MergeReport`."""
+    lines = [f"### {method_label(report.method)} merge of {report.num_tasks} models"]
+    if report.uses_alpha:
+        lines.append(f"- α = {report.alpha}")
+    lines.append(f"- base: `{report.base.repo_id or report.base.name}`")
+    lines.append("- fine-tuned: " + ", ".join(f"`{m.repo_id or m.name}`" for m in report.models or []))
+    if report.sti is not None:
+        lines.append(f"- total STI: **{report.sti.total:.4g}** ({len(report.sti.keys)} matrices)")
     else:
         lines.append("- STI is computed by TSV-M merges; use *Analyse interference* for this set of models")
-    output = report.get("output") or {}
-    lines.append(f"- output: `{output.get('class')}` ({output.get('dtype')}), {zip_bytes / 1e6:.1f} MB zipped")
-    options = report.get("options") or {}
-    timings = report.get("timings") or {}
-    lines.append(f"- device: {options.get('device')}; fused q/k/v: {options.get('fuse_qkv')}; "
-                 f"merge time {timings.get('total_s', 0):.1f} s")
+    output, options = report.output, report.options
+    lines.append(f"- output: `{output.class_name}` ({output.dtype}), {zip_bytes / 1e6:.1f} MB zipped")
+    lines.append(f"- device: {options.device}; fused q/k/v: {options.fuse_qkv}; "
+                 f"merge time {report.total_seconds or 0:.1f} s")
     if evaluation and evaluation.get("error"):
         lines.append("- evaluation: **failed** (see *Evaluation* below); the merge itself is complete")
     elif evaluation:
@@ -283,11 +268,11 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         """Server folders that messages for visitors must not show (any other path is reduced to its name)."""
         return [str(workspace.root), str(settings.hub_cache)] + ([str(settings.library)] if settings.library else [])
 
-    def common_job(kind, base, models, fuse_qkv, device, job_dir):
-        scrub = [str(job_dir), *server_paths()]
-        return {"kind": kind, "base": base.worker_ref, "models": [m.worker_ref for m in models],
-                "fuse_qkv": fuse_qkv, "device": device, "threads": settings.threads,
-                "memory_gb": settings.worker_memory_gb, "scrub": scrub}
+    def common_job(base, models, fuse_qkv, device, job_dir) -> dict:
+        """The fields every job has (:class:`space_core.StiJob`)."""
+        return dict(base=base.worker_ref, models=tuple(m.worker_ref for m in models), fuse_qkv=fuse_qkv,
+                    device=device, threads=settings.threads, memory_gb=settings.worker_memory_gb,
+                    scrub=(str(job_dir), *server_paths()))
 
     results_cap = settings.max_results_gb * space_core.GB
 
@@ -317,15 +302,15 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         """Singular Task Interference per weight matrix, without merging: heatmap, table, raw numbers."""
         import tempfile
 
-        from hf_tsv.card import sti_heatmap_png
         from hf_tsv.io.output import write_file_atomic
+        from hf_tsv.sti_table import sti_heatmap_png
 
         with visitor_errors():
             base, models, _, fuse = prepare(base_library, base_hub, models_library, models_hub, fuse_qkv, device)
             progress(0.0, desc="starting the worker")
             folder = workspace.session_dir(session)
             job_dir = Path(tempfile.mkdtemp(prefix="sti-", dir=folder))
-            result = run(common_job("sti", base, models, fuse, device, job_dir), job_dir, progress)
+            result = run(StiJob(**common_job(base, models, fuse, device, job_dir)), job_dir, progress)
             state = dict(session or {}, dir=str(folder))
             workspace.delete(state.get("sti"))
             state["sti"] = str(job_dir)
@@ -347,6 +332,8 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         """Merge, write the model card, pack the merged folder; the result stays in this session for a push."""
         import tempfile
 
+        from hf_tsv.report import MergeReport
+
         with visitor_errors():
             _check_choice(method, list(METHODS), "method")
             alpha = _check_alpha(alpha, method)
@@ -361,10 +348,10 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
             command = " ".join(["hf-tsv", "merge", base.label, *[m.label for m in models], "--method", method]
                                + (["--alpha", f"{alpha:g}"] if alpha is not None else [])
                                + (["--fuse-qkv"] if fuse else []) + ["-o", name])
-            job = dict(common_job("merge", base, models, fuse, device, job_dir), method=method, alpha=alpha,
-                       output=str(job_dir / name), zip=str(job_dir / f"{name}.zip"), command=command,
-                       evaluate={"tasks": str(settings.tasks), "max_examples": settings.eval_max_examples}
-                       if evaluate else None)
+            job = MergeJob(**common_job(base, models, fuse, device, job_dir), method=method, alpha=alpha,
+                           output=str(job_dir / name), zip=str(job_dir / f"{name}.zip"), command=command,
+                           evaluate=EvaluationSettings(str(settings.tasks), settings.eval_max_examples)
+                           if evaluate else None)
             # the merged folder and its zip: about twice one model's weights
             result = run(job, job_dir, progress, reserve=2 * total / (len(models) + 1))
             state = dict(session or {}, dir=str(folder))
@@ -378,8 +365,8 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         if evaluation and evaluation.get("error"):
             gr.Warning(html.escape(f"The merge is done, but its evaluation failed: {evaluation['error']}",
                                    quote=False))
-        summary = merge_summary(result["report"], zip_path.stat().st_size, result.get("card_warnings") or [],
-                                evaluation)
+        summary = merge_summary(MergeReport.from_dict(result["report"]), zip_path.stat().st_size,
+                                result.get("card_warnings") or [], evaluation)
         scores = evaluation_markdown(evaluation, [m.label for m in models], settings.eval_max_examples)
         return summary, (str(heatmap) if heatmap.is_file() else None), card, str(zip_path), scores, state
 

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 logger = logging.getLogger("hf_tsv.space")
 
@@ -191,6 +192,68 @@ class ModelRef:
             return str(self.path)
         revision = self.commit or self.revision
         return f"{self.repo_id}@{revision}" if revision else str(self.repo_id)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Jobs
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How a merge is evaluated: on the test split of every task of the operator's spec, at most ``max_examples``
+    images per task."""
+
+    tasks: str  # the task spec (HF_TSV_SPACE_TASKS)
+    max_examples: int
+
+
+@dataclass(frozen=True)
+class StiJob:
+    """An STI analysis for a worker: the models (as :attr:`ModelRef.worker_ref`), the options, the worker's
+    limits and the server paths its messages must not show (``scrub``)."""
+
+    kind: ClassVar[str] = "sti"
+    base: str
+    models: tuple[str, ...]
+    fuse_qkv: bool = False
+    device: str = "auto"
+    threads: int | None = None  # torch threads of the worker (default: torch's)
+    memory_gb: float | None = None  # the worker's address-space cap
+    scrub: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MergeJob(StiJob):
+    """A merge for a worker: an STI job's fields, plus the method, α, where the merged folder and its zip go, the
+    command recorded on the card and, optionally, its evaluation."""
+
+    kind: ClassVar[str] = "merge"
+    output: str = ""
+    zip: str | None = None
+    method: str = "tsv-m"
+    alpha: float | None = None
+    command: str | None = None
+    evaluate: EvaluationSettings | None = None
+
+
+JOB_KINDS: dict[str, type[StiJob]] = {job.kind: job for job in (StiJob, MergeJob)}
+
+
+def job_to_json(job: StiJob) -> str:
+    """The job as the worker reads it (``job.json``)."""
+    return json.dumps({"kind": job.kind, **dataclasses.asdict(job)})
+
+
+def job_from_json(text: str) -> StiJob:
+    """The job written by :func:`job_to_json`."""
+    data = json.loads(text)
+    kind = JOB_KINDS[data.pop("kind")]
+    data["models"] = tuple(data["models"])
+    data["scrub"] = tuple(data.get("scrub") or ())
+    if data.get("evaluate") is not None:
+        data["evaluate"] = EvaluationSettings(**data["evaluate"])
+    return kind(**data)
 
 
 def _shown(text: str, limit: int = 60) -> str:
@@ -674,7 +737,7 @@ class WorkerPool:
         for worker in workers:
             self._discard(worker)
 
-    def run(self, job: dict, job_dir: Path, on_event: Callable[[dict], None] | None = None) -> dict:
+    def run(self, job: StiJob, job_dir: Path, on_event: Callable[[dict], None] | None = None) -> dict:
         """Run one job and return its result (``result.json`` of the worker).
 
         The worker sends one JSON line per progress event on its stdout (handed to ``on_event``). A worker
@@ -682,7 +745,7 @@ class WorkerPool:
         """
         job_dir.mkdir(parents=True, exist_ok=True)
         job_file = job_dir / "job.json"
-        job_file.write_text(json.dumps(job))
+        job_file.write_text(job_to_json(job))
         worker = self._take()
         proc = worker.proc
         timed_out: list = []
@@ -717,12 +780,12 @@ class WorkerPool:
         if code != 0 or not result_file.is_file():
             how = (f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
                    else f"exit status {code}")
-            logger.error("worker of a %s job stopped (%s); its log ends with:\n%s", job.get("kind"), how, log)
+            logger.error("worker of a %s job stopped (%s); its log ends with:\n%s", job.kind, how, log)
             raise WorkerDied(f"the merge worker stopped unexpectedly (out of memory?) ({how}); the server is still "
                              "running: try fewer or smaller models, or a machine with more memory")
         result = json.loads(result_file.read_text())
         if not result.get("ok"):
             if result.get("internal"):
-                logger.error("internal error in a %s job; the worker's log ends with:\n%s", job.get("kind"), log)
+                logger.error("internal error in a %s job; the worker's log ends with:\n%s", job.kind, log)
             raise SpaceError(str(result.get("error") or "the job failed"))
         return result

@@ -22,6 +22,8 @@ import traceback
 import zipfile
 from pathlib import Path
 
+from space_core import MergeJob, StiJob, job_from_json, visitor_message
+
 _LOCK = threading.Lock()
 _CHANNEL = None
 
@@ -92,8 +94,6 @@ def _limit_memory(gigabytes: float | None) -> None:
 def _scrub(message: str, server_paths: list[str]) -> str:
     """A message for the visitor: no server path (those of the job named relative to it, any other by its last
     component) and no token."""
-    from space_core import visitor_message
-
     return visitor_message(message, server_paths)
 
 
@@ -108,11 +108,11 @@ def _zip_folder(folder: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def run_sti(job: dict) -> dict:
+def run_sti(job: StiJob) -> dict:
     import hf_tsv
 
     emit(event="stage", text="reading the models", fraction=0.0)
-    report = hf_tsv.sti(job["base"], job["models"], fuse_qkv=job["fuse_qkv"], device=job["device"], token=False)
+    report = hf_tsv.sti(job.base, list(job.models), fuse_qkv=job.fuse_qkv, device=job.device, token=False)
     return {"keys": report.keys, "total": report.total, "num_tasks": report.num_tasks, "fuse_qkv": report.fuse_qkv,
             "k": "floor(r/T)"}
 
@@ -128,57 +128,55 @@ def _spec_paths(config) -> list[str]:
     return [v for v in values if v and Path(v).is_absolute()]
 
 
-def evaluate_merged(out: Path, job: dict) -> dict:
+# what the visitor sees at each step of hf_tsv.evaluation.evaluate_folder
+EVALUATION_STAGES = {"prepare": ("loading the evaluation tasks", 0.6),
+                     "references": ("evaluating the fine-tuned models (references of normalised accuracy)", 0.7),
+                     "evaluate": ("evaluating the merged model", 0.8)}
+
+
+def evaluate_merged(out: Path, job: MergeJob) -> dict:
     """Accuracy of the merged folder ``out`` on the test split of every task of the operator's spec
-    (``job["evaluate"]``: ``{"tasks": spec path, "max_examples": n}``); writes ``eval_results.json`` (which the
-    card reads) and ``eval_results.md`` into ``out``.
+    (``job.evaluate``); writes ``eval_results.json`` (which the card reads) and ``eval_results.md`` into ``out``.
 
     With as many tasks as fine-tuned models, task i is paired with fine-tuned model i (in the order of
-    ``job["models"]``), whose own accuracy on it is the reference of the normalised accuracy; otherwise the
+    ``job.models``), whose own accuracy on it is the reference of the normalised accuracy; otherwise the
     accuracy is absolute only. The spec's ``finetuned_accuracy`` values are not used: they describe the
     operator's fine-tuned models, not the visitor's."""
-    from hf_tsv.engine import resolve_device
-    from hf_tsv.evaluation import evaluate_model, load_tasks_spec, load_vision_model, prepare_tasks
-    from hf_tsv.evaluation.select import fill_finetuned_references, projection_for, write_eval_files
+    from hf_tsv.evaluation import evaluate_folder, load_tasks_spec, write_eval_files
 
-    settings = job["evaluate"]
-    config = load_tasks_spec(settings["tasks"])
-    device = resolve_device(job["device"])
-    emit(event="stage", text="loading the evaluation tasks", fraction=0.6)
+    settings = job.evaluate
+    config = load_tasks_spec(settings.tasks)
+    paired = len(config.tasks) == len(job.models)
+
+    def stage(step: str) -> None:
+        text, fraction = EVALUATION_STAGES[step]
+        emit(event="stage", text=text, fraction=fraction)
+
     # the image processor: the spec's, else the base model's (a merged folder has none)
-    prepared = prepare_tasks(config, job["base"], max_examples=settings["max_examples"], device=device)
-    for task in prepared:
-        task.finetuned_accuracy.clear()
-    paired = len(prepared) == len(job["models"])
-    if paired:
-        emit(event="stage", text="evaluating the fine-tuned models (references of normalised accuracy)",
-             fraction=0.7)
-        fill_finetuned_references(job["models"], prepared, device=device, config=config)
-    emit(event="stage", text="evaluating the merged model", fraction=0.8)
-    model = load_vision_model(out, device=device)
-    report = evaluate_model(model, prepared, split="test", projection=projection_for(model, config))
-    del model
+    report = evaluate_folder(out, config, finetuned=list(job.models) if paired else None, processor_from=job.base,
+                             spec_references=False, max_examples=settings.max_examples, device=job.device,
+                             on_step=stage)
     write_eval_files(out, report)
     return {"table": report.table(), "results": report.to_eval_results(), "paired": paired,
             "mean_accuracy": report.mean_accuracy, "mean_normalized_accuracy": report.mean_normalized_accuracy}
 
 
-def _evaluation_failed(out: Path, exc: BaseException, job: dict) -> dict:
+def _evaluation_failed(out: Path, exc: BaseException, job: MergeJob) -> dict:
     """What the visitor is told when the evaluation fails; the merge is kept, without evaluation files."""
     from hf_tsv.errors import HFTSVError
-    from hf_tsv.evaluation.select import EVAL_RESULTS_NAME, EVAL_TABLE_NAME
+    from hf_tsv.files import EVAL_RESULTS_NAME, EVAL_TABLE_NAME
 
     for name in (EVAL_RESULTS_NAME, EVAL_TABLE_NAME):
         (out / name).unlink(missing_ok=True)
     if isinstance(exc, HFTSVError):
-        secrets = list(job.get("scrub") or [])
+        secrets = list(job.scrub)
+        spec = Path(job.evaluate.tasks)
         try:
             from hf_tsv.evaluation import load_tasks_spec
 
-            spec = Path(job["evaluate"]["tasks"])
             secrets += [str(spec.parent), *_spec_paths(load_tasks_spec(spec))]
         except Exception:  # noqa: BLE001 - the spec itself failed: its folder is scrubbed above
-            secrets.append(str(Path(job["evaluate"]["tasks"]).parent))
+            secrets.append(str(spec.parent))
         return {"error": _scrub(str(exc), secrets)}
     if isinstance(exc, MemoryError):
         return {"error": "the worker ran out of memory while evaluating (HF_TSV_SPACE_WORKER_MEMORY_GB, "
@@ -187,19 +185,20 @@ def _evaluation_failed(out: Path, exc: BaseException, job: dict) -> dict:
     return {"error": f"an internal error ({type(exc).__name__}); the server log has the details"}
 
 
-def run_merge(job: dict) -> dict:
+def run_merge(job: MergeJob) -> dict:
+    """Merge, evaluate (when asked), write the card and zip the folder; the result for ``result.json`` (the
+    report as :meth:`hf_tsv.report.MergeReport.to_dict`)."""
     import hf_tsv
     from hf_tsv.card import write_card
 
-    out = Path(job["output"])
+    out = Path(job.output)
     emit(event="stage", text="reading the models", fraction=0.0)
-    result = hf_tsv.merge(job["base"], job["models"], method=job["method"], alpha=job["alpha"],
-                          fuse_qkv=job["fuse_qkv"], device=job["device"], output_dir=out, command=job["command"],
-                          token=False)
+    result = hf_tsv.merge(job.base, list(job.models), method=job.method, alpha=job.alpha, fuse_qkv=job.fuse_qkv,
+                          device=job.device, output_dir=out, command=job.command, token=False)
     report = result.report
     del result
     evaluation = None
-    if job.get("evaluate"):
+    if job.evaluate is not None:
         try:
             evaluation = evaluate_merged(out, job)
         except Exception as exc:  # noqa: BLE001 - the merge is kept; the visitor is told why there is no evaluation
@@ -207,20 +206,20 @@ def run_merge(job: dict) -> dict:
     emit(event="stage", text="writing the model card", fraction=0.9)
     card = write_card(out, token=False)
     emit(event="stage", text="packing the download", fraction=0.95)
-    _zip_folder(out, Path(job["zip"]))
-    return {"report": report, "card_warnings": list(card.warnings), "evaluation": evaluation}
+    _zip_folder(out, Path(job.zip))
+    return {"report": report.to_dict(), "card_warnings": list(card.warnings), "evaluation": evaluation}
 
 
-def outcome_of(job: dict) -> dict:
+def outcome_of(job: StiJob) -> dict:
     """Run ``job``; the result for ``result.json``: ``{"ok": true, ...}``, or ``{"ok": false, "error": message}``
     with a message built for the visitor (an hf_tsv error without server paths or tokens; anything else without
     details, which go to the log)."""
     from hf_tsv.errors import HFTSVError
 
     try:
-        return {"ok": True, **(run_sti(job) if job["kind"] == "sti" else run_merge(job))}
+        return {"ok": True, **(run_merge(job) if isinstance(job, MergeJob) else run_sti(job))}
     except HFTSVError as exc:
-        return {"ok": False, "error": _scrub(str(exc), list(job.get("scrub") or []))}
+        return {"ok": False, "error": _scrub(str(exc), list(job.scrub))}
     except MemoryError:
         return {"ok": False, "error": "the worker ran out of memory (HF_TSV_SPACE_WORKER_MEMORY_GB); try fewer "
                                       "or smaller models"}
@@ -244,7 +243,7 @@ def _warm_up() -> None:
         import datasets  # noqa: F401
         import evaluate  # noqa: F401
 
-        import hf_tsv.evaluation.select  # noqa: F401
+        import hf_tsv.evaluation  # noqa: F401
 
 
 def main(argv: list[str]) -> int:
@@ -269,12 +268,12 @@ def main(argv: list[str]) -> int:
         job_file = Path(line)
     else:
         job_file = Path(argv[1])
-    job = json.loads(job_file.read_text())
-    _limit_memory(job.get("memory_gb"))
-    if job.get("threads"):
+    job = job_from_json(job_file.read_text())
+    _limit_memory(job.memory_gb)
+    if job.threads:
         import torch
 
-        torch.set_num_threads(int(job["threads"]))
+        torch.set_num_threads(int(job.threads))
     outcome = outcome_of(job)
     tmp = job_file.with_name("result.json.partial")
     tmp.write_text(json.dumps(outcome))

@@ -1,4 +1,4 @@
-"""Model cards (hf_tsv/card.py, `hf-tsv card`): metadata, STI and evaluation sections, no local paths."""
+"""Model cards (hf_tsv/card/, `hf-tsv card`): metadata, STI and evaluation sections, no local paths."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from huggingface_hub import ModelCard
 
 import hf_tsv
-from hf_tsv.card import public_command, sti_markdown_rows
 from hf_tsv.cli import main
+from hf_tsv.secrets import public_command
+from hf_tsv.sti_table import sti_table
 
 EVALS = {"tasks": {"cars": {"absolute": 61.234, "normalized": 80.5}, "dtd": {"absolute": 50.0, "normalized": 90.25}},
          "dataset_ids": {"cars": "tanganke/stanford_cars", "dtd": "tanganke/dtd"}}
@@ -66,8 +67,7 @@ def test_sti_section_heatmap_and_stats_match_the_report(folder):
     assert stats == {"k": report["sti"]["k"], "keys": report["sti"]["keys"], "total": report["sti"]["total"]}
     text = (folder / "README.md").read_text()
     assert f"**Total STI: {report['sti']['total']:.4g}** over {len(report['sti']['keys'])} matrix keys" in text
-    pieces = sti_markdown_rows(report["sti"]["keys"])
-    assert pieces["types"] == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert sti_table(report["sti"]["keys"]).types == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
     keys = report["sti"]["keys"]
     for layer in ("0", "1"):
         cells = [f"{keys[f'encoder.layers.{layer}.{part}.weight']:.4g}" for part in

@@ -125,7 +125,7 @@ def test_eval_matches_direct_clip_computation(tiny_clip, tmp_path, as_vision_onl
     if as_vision_only:
         vision_dir = tmp_path / "vision"
         CLIPVisionModel.from_pretrained(tiny_clip).save_pretrained(vision_dir)
-        from hf_tsv.evaluation.select import projection_for
+        from hf_tsv.evaluation import projection_for
 
         model = load_vision_model(vision_dir)
         assert type(model).__name__ == "CLIPVisionModel"

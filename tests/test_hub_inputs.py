@@ -26,9 +26,9 @@ def test_merge_hub_ids_records_resolved_revisions(hub_with_models, tiny, monkeyp
     result = hf_tsv.merge("ns/base", ["ns/ft0", f"ns/ft1@{sha}", "ns/ft2"])
     local = hf_tsv.merge(tiny["base"], tiny["tasks"])
     assert all(torch.equal(result.state_dict()[k], v) for k, v in local.state_dict().items())
-    models = result.report["models"]
-    assert [m["repo_id"] for m in models] == ["ns/ft0", "ns/ft1", "ns/ft2"]
-    assert models[1]["revision"] == sha and all(len(m["revision"]) == 40 for m in models)
-    assert result.report["base"]["source"] == "hub"
+    models = result.report.models
+    assert [m.repo_id for m in models] == ["ns/ft0", "ns/ft1", "ns/ft2"]
+    assert models[1].revision == sha and all(len(m.revision) == 40 for m in models)
+    assert result.report.base.source == "hub"
     with pytest.raises(hf_tsv.MergeInputError, match="ns/missing.*Hub download failed"):
         hf_tsv.merge("ns/base", ["ns/ft0", "ns/missing"])

@@ -32,7 +32,7 @@ def in_memory_reference(base: str, tasks: list[str], method: str, alpha: float) 
 def test_streaming_equals_in_memory(tiny, tmp_path, method):
     result = hf_tsv.merge(tiny["base"], tiny["tasks"], method=method, output_dir=tmp_path / "out")
     streamed = load_state(tmp_path / "out")
-    expected = in_memory_reference(tiny["base"], tiny["tasks"], method, result.report["alpha"])
+    expected = in_memory_reference(tiny["base"], tiny["tasks"], method, result.report.alpha)
     assert streamed.keys() == expected.keys()
     worst = max(max_rel_diff(streamed[k], expected[k]) for k in expected)
     assert worst < 1e-6, worst
@@ -41,10 +41,10 @@ def test_streaming_equals_in_memory(tiny, tmp_path, method):
 
 
 def test_default_alphas(tiny):
-    assert hf_tsv.merge(tiny["base"], tiny["tasks"]).report["alpha"] == 1.0
-    assert hf_tsv.merge(tiny["base"], tiny["tasks"], method="ta").report["alpha"] == 0.3
-    assert hf_tsv.merge(tiny["base"], tiny["tasks"], method="ties").report["alpha"] == 1.0  # the disjoint mean
-    assert hf_tsv.merge(tiny["base"], tiny["tasks"], method="ties", ties_merge="sum").report["alpha"] == 0.3
+    assert hf_tsv.merge(tiny["base"], tiny["tasks"]).report.alpha == 1.0
+    assert hf_tsv.merge(tiny["base"], tiny["tasks"], method="ta").report.alpha == 0.3
+    assert hf_tsv.merge(tiny["base"], tiny["tasks"], method="ties").report.alpha == 1.0  # the disjoint mean
+    assert hf_tsv.merge(tiny["base"], tiny["tasks"], method="ties", ties_merge="sum").report.alpha == 0.3
     avg = hf_tsv.merge(tiny["base"], tiny["tasks"], method="avg", alpha=5.0).state_dict()
     mean = {k: torch.stack([load_state(t)[k] for t in tiny["tasks"]]).mean(0) for k in avg}
     assert max(max_rel_diff(avg[k], mean[k]) for k in avg) < 1e-6
@@ -81,8 +81,8 @@ def test_output_loads_with_from_pretrained_and_report(tiny, tmp_path):
 
 def test_sti_api_matches_merge_report(tiny):
     report = hf_tsv.sti(tiny["base"], tiny["tasks"])
-    merged = hf_tsv.merge(tiny["base"], tiny["tasks"]).report["sti"]
-    assert report.keys == pytest.approx(merged["keys"])
+    merged = hf_tsv.merge(tiny["base"], tiny["tasks"]).report.sti
+    assert report.keys == pytest.approx(merged.keys)
     assert report.total > 0
     table = report.table()
     assert "fc1" in table and "q_proj" in table and "total STI" in table
@@ -93,8 +93,8 @@ def test_transformers4_prefixed_and_5_unprefixed_merge_together(tiny, tmp_path):
     base_v4 = copy_checkpoint(tiny["base"], tmp_path / "base_v4", prefix="vision_model.")
     reference = hf_tsv.merge(tiny["base"], tiny["tasks"]).state_dict()
     mixed = hf_tsv.merge(base_v4, [tiny["tasks"][0], prefixed[1], prefixed[2]])
-    assert "sti" in mixed.report
-    assert next(iter(mixed.report["sti"]["keys"])).startswith("vision_model.")  # keys as in the base
+    assert mixed.report.sti is not None
+    assert next(iter(mixed.report.sti.keys)).startswith("vision_model.")  # keys as in the base
     state = mixed.state_dict()
     assert state.keys() == reference.keys()
     assert all(torch.equal(state[k], reference[k]) for k in state)
@@ -113,7 +113,7 @@ def test_clip_model_and_with_projection_checkpoints(tiny, tmp_path):
     reference = hf_tsv.merge(tiny["base"], tiny["tasks"]).state_dict()
     merged = hf_tsv.merge(tiny["base"], [tmp_path / "full_clip", tiny["tasks"][1], tiny["tasks"][2]])
     assert merged.model_class.__name__ == "CLIPVisionModel"
-    assert any("text_model" in n for n in merged.report["notes"] + [""]) or merged.report["keys"]["ignored_keys"]
+    assert any("text_model" in n for n in merged.report.notes + [""]) or merged.report.keys["ignored_keys"]
     state = merged.state_dict()
     assert all(torch.allclose(state[k], reference[k]) for k in reference)
 
@@ -129,7 +129,7 @@ def test_clip_model_and_with_projection_checkpoints(tiny, tmp_path):
         folders.append(tmp_path / f"proj_{i}")
     with_proj = hf_tsv.merge(folders[0], folders[1:], output_dir=tmp_path / "proj_out")
     assert with_proj.model_class is CLIPVisionModelWithProjection
-    assert "visual_projection.weight" in with_proj.report["sti"]["keys"]
+    assert "visual_projection.weight" in with_proj.report.sti.keys
     loaded = CLIPVisionModelWithProjection.from_pretrained(str(tmp_path / "proj_out"))
     torch.testing.assert_close(loaded.visual_projection.weight, with_proj.state_dict()["visual_projection.weight"])
 
@@ -145,8 +145,8 @@ def test_fused_qkv_stacks_before_the_svd(tiny):
     expected = torch.cat([base[prefix + f"{w}_proj.weight"] for w in "qkv"]) + core.tsv_merge(stacked)
     got = torch.cat([fused.state_dict()[prefix + f"{w}_proj.weight"] for w in "qkv"])
     torch.testing.assert_close(got, expected)
-    assert prefix + "qkv_proj.weight" in fused.report["sti"]["keys"]
-    assert fused.report["keys"]["fused_qkv_groups"] == 2
+    assert prefix + "qkv_proj.weight" in fused.report.sti.keys
+    assert fused.report.keys["fused_qkv_groups"] == 2
     assert not torch.equal(fused.state_dict()[prefix + "q_proj.weight"], split.state_dict()[prefix + "q_proj.weight"])
     # the rest is untouched by fusing
     key = "encoder.layers.1.mlp.fc1.weight"
@@ -158,8 +158,8 @@ def test_exclude_averages_matching_keys(tiny):
     key = "encoder.layers.0.mlp.fc2.weight"
     mean = torch.stack([load_state(t)[key] for t in tiny["tasks"]]).mean(0)
     torch.testing.assert_close(result.state_dict()[key], mean, atol=1e-7, rtol=1e-5)
-    assert key not in result.report["sti"]["keys"]
-    assert result.report["keys"]["excluded_keys"] == 4  # fc2 weight and bias in 2 layers
+    assert key not in result.report.sti.keys
+    assert result.report.keys["excluded_keys"] == 4  # fc2 weight and bias in 2 layers
 
 
 def test_sharded_output_and_dtypes(tiny, tmp_path):
@@ -188,7 +188,7 @@ def test_bfloat16_checkpoints_give_bfloat16_out_and_float32_svds(tiny, tmp_path)
     tasks = [copy_checkpoint(t, tmp_path / f"t{i}", edit=to_bf16) for i, t in enumerate(tiny["tasks"])]
     result = hf_tsv.merge(base, tasks)
     assert {t.dtype for t in result.state_dict().values()} == {torch.bfloat16}
-    assert result.report["options"]["compute_dtype"] == "float32"
+    assert result.report.options.compute_dtype == "float32"
     expected = in_memory_reference(str(base), [str(t) for t in tasks], "tsv-m", 1.0)
     assert all(torch.equal(result.state_dict()[k], expected[k]) for k in expected)
 
@@ -200,7 +200,7 @@ def test_in_memory_models_and_pytorch_bin(tiny, tmp_path):
     from_memory = hf_tsv.merge(CLIPVisionModel.from_pretrained(tiny["base"]), models)
     from_disk = hf_tsv.merge(tiny["base"], tiny["tasks"])
     assert all(torch.equal(from_memory.state_dict()[k], v) for k, v in from_disk.state_dict().items())
-    assert from_memory.report["models"][0]["source"] == "memory"
+    assert from_memory.report.models[0].source == "memory"
 
     bin_folder = tmp_path / "bin_task"
     models[0].save_pretrained(bin_folder, safe_serialization=False) if _supports_bin() else _save_bin(
@@ -280,7 +280,7 @@ def test_streaming_peak_memory_stays_below_holding_all_models(tiny, tmp_path):
 def test_svd_modes_through_the_api(tiny_gapped, svd):
     exact = hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"]).state_dict()
     other = hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"], svd=svd)
-    assert other.report["options"]["svd"] == svd
+    assert other.report.options.svd == svd
     base = load_state(tiny_gapped["base"])
     worst = max(max_rel_diff(other.state_dict()[k] - base[k], exact[k] - base[k])
                 for k in exact if base[k].ndim == 2)
@@ -300,12 +300,12 @@ def test_merge_runs_on_every_available_device(tiny_gapped, device, svd):
         assert value.device.type == "cpu"
         if base[key].ndim == 2:
             assert max_rel_diff(value - base[key], reference.state_dict()[key] - base[key]) < 1e-4, key
-    assert result.report["options"]["device"].startswith(device)
+    assert result.report.options.device.startswith(device)
 
 
 def test_local_fingerprints_tell_fine_tunes_apart(tiny):
     report = hf_tsv.merge(tiny["base"], tiny["tasks"]).report
-    prints = [report["base"]["fingerprint"]] + [m["fingerprint"] for m in report["models"]]
+    prints = [report.base.fingerprint] + [m.fingerprint for m in report.models]
     assert len(set(prints)) == 4
     again = hf_tsv.merge(tiny["base"], tiny["tasks"]).report
-    assert again["models"][0]["fingerprint"] == prints[1]
+    assert again.models[0].fingerprint == prints[1]

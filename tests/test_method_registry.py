@@ -87,8 +87,9 @@ def test_no_edge_keeps_a_table_of_methods():
     """The edges that used to restate method facts read them from the registry (names of the old tables)."""
     restated = re.compile(r"METHOD_(TAGS|TITLES|RULES|LABELS)|DEFAULT_ALPHA\b|QUICK_GRIDS|MERGE_METHODS|"
                           r"PAPER_URL\s*=")
-    for path in [ROOT / "hf_tsv" / "card.py", ROOT / "hf_tsv" / "cli.py", ROOT / "hf_tsv" / "bench" / "run.py",
-                 ROOT / "hf_tsv" / "bench" / "plots.py", ROOT / "spaces_app" / "app.py", ROOT / "hf_tsv" / "merge.py",
+    for path in [*(ROOT / "hf_tsv" / "card").glob("*.py"), ROOT / "hf_tsv" / "report.py", ROOT / "hf_tsv" / "cli.py",
+                 ROOT / "hf_tsv" / "bench" / "run.py", ROOT / "hf_tsv" / "bench" / "plots.py",
+                 ROOT / "spaces_app" / "app.py", ROOT / "hf_tsv" / "merge.py",
                  ROOT / "hf_tsv" / "evaluation" / "alpha.py"]:
         if path.exists():
             assert not restated.search(path.read_text(encoding="utf-8")), path
@@ -118,8 +119,8 @@ def test_a_method_from_one_file_merges_through_the_python_api(tiny, toy):
     assert list(METHODS)[-1] == "toy" and PARAMETERS["toy_scale"].methods == ("toy",)
     result = hf_tsv.merge(tiny["base"], tiny["tasks"], method="toy", toy_scale=2.0, device="cpu")
     report = result.report
-    assert report["alpha"] == 0.5 and report["options"]["toy_scale"] == 2.0  # its default α, its parameter
-    assert report["method_description"] == "Toy merge (Tester et al., PyTest 2031)"
+    assert report.alpha == 0.5 and report.options.parameters["toy_scale"] == 2.0  # its default α, its parameter
+    assert report.method_description == "Toy merge (Tester et al., PyTest 2031)"
     merged, mean = result.state_dict(), _mean_of_tasks(tiny["tasks"])  # 0.5 · 2 · mean τ: the average
     assert max(max_rel_diff(merged[k].float(), mean[k]) for k in mean) < 1e-6
     with pytest.raises(MergeInputError, match=r"toy_scale \(--toy-scale\) must be in \(0, 10\], got 11"):

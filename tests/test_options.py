@@ -233,12 +233,12 @@ def test_the_space_worker_refuses_bad_options_before_resolving(tmp_path):
         import space_worker
     finally:
         sys.path.pop(0)
-    job = {"kind": "merge", "base": UNCACHED[0], "models": UNCACHED[1:], "method": "tsv-m", "alpha": float("nan"),
-           "fuse_qkv": False, "device": "cpu", "output": str(tmp_path / "out"), "command": "hf-tsv merge"}
+    job = space_worker.MergeJob(base=UNCACHED[0], models=tuple(UNCACHED[1:]), method="tsv-m", alpha=float("nan"),
+                                fuse_qkv=False, device="cpu", output=str(tmp_path / "out"), command="hf-tsv merge")
     with pytest.raises(MergeInputError, match="finite number"):
         space_worker.run_merge(job)
     with pytest.raises(MergeInputError, match="cannot compute on 'meta'"):
-        space_worker.run_sti({**job, "kind": "sti", "device": "meta"})
+        space_worker.run_sti(space_worker.StiJob(base=job.base, models=job.models, fuse_qkv=False, device="meta"))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -274,9 +274,9 @@ def test_merge_options_normalise_and_record_method_parameters():
 
 def test_report_records_the_method_parameters_used(tiny):
     ties = hf_tsv.merge(tiny["base"], tiny["tasks"], method="ties", ties_density=0.5).report
-    assert ties["options"]["ties_density"] == 0.5 and "iso_common_fraction" not in ties["options"]
+    assert ties.options.parameters["ties_density"] == 0.5 and "iso_common_fraction" not in ties.options.parameters
     iso = hf_tsv.merge(tiny["base"], tiny["tasks"], method="iso-cts", iso_common_fraction=0.5).report
-    assert iso["options"]["iso_common_fraction"] == 0.5 and "ties_density" not in iso["options"]
+    assert iso.options.parameters["iso_common_fraction"] == 0.5 and "ties_density" not in iso.options.parameters
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -424,7 +424,7 @@ def test_allow_duplicates_merges_with_a_warning_in_the_report(tiny, tmp_path, ca
     assert report["warnings"] == ["fine-tuned models 'task_00#0' and 'task_00#1' are one checkpoint (the same "
                                   "folder): that task would count twice; merged anyway (allow_duplicates)"]
     in_memory = hf_tsv.merge(tiny["base"], [tiny["tasks"][0], tiny["tasks"][0]], allow_duplicates=True)
-    assert in_memory.report["warnings"] == report["warnings"]
+    assert in_memory.report.warnings == report["warnings"]
 
 
 def test_different_fine_tunes_with_equal_fingerprints_are_not_duplicates(tiny, tmp_path, monkeypatch):
@@ -521,7 +521,7 @@ def test_mixed_precision_is_warned_and_recorded(tiny, tmp_path, capsys):
     assert report["mixed_precision"]["rounded_keys"] == 3 * len(load_state(tiny["base"]))
     assert any(w.startswith("mixed precision") for w in report["warnings"])
     same_precision = hf_tsv.merge(tiny["base"], tiny["tasks"], method="ta").report
-    assert "mixed_precision" not in same_precision and "warnings" not in same_precision
+    assert "mixed_precision" not in same_precision.to_dict() and "warnings" not in same_precision.to_dict()
 
 
 def test_cli_bad_options_print_one_line_without_traceback(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import importlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ import hf_tsv
 from hf_tsv.cli import main
 from hf_tsv.errors import OutputExistsError, OutputPathError, OutputWriteError
 from hf_tsv.io import output
+from hf_tsv.report import MergeReport
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = re.compile(r"\.(tmp|old)-")  # old (0.1.0) and new scratch names both hold ".tmp-"
@@ -300,28 +300,26 @@ def _row_flush_io_error(ck, tmp_path, monkeypatch):
 
 
 def _row_target_appears_meanwhile(ck, tmp_path, monkeypatch):
-    merge_module = importlib.import_module("hf_tsv.merge")  # the package's `merge` attribute is the function
-    write_metadata = merge_module._write_metadata
+    save_report = MergeReport.save  # the last file a merge writes into its temporary folder
 
-    def and_someone_writes_the_target(folder, config, report):
-        write_metadata(folder, config, report)
+    def and_someone_writes_the_target(report, folder):
+        save_report(report, folder)
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "theirs.txt").write_text("the other run's output")
 
-    monkeypatch.setattr(merge_module, "_write_metadata", and_someone_writes_the_target)
+    monkeypatch.setattr(MergeReport, "save", and_someone_writes_the_target)
     return ["merge", ck["base"], *ck["tasks"][:2], "-o", tmp_path / "out", "--overwrite"], "appeared while"
 
 
 def _row_target_changes_meanwhile(ck, tmp_path, monkeypatch):
-    merge_module = importlib.import_module("hf_tsv.merge")  # the package's `merge` attribute is the function
     merge_api(ck, tmp_path / "out", alpha=0.5)
-    write_metadata = merge_module._write_metadata
+    save_report = MergeReport.save  # the last file a merge writes into its temporary folder
 
-    def and_someone_adds_a_file(folder, config, report):
-        write_metadata(folder, config, report)
+    def and_someone_adds_a_file(report, folder):
+        save_report(report, folder)
         (tmp_path / "out" / "notes.txt").write_text("added while the merge ran")
 
-    monkeypatch.setattr(merge_module, "_write_metadata", and_someone_adds_a_file)
+    monkeypatch.setattr(MergeReport, "save", and_someone_adds_a_file)
     return ["merge", ck["base"], *ck["tasks"][:2], "-o", tmp_path / "out", "--overwrite"], "changed while"
 
 

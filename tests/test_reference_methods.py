@@ -284,7 +284,7 @@ def test_ties_model_scope_peak_memory_stays_far_below_one_task_vector(tmp_path):
         f"hf_tsv.merge({warm['base']!r}, {warm['tasks']!r}, method='ties', output_dir={str(tmp_path / 'w')!r})\n"
         "before = peak()\n"
         f"r = hf_tsv.merge({paths['base']!r}, {paths['tasks']!r}, method='ties', output_dir={str(tmp_path / 'o')!r})\n"
-        "assert r.report['options']['ties_scope'] == 'model'\n"
+        "assert r.report.options.parameters['ties_scope'] == 'model'\n"
         "print(before, peak())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -301,13 +301,13 @@ def test_ties_over_the_whole_model_through_merge_linear_plan_and_alpha_grids(tin
 
     linear = hf_tsv.merge_linear(tiny["base"], tiny["tasks"], method="ties", device="cpu")
     direct = hf_tsv.merge(tiny["base"], tiny["tasks"], method="ties", alpha=0.7, device="cpu")
-    assert "model_pass_s" in direct.report["timings"]
+    assert "model_pass_s" in direct.report.timings
     at = linear.state_dict(0.7)
     assert all(torch.equal(at[k], v) for k, v in direct.state_dict().items())
     grid = linear.alpha_grid  # the documented grids: 0.1, 0.2 … 3.0 for the disjoint mean, 1/30 … 1 for the sum
     assert grid == default_grid("ties") and len(grid) == 30 and grid[:3] == [0.1, 0.2, 0.3] and grid[-1] == 3.0
     summed = hf_tsv.merge_linear(tiny["base"], tiny["tasks"], method="ties", ties_merge="sum", device="cpu")
-    assert len(summed.alpha_grid) == 30 and summed.alpha_grid[-1] == 1.0 and summed.report["alpha"] == 0.3
+    assert len(summed.alpha_grid) == 30 and summed.alpha_grid[-1] == 1.0 and summed.report.alpha == 0.3
     assert summed.alpha_grid[0] == pytest.approx(1 / 30) and summed.alpha_grid[14] == pytest.approx(0.5)
     info = hf_tsv.plan(tiny["base"], tiny["tasks"], method="ties")
     assert info["method"] == "ties"

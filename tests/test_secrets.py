@@ -278,7 +278,7 @@ def test_hub_download_errors_do_not_show_the_token(wrong, tiny, hub, tmp_path, c
             hf_tsv.merge("hf-tsv-tester/base", ["hf-tsv-tester/ft0", "hf-tsv-tester/ft1"], token=TOKEN + wrong)
         result = hf_tsv.merge("hf-tsv-tester/base", ["hf-tsv-tester/ft0", "hf-tsv-tester/ft1"], device="cpu",
                               token=f"{TOKEN}\n")
-        assert result.report["base"]["repo_id"] == "hf-tsv-tester/base"
+        assert result.report.base.repo_id == "hf-tsv-tester/base"
     assert_token_nowhere(TOKEN, [], [*_exception_texts(failed.value), caplog.text, *_hub_texts(hub)])
 
 
@@ -293,10 +293,10 @@ def test_space_zip_and_messages_hold_no_token(tmp_path):
     from hf_tsv.synthetic import make_checkpoints
 
     library = make_checkpoints(tmp_path / "library", preset="tiny", num_tasks=2, seed=4)
-    job = {"kind": "merge", "base": str(library["base"]), "models": list(map(str, library["tasks"])),
-           "method": "ta", "alpha": 0.3, "fuse_qkv": False, "device": "cpu", "output": str(tmp_path / "jobs" / "m"),
-           "zip": str(tmp_path / "jobs" / "m.zip"), "command": f"hf-tsv merge base a b --tok {TOKEN}",
-           "scrub": [str(tmp_path)]}
+    job = space_worker.MergeJob(base=str(library["base"]), models=tuple(map(str, library["tasks"])), method="ta",
+                                alpha=0.3, fuse_qkv=False, device="cpu", output=str(tmp_path / "jobs" / "m"),
+                                zip=str(tmp_path / "jobs" / "m.zip"), command=f"hf-tsv merge base a b --tok {TOKEN}",
+                                scrub=(str(tmp_path),))
     outcome = space_worker.outcome_of(job)
     assert outcome["ok"] and zipfile.is_zipfile(tmp_path / "jobs" / "m.zip")
     assert_token_nowhere(TOKEN, [tmp_path / "jobs"], [json.dumps(outcome)])
@@ -394,7 +394,7 @@ def test_files_written_locally_are_redacted(tiny, tmp_path):
     assert index["base"]["path"] == str(Path(tiny["base"]).resolve())
     result = hf_tsv.merge(tiny["base"], tiny["tasks"][:2], device="cpu",
                           command=f"hf-tsv merge {tiny['base']} a b --token {LOWERCASE_TOKEN}")
-    result.report["notes"].append(f"Authorization: Bearer {TOKEN}")
+    result.report.notes.append(f"Authorization: Bearer {TOKEN}")
     result.save_pretrained(tmp_path / "saved")
     card = hf_tsv.write_card(tmp_path / "saved", repo_id="ns/x", license=f"other {TOKEN}")
     assert "Authorization: Bearer ***" in json.loads((tmp_path / "saved" / "merge_report.json").read_text())["notes"]
@@ -446,8 +446,8 @@ def test_space_errors_show_no_server_path(weights, tiny, tmp_path):
         api.upload_file(path_or_fileobj=b"{}", path_in_repo="config.json", repo_id="ns/broken")
         api.upload_file(path_or_fileobj=weights, path_in_repo="model.safetensors", repo_id="ns/broken")
         assert hub_server.repos["ns/broken"]
-        job = {"kind": "sti", "base": "ns/broken", "models": [str(tiny["tasks"][0]), str(tiny["tasks"][1])],
-               "fuse_qkv": False, "device": "cpu", "scrub": [str(tmp_path / "workspace")]}
+        job = space_worker.StiJob(base="ns/broken", models=(str(tiny["tasks"][0]), str(tiny["tasks"][1])),
+                                  fuse_qkv=False, device="cpu", scrub=(str(tmp_path / "workspace"),))
         outcome = space_worker.outcome_of(job)
     assert not outcome["ok"] and "ns/broken" in outcome["error"]
     for server_path in (str(tmp_path), "/tmp/", str(Path(tiny["base"]).parent)):
@@ -490,7 +490,8 @@ out.mkdir(parents=True)
 (out / "README.md").write_text("# merged")
 (out / "model.safetensors").write_bytes(b"0" * SIZE)
 Path(job["zip"]).write_bytes(b"0" * SIZE)
-report = {"method": "ta", "num_tasks": 2, "alpha": 0.3, "base": {}, "models": [], "output": {}, "options": {}}
+report = {"method": "ta", "num_tasks": 2, "alpha": 0.3, "base": {"name": "base", "source": "local"}, "models": [],
+          "output": {"class": "CLIPVisionModel", "dtype": "float32"}, "options": {}}
 job_file.with_name("result.json").write_text(json.dumps({"ok": True, "report": report, "card_warnings": []}))
 """
 

@@ -24,7 +24,8 @@ from safetensors.torch import load as load_safetensors
 from space_helpers import SPACES_APP, free_port, import_space, make_eval_tasks, running_space, zip_contents
 
 import hf_tsv
-from hf_tsv.card import sti_heatmap_png
+from hf_tsv.report import MergeReport
+from hf_tsv.sti_table import sti_heatmap_png
 from hf_tsv.synthetic import make_checkpoints
 
 app, space_core = import_space()
@@ -124,7 +125,7 @@ def test_merge_endpoint_gives_the_librarys_merge_card_and_download(merged, libra
 
     report = json.loads(files[folder + "merge_report.json"])
     assert report["method"] == "tsv-m" and report["alpha"] == 0.8 and report["num_tasks"] == 3
-    assert report["sti"]["total"] == pytest.approx(expected.report["sti"]["total"], rel=1e-9)
+    assert report["sti"]["total"] == pytest.approx(expected.report.sti.total, rel=1e-9)
     assert [m["name"] for m in report["models"]] == TASKS
     assert report["command"] == "hf-tsv merge base task_00 task_01 task_02 --method tsv-m --alpha 0.8 -o " \
                                 "hf-tsv-tsv-m-merge"
@@ -157,8 +158,14 @@ def test_merge_is_evaluated_on_the_configured_tasks(merged, library, eval_spec, 
     i normalised by fine-tuned model i; the card shows it."""
     import zipfile
 
-    from hf_tsv.evaluation import evaluate_model, load_tasks_spec, load_vision_model, prepare_tasks
-    from hf_tsv.evaluation.select import fill_finetuned_references, projection_for
+    from hf_tsv.evaluation import (
+        evaluate_model,
+        fill_finetuned_references,
+        load_tasks_spec,
+        load_vision_model,
+        prepare_tasks,
+        projection_for,
+    )
 
     summary, _, card, download, evaluation = merged
     with zipfile.ZipFile(download) as archive:
@@ -194,10 +201,11 @@ def test_evaluation_without_pairs_or_that_fails_keeps_the_merge(library, eval_sp
     import space_worker
 
     def job(name, spec, models=TASKS[:2]):
-        return {"base": str(library / "base"), "models": [str(library / m) for m in models], "method": "ta",
-                "alpha": 0.3, "fuse_qkv": False, "device": "cpu", "output": str(tmp_path / "out" / name),
-                "zip": str(tmp_path / "out" / f"{name}.zip"), "command": "hf-tsv merge", "scrub": [str(library)],
-                "evaluate": {"tasks": str(spec), "max_examples": 8}}
+        return space_core.MergeJob(base=str(library / "base"), models=tuple(str(library / m) for m in models),
+                                   method="ta", alpha=0.3, fuse_qkv=False, device="cpu",
+                                   output=str(tmp_path / "out" / name), zip=str(tmp_path / "out" / f"{name}.zip"),
+                                   command="hf-tsv merge", scrub=(str(library),),
+                                   evaluate=space_core.EvaluationSettings(str(spec), 8))
 
     result = space_worker.run_merge(job("unpaired", eval_spec))
     evaluation = result["evaluation"]
@@ -222,7 +230,8 @@ def test_evaluation_without_pairs_or_that_fails_keeps_the_merge(library, eval_sp
         assert "No evaluation was run" in (out / "README.md").read_text()
         assert f"{name}/model.safetensors" in zip_contents(tmp_path / "out" / f"{name}.zip")
         assert "The evaluation failed:" in app.evaluation_markdown(result["evaluation"], TASKS[:2], 8)
-        assert "evaluation: **failed**" in app.merge_summary(result["report"], 1, [], result["evaluation"])
+        assert "evaluation: **failed**" in app.merge_summary(MergeReport.from_dict(result["report"]), 1, [],
+                                                             result["evaluation"])
 
 
 def test_push_uses_the_visitors_token_and_reaches_the_hub(client, merged, tmp_path, caplog):
@@ -415,7 +424,7 @@ def test_a_dying_worker_is_reported_and_the_server_keeps_serving(tmp_path, libra
     pool = space_core.WorkerPool(quick, workspace, script=sleeper, spares=0)
     started = time.monotonic()
     with pytest.raises(space_core.SpaceError, match="longer than this server's limit of 1 s"):
-        pool.run({"kind": "sti"}, tmp_path / "job")
+        pool.run(space_core.StiJob(base="base", models=("a", "b")), tmp_path / "job")
     assert time.monotonic() - started < 30
     workspace.close()
     assert not workspace.root.exists()
@@ -548,3 +557,14 @@ def test_on_spaces_visitors_sign_in_with_hugging_face(library):
     finally:
         demo.hf_tsv_pool.close()
         demo.hf_tsv_workspace.close()
+
+
+def test_worker_jobs_are_typed_and_round_trip_through_job_json():
+    """The app hands the worker a StiJob or a MergeJob (job.json); the worker reads back the same object."""
+    merge = space_core.MergeJob(base="base", models=("a", "b"), fuse_qkv=True, device="cpu", scrub=("/srv",),
+                                output="/srv/out", zip="/srv/out.zip", method="ta", alpha=0.3, command="hf-tsv merge",
+                                evaluate=space_core.EvaluationSettings("/srv/tasks.json", 8))
+    sti = space_core.StiJob(base="base", models=("a", "b"), threads=2, memory_gb=4.0)
+    for job in (merge, sti):
+        again = space_core.job_from_json(space_core.job_to_json(job))
+        assert again == job and type(again) is type(job)

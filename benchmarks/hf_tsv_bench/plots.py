@@ -105,7 +105,7 @@ def write_plots(payload: dict, out: str | Path) -> list[Path]:
 
     sti = (payload.get("sti") or {}).get("keys")
     if sti:
-        from hf_tsv.card import sti_heatmap_png
+        from hf_tsv.sti_table import sti_heatmap_png
 
         png = sti_heatmap_png(sti, title="TSV-M Singular Task Interference per layer")
         if png:

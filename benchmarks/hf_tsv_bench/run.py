@@ -100,8 +100,8 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
                  "sweep": search.to_dict()["sweep"]}
         # SVD methods are also scored at their default α, which their papers use without a search
         default_alpha = METHODS[method].default_alpha if METHODS[method].uses_svd else None
-        if "sti" in linear.report:
-            sti_keys = linear.report["sti"]["keys"]
+        if linear.report.sti is not None:
+            sti_keys = linear.report.sti.keys
         chosen = search.best_alpha if METHODS[method].uses_alpha else None  # averaging has no α
         results[method] = _entry(test, chosen, **extra)
         if default_alpha is not None:

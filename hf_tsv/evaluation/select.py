@@ -8,57 +8,11 @@ from pathlib import Path
 
 import torch
 
-from ..files import ALPHA_SEARCH_NAME, EVAL_RESULTS_NAME, EVAL_TABLE_NAME
-from ..io.output import write_file_atomic, write_json
 from ..methods import DEFAULT_METHOD
-from ..secrets import redact, redact_json
-from .alpha import AlphaSearch, search_alpha
-from .heads import ClipTextEncoder, EvalInputError
-from .runner import EvalReport, PreparedTask, evaluate_model, load_metric, load_vision_model, prepare_tasks
+from .alpha import search_alpha
+from .folder import fill_finetuned_references, projection_for, write_eval_files
+from .runner import evaluate_model, prepare_tasks
 from .tasks import TasksConfig
-
-
-def projection_for(model: torch.nn.Module, config: TasksConfig) -> torch.Tensor | None:
-    """The visual projection a bare ``CLIPVisionModel`` needs to meet text heads: the ``text_model``'s."""
-    if type(model).__name__ != "CLIPVisionModel" or not config.text_model:
-        return None
-    return ClipTextEncoder(config.text_model).visual_projection
-
-
-def fill_finetuned_references(models: list, tasks: list[PreparedTask], *, batch_size: int = 256,
-                              device: str | torch.device = "cpu", config: TasksConfig | None = None,
-                              progress: bool = True) -> None:
-    """Task i's reference accuracy is fine-tuned model i's own accuracy on each prepared split (kept where
-    the task spec already gives it)."""
-    if len(models) != len(tasks):
-        raise EvalInputError(f"{len(tasks)} tasks but {len(models)} fine-tuned models: normalised accuracy pairs "
-                             "task i with model i, so list the tasks in the order of the models (or give each "
-                             "task 'finetuned_accuracy')")
-    metric = load_metric()
-    for ref, task in zip(models, tasks):
-        todo = [s for s in task.splits if s not in task.finetuned_accuracy]
-        if not todo:
-            continue
-        model = load_vision_model(ref, device=device)
-        projection = projection_for(model, config) if config else None
-        for split in todo:
-            report = evaluate_model(model, [task], split=split, batch_size=batch_size, projection=projection,
-                                    metric=metric, progress=progress)
-            task.finetuned_accuracy[split] = report.tasks[task.name]["accuracy"]
-        del model
-
-
-def write_eval_files(folder: str | os.PathLike, test: EvalReport, search: AlphaSearch | None = None) -> None:
-    """``eval_results.json`` (for the card), ``eval_results.md`` and, after a sweep, ``eval_alpha_search.json``."""
-    folder = Path(folder)
-    payload = test.to_eval_results()
-    if search is not None:
-        payload["alpha"] = search.best_alpha
-        payload["alpha_selection"] = search.to_dict()["criterion"]
-    write_json(folder / EVAL_RESULTS_NAME, redact_json(payload))
-    write_file_atomic(folder / EVAL_TABLE_NAME, redact(test.table()) + "\n")
-    if search is not None:
-        write_json(folder / ALPHA_SEARCH_NAME, redact_json(search.to_dict()))
 
 
 def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: str = DEFAULT_METHOD,
@@ -79,8 +33,8 @@ def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: 
         >>> result, search, test = merge_with_alpha_search("base", ["ft_a", "ft_b"], cfg,  # doctest: +SKIP
         ...                                                method="tsv-m", output_dir="merged")
     """
+    from .. import MergeResult, merge_linear
     from ..io.writer import atomic_output_dir, check_output_dir
-    from ..merge import merge_linear
     from ..options import MergeOptions, check_model_references
 
     options = MergeOptions.from_arguments(method=method, alpha=alpha, alpha_grid=grid, device=device,
@@ -111,11 +65,11 @@ def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: 
         linear.load_into(model, alpha)
     test = evaluate_model(model, prepared, split="test", batch_size=batch_size, projection=projection,
                           progress=progress)
-    result = linear.at(alpha, **({"alpha_search": search.to_dict()} if search else {}))
+    result = linear.at(alpha, alpha_search=search.to_dict() if search else None)
     if output_dir is not None:
         with atomic_output_dir(output_dir, overwrite, inputs=result.inputs) as tmp:
             result.write_files(tmp)
             write_eval_files(tmp, test, search)
-        result = type(result)(result.report, result.config, result.model_class, folder=Path(output_dir),
-                              inputs=result.inputs)
+        result = MergeResult(result.report, result.config, result.model_class, folder=Path(output_dir),
+                             inputs=result.inputs)
     return result, search, test

@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 
 from ..errors import MergeInputError
-from .output import atomic_output_dir, check_output_dir, write_file_atomic
+from ..files import CONFIG_NAME
+from .output import atomic_output_dir, check_output_dir, naming_file, write_file_atomic
 from .safetensors_format import SafetensorsFileWriter, TensorInfo
 
-__all__ = ["DEFAULT_MAX_SHARD_SIZE", "ShardedSafetensorsWriter", "atomic_output_dir", "check_output_dir", "parse_size"]
+__all__ = ["DEFAULT_MAX_SHARD_SIZE", "ShardedSafetensorsWriter", "atomic_output_dir", "check_output_dir", "parse_size",
+           "save_config", "set_config_dtype"]
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -78,3 +80,15 @@ class ShardedSafetensorsWriter:
         if len(self._writers) > 1:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": self.weight_map}
             write_file_atomic(self.folder / self.index_name, json.dumps(index, indent=2, sort_keys=True))
+
+
+def set_config_dtype(config, dtype: torch.dtype) -> None:
+    """Record ``dtype`` as the checkpoint's dtype in a transformers ``config`` (``dtype``, or ``torch_dtype`` in
+    older transformers)."""
+    setattr(config, "dtype" if hasattr(config, "dtype") else "torch_dtype", dtype)
+
+
+def save_config(folder: str | os.PathLike, config) -> None:
+    """Write ``config.json`` of a transformers ``config`` into ``folder`` (an OSError names the file)."""
+    with naming_file(Path(folder) / CONFIG_NAME):
+        config.save_pretrained(str(folder))
