@@ -186,12 +186,12 @@ def test_clip_models_merge_both_towers_or_the_vision_tower_alone(checkpoints):
 
     paths = checkpoints("clip")
     both = hf_tsv.merge(paths["base"], paths["tasks"], device="cpu")
-    assert both.model_class is CLIPModel and both.report["keys"]["ignored_keys"] == 0
-    assert {k for k in both.report["sti"]["keys"] if k.startswith("text_model.")}
+    assert both.model_class is CLIPModel and both.report.keys["ignored_keys"] == 0
+    assert {k for k in both.report.sti.keys if k.startswith("text_model.")}
     vision = hf_tsv.merge(paths["base"], paths["tasks"], device="cpu", architecture="clip-vision")
-    assert vision.model_class is CLIPVisionModelWithProjection and vision.report["output"]["architecture"] == \
+    assert vision.model_class is CLIPVisionModelWithProjection and vision.report.output.architecture == \
         "clip-vision"
-    assert vision.report["keys"]["ignored_keys"] == sum(k.startswith(("text_model.", "text_projection.")) or
+    assert vision.report.keys["ignored_keys"] == sum(k.startswith(("text_model.", "text_projection.")) or
                                                         k == "logit_scale" for k in both.state_dict())
     full = both.state_dict()
     for key, tensor in vision.state_dict().items():  # per key, the same merge as inside the whole model
@@ -310,7 +310,7 @@ def test_checkpoints_saved_by_transformers_4_are_renamed(name, checkpoints, tmp_
     legacy = hf_tsv.merge(old["base"], old["tasks"], output_dir=tmp_path / "out", device="cpu", fuse_qkv=True)
     assert legacy.state_dict().keys() == new.state_dict().keys()  # saved with the installed transformers' names
     assert all(torch.equal(legacy.state_dict()[k], v) for k, v in new.state_dict().items())
-    assert list(legacy.report["sti"]["keys"].values()) == list(new.report["sti"]["keys"].values())
+    assert list(legacy.report.sti.keys.values()) == list(new.report.sti.keys.values())
     assert main(["sti", old["base"], *old["tasks"], "--device", "cpu", "--fuse-qkv"]) == 0
     header, rows = sti_table_lines(capsys.readouterr().out)
     assert header == ["layer", "qkv_proj", "o_proj", "fc1", "fc2", "layer", "total"] and rows == ["0", "1"]
