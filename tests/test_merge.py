@@ -309,3 +309,30 @@ def test_local_fingerprints_tell_fine_tunes_apart(tiny):
     assert len(set(prints)) == 4
     again = hf_tsv.merge(tiny["base"], tiny["tasks"]).report
     assert again.models[0].fingerprint == prints[1]
+
+
+@pytest.mark.slow
+def test_vit_b32_eight_tasks_stay_within_the_plan_estimate(tmp_path):
+    """The full-size memory claim (docs/performance.md): 8 ViT-B/32-shaped fine-tunes merge with a peak RSS no
+    larger than ``hf-tsv plan`` estimates, and far below the 9 checkpoints' size. Heavy (~3 GB of checkpoints,
+    minutes on 2 cores): the small version runs by default."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", "from hf_tsv.synthetic import make_checkpoints as m; "
+                    f"m({str(tmp_path / 'b32')!r}, preset='vit-b-32', num_tasks=8)"], check=True, capture_output=True)
+    base = tmp_path / "b32" / "base"
+    tasks = sorted(str(p) for p in (tmp_path / "b32").glob("task_*"))
+    inputs_bytes = sum(f.stat().st_size for f in (tmp_path / "b32").rglob("*.safetensors"))
+    code = (
+        "import torch, hf_tsv\n"
+        "torch.set_num_threads(1)\n"
+        f"estimate = hf_tsv.plan({str(base)!r}, {tasks!r}, device='cpu')['estimated_peak_memory_bytes']\n"
+        f"hf_tsv.merge({str(base)!r}, {tasks!r}, device='cpu', output_dir={str(tmp_path / 'out')!r})\n"
+        "peak = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+        "print(estimate, peak)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    estimate, peak = map(int, out.stdout.split())
+    assert peak <= estimate, (peak, estimate)
+    assert peak < inputs_bytes / 3, (peak, inputs_bytes)

@@ -14,9 +14,8 @@ from space_helpers import CHROMEDRIVER, CHROMIUM, ROOT, Browser, import_space, r
 
 from hf_tsv.synthetic import make_checkpoints
 
-# slow: a real browser (~15 s) for what tests/test_space.py already checks through the same /merge endpoint
-# (numbers, card, download); this adds only the page's wiring. Run it with `pytest -m slow`.
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+# In the default run (~15 s): the only test of the page's own wiring (clicks, heatmap, card, download link).
+pytestmark = [pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
     reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)")]
 
