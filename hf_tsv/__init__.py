@@ -40,6 +40,7 @@ _LAZY_NAMES = {
     "LinearMerge": "merge", "MergeResult": "merge", "STIReport": "merge", "merge": "merge",
     "merge_linear": "merge", "plan": "merge", "sti": "merge",
     "METHODS": "methods",
+    "deploy_space": "space_deploy",
     "MergeOptions": "options",
     "MergeReport": "report",
     "CompressResult": "tsvc", "compress": "tsvc", "expand": "tsvc",
@@ -52,12 +53,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .methods import METHODS
     from .options import MergeOptions
     from .report import MergeReport
+    from .space_deploy import deploy_space
     from .tsvc import CompressResult, compress, expand
 
 __all__ = ["METHODS", "CardError", "CompressResult", "HFTSVError", "LinearMerge", "MergeInputError", "MergeOptions",
            "MergeReport", "MergeResult", "OutputExistsError", "OutputPathError", "OutputWriteError", "PushError",
-           "PushResult", "ReportError", "STIReport", "TokenError", "__version__", "compress", "expand", "merge",
-           "merge_linear", "plan", "push_to_hub", "sti", "write_card"]
+           "PushResult", "ReportError", "STIReport", "TokenError", "__version__", "compress", "deploy_space",
+           "expand", "merge", "merge_linear", "plan", "push_to_hub", "sti", "write_card"]
 
 
 def __getattr__(name: str) -> Any:

@@ -304,6 +304,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit-message", help="commit message (default: what was merged, with the hf-tsv version)")
     _add_card_options(p, repo_id=False)
 
+    p = sub.add_parser("space", help="the hf-tsv Gradio Space: deploy it to the Hub",
+                       description="Runs from a source checkout of hf-tsv (spaces_app/ beside the package).")
+    space = p.add_subparsers(dest="space_command", required=True, metavar="STEP")
+    d = space.add_parser("deploy", help="create or update a Space with the app, in one commit",
+                         description="Create (or update) a Gradio Space with spaces_app's app, its README and a "
+                         "requirements.txt that installs a wheel of this checkout shipped in the same commit. "
+                         "Prints the commit URL.")
+    d.add_argument("space_id", metavar="SPACE_ID", help="namespace/name of the Space (created when missing)")
+    d.add_argument("--private", action="store_true", help="create the Space private (an existing one keeps its "
+                   "visibility)")
+    d.add_argument("--hardware", default="cpu-basic", help="Space hardware: cpu-basic (default), cpu-upgrade, "
+                   "t4-small, ...; sets the torch line (CPU wheels on cpu-*) and the README's suggested_hardware")
+    d.add_argument("--model-library", metavar="DIR", help="a folder of checkpoint sub-folders, shipped in the "
+                   "Space and offered by name (HF_TSV_MODEL_LIBRARY)")
+    d.add_argument("--tasks", metavar="SPEC", help="a task spec (JSON/YAML) of hf_tsv.evaluation, shipped in the "
+                   "Space to enable evaluation (HF_TSV_SPACE_TASKS)")
+    d.add_argument("--commit-message", help="commit message (default: 'Deploy the hf-tsv Space' with the version)")
+    d.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login); never printed or stored")
+
     p = sub.add_parser("plan", help="preflight only: key counts, memory and time estimates")
     _add_inputs(p)
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=_method_help())
@@ -425,6 +444,11 @@ def _run(args: argparse.Namespace) -> int:
         for warning in card.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print(f"wrote {', '.join(card.files)} in {args.folder}", file=sys.stderr)
+        return 0
+    if args.command == "space":
+        _print_push(hf_tsv.deploy_space(args.space_id, private=args.private or None, hardware=args.hardware,
+                                        model_library=args.model_library, tasks=args.tasks,
+                                        commit_message=args.commit_message, token=args.token))
         return 0
     if args.command == "push":
         _print_push(hf_tsv.push_to_hub(args.folder, args.repo_id, private=args.private or None,

@@ -188,27 +188,15 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
     Returns a :class:`PushResult`: the commit URL (or the pull request URL), with details.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-    from huggingface_hub.utils import validate_repo_id
 
     folder = Path(folder)
     token = resolve_token(token)
     secrets = known_secrets(token)
     _check_folder(folder)
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as exc:
-        raise PushError(f"{repo_id!r} is not a valid repository id (expected 'namespace/name'): "
-                        f"{describe_exception(exc, secrets)}") from None
     if revision is not None and not revision.strip():
         raise PushError("--revision must name a branch")
     api = HfApi(token=token)
-    if "/" not in repo_id:
-        try:
-            repo_id = f"{api.whoami()['name']}/{repo_id}"
-        except Exception as exc:  # noqa: BLE001
-            _raise(f"cannot tell the namespace for {repo_id!r} (log in, or write namespace/name): "
-                   f"{describe_exception(exc, secrets)}", exc, secrets)
+    repo_id = full_repo_id(api, repo_id, secrets)
 
     card = write_card(folder, repo_id=repo_id, license=license, token=token)
     warnings = list(card.warnings)
@@ -221,27 +209,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
     if left_out:
         logger.warning("%s", left_out)
 
-    created = False
-    try:
-        # Whether THIS call creates the repository decides what a failed commit cleans up: ask first, then
-        # create without exist_ok, so that a repository that appeared in between (409) is never taken for ours.
-        if not api.repo_exists(repo_id):
-            try:
-                api.create_repo(repo_id, private=private)
-                created = True
-            except HfHubHTTPError as exc:
-                if exc.response is None or exc.response.status_code != 409:
-                    raise
-        if not created and private is not None:
-            warnings.append(f"{repo_id} already exists; its visibility was left as it is")
-    except Exception as exc:  # noqa: BLE001
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        hint = ("; log in (`hf auth login`), set HF_TOKEN or pass --token with write access to its namespace"
-                if status in (401, 403) else "")
-        _raise(f"push to {repo_id} failed: could not create or access the repository "
-               f"({describe_exception(exc, secrets)}){hint}; nothing was pushed", exc, secrets)
-    if created:
-        logger.info("created the %s repository %s", "private" if private else "public", repo_id)
+    created = create_repo_if_missing(api, repo_id, private=private, secrets=secrets, warnings=warnings)
 
     step = "create the branch"
     try:
@@ -251,7 +219,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
         info = api.create_commit(repo_id, operations, commit_message=commit_message or _default_message(folder),
                                  commit_description=commit_description, revision=revision, create_pr=create_pr)
     except BaseException as exc:
-        cleanup = _cleanup(api, repo_id, created, secrets)
+        cleanup = rollback_created_repo(api, repo_id, created, secrets)
         if not isinstance(exc, Exception):
             raise
         _raise(f"push to {repo_id} failed: could not {step} ({describe_exception(exc, secrets)}); {cleanup}", exc,
@@ -272,12 +240,66 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
                       warnings=warnings, unchanged=unchanged)
 
 
-def _cleanup(api, repo_id: str, created: bool, secrets: list[str]) -> str:
+def full_repo_id(api, repo_id: str, secrets: list[str], what: str = "repository") -> str:
+    """``repo_id`` checked (:class:`PushError` when it is not a valid Hub id) and as ``namespace/name`` (a bare
+    name gets the namespace of the token's user)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise PushError(f"{repo_id!r} is not a valid {what} id (expected 'namespace/name'): "
+                        f"{describe_exception(exc, secrets)}") from None
+    if "/" in repo_id:
+        return repo_id
+    try:
+        return f"{api.whoami()['name']}/{repo_id}"
+    except Exception as exc:  # noqa: BLE001
+        _raise(f"cannot tell the namespace for {repo_id!r} (log in, or write namespace/name): "
+               f"{describe_exception(exc, secrets)}", exc, secrets)
+
+
+def create_repo_if_missing(api, repo_id: str, *, private: bool | None, secrets: list[str], warnings: list[str],
+                           repo_type: str | None = None, **create_options) -> bool:
+    """Create ``repo_id`` (of ``repo_type``; ``create_options`` go to ``HfApi.create_repo``) when it is missing;
+    whether THIS call created it (which decides what :func:`rollback_created_repo` removes after a failed commit).
+
+    An existing repository keeps its visibility (a warning says so when ``private`` was given). Raises
+    :class:`PushError` (no token in it) when the repository can be neither created nor accessed.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    created = False
+    try:
+        # Ask first, then create without exist_ok, so that a repository that appeared in between (409) is never
+        # taken for ours.
+        if not api.repo_exists(repo_id, repo_type=repo_type):
+            try:
+                api.create_repo(repo_id, private=private, repo_type=repo_type, **create_options)
+                created = True
+            except HfHubHTTPError as exc:
+                if exc.response is None or exc.response.status_code != 409:
+                    raise
+        if not created and private is not None:
+            warnings.append(f"{repo_id} already exists; its visibility was left as it is")
+    except Exception as exc:  # noqa: BLE001
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        hint = ("; log in (`hf auth login`), set HF_TOKEN or pass --token with write access to its namespace"
+                if status in (401, 403) else "")
+        _raise(f"push to {repo_id} failed: could not create or access the repository "
+               f"({describe_exception(exc, secrets)}){hint}; nothing was pushed", exc, secrets)
+    if created:
+        logger.info("created the %s repository %s", "private" if private else "public", repo_id)
+    return created
+
+
+def rollback_created_repo(api, repo_id: str, created: bool, secrets: list[str], repo_type: str | None = None) -> str:
     """Delete the repository if this call created it; a sentence saying what is left on the Hub."""
     if not created:
         return f"the repository {repo_id} existed before this push and was left unchanged"
     try:
-        api.delete_repo(repo_id, missing_ok=True)
+        api.delete_repo(repo_id, missing_ok=True, repo_type=repo_type)
     except Exception as exc:  # noqa: BLE001
         return (f"the repository {repo_id}, created by this push, could not be removed "
                 f"({describe_exception(exc, secrets)}); delete it by hand")

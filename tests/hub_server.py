@@ -595,6 +595,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             else:
                 self.storage.create_branch(repo, arg, self._json_body(body).get("startingPoint"))
             return _json({})
+        if method == "POST" and name == "variables" and not arg and repo_type == "space":
+            payload = self._json_body(body)
+            variables = self.hub.spaces.setdefault(repo_id, {}).setdefault("variables", {})
+            variables[str(payload.get("key"))] = str(payload.get("value"))
+            return _json({key: {"value": value} for key, value in variables.items()})
         if method == "POST" and name == "discussions" and not arg:
             payload = self._json_body(body)
             is_pr = bool(payload.get("pullRequest"))
@@ -669,12 +674,17 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             self.storage.create_repo(repo_type, repo_id, private=payload.get("visibility") == "private")
         except HubError as err:
             return _json({"error": err.message, "url": url}, err.status, {"X-Error-Message": err.message})
+        if repo_type == "space":
+            self.hub.record_space(repo_id, payload)
         return _json({"url": url, "name": repo_id, "id": repo_id})
 
     def _delete_repo(self, payload: dict, authed: bool) -> Reply:
         self._require_auth(authed)
         namespace = payload.get("organization") or self.hub.username
-        self.storage.delete_repo(payload.get("type") or "model", f"{namespace}/{payload.get('name')}")
+        repo_type = payload.get("type") or "model"
+        self.storage.delete_repo(repo_type, f"{namespace}/{payload.get('name')}")
+        if repo_type == "space":
+            self.hub.spaces.pop(f"{namespace}/{payload.get('name')}", None)
         return _json({})
 
     def _repo_info(self, repo: _Repo, revision: str, query: dict) -> Reply:
@@ -838,6 +848,7 @@ class HubServer:
         self.username = username
         self.max_body_bytes = max_body_bytes
         self.storage = HubStorage(self.root)
+        self.spaces: dict[str, dict] = {}  # Space id -> {"sdk", "hardware", "variables": {key: value}}
         self.fail_next_commit = False
         self.fail_commit_status = 500
         self.fail_commit_message = "Injected failure: the test hub rejected this commit"
@@ -915,6 +926,13 @@ class HubServer:
         with self._lock:
             self._log.append(line)
         logger.debug("%s", line)
+
+    def record_space(self, repo_id: str, payload: dict) -> None:
+        """Keep what a Space's creation asked for (SDK, hardware, variables), as tests inspect it in ``spaces``."""
+        variables = {str(v.get("key")): str(v.get("value")) for v in payload.get("variables") or []}
+        with self._lock:
+            self.spaces[repo_id] = {"sdk": payload.get("sdk"), "hardware": payload.get("hardware"),
+                                    "variables": variables}
 
     def take_commit_failure(self) -> tuple[int, str] | None:
         with self._lock:
