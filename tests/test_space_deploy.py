@@ -202,3 +202,81 @@ def test_unauthenticated_deploy_is_one_clear_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "could not create or access the repository" in err
         assert hub.repos == {}
+
+
+@pytest.mark.slow
+def test_the_deployed_snapshot_installs_and_serves(tmp_path):
+    """The Space as the Hub would build it: its snapshot, a fresh virtual environment with the shipped wheel
+    (installed offline, without dependencies; torch, gradio & co. come from the test's environment, added after
+    the venv's own packages), app.py started from the snapshot with nothing of the checkout on sys.path, then
+    /sti and /merge called with gradio_client."""
+    import os
+    import site
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from gradio_client import Client
+    from huggingface_hub import snapshot_download
+    from space_helpers import free_port
+
+    from hf_tsv.synthetic import make_checkpoints
+
+    library = tmp_path / "library"
+    make_checkpoints(library, preset="tiny", num_tasks=2, seed=5, relative_size=0.5)
+    with running_hub(tmp_path / "hub") as hub:
+        hf_tsv.deploy_space("ns/space", model_library=library)
+        variables = hub.spaces["ns/space"]["variables"]
+        snapshot = Path(snapshot_download("ns/space", repo_type="space", local_dir=tmp_path / "snapshot"))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_TSV_"))}  # no checkout on the path
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], env=env, check=True)
+    python = venv / "bin" / "python"
+    wheel_line = next(line for line in (snapshot / "requirements.txt").read_text().splitlines()
+                      if line.startswith("./wheels/"))
+    wheel = wheel_line.split("[")[0]
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], cwd=snapshot,
+                   env=env, check=True)
+    venv_site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    # the dependencies, after the venv's own packages (a path line in a .pth: its own .pth files are not read,
+    # so the checkout's editable install stays out)
+    (venv_site / "zz_test_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    done = subprocess.run([str(python), "-c", "import hf_tsv, sys; print(hf_tsv.__file__); print(sys.path)"],
+                          cwd=snapshot, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    where = done.stdout
+    assert where.startswith(str(venv_site)) and str(Path.cwd()) + "'" not in where.split("\n", 1)[1]
+
+    port = free_port()
+    env.update(variables, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1",
+               HF_TSV_SPACE_THREADS="1", OMP_NUM_THREADS="1")
+    log = (tmp_path / "app.log").open("w")
+    server = subprocess.Popen([str(python), "-s", "app.py"], cwd=snapshot, env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(360):
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "app.log").read_text()
+                time.sleep(0.5)
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+        models = sorted(p.name for p in library.iterdir() if p.is_dir() and p.name != "base")
+        args = dict(base_library="base", base_hub="", models_library=models, models_hub="")
+        _, _, raw, _ = client.predict(**args, fuse_qkv=False, device="cpu", api_name="/sti")
+        expected = hf_tsv.sti(library / "base", [library / m for m in models], device="cpu")
+        assert raw["total"] == pytest.approx(expected.total, rel=1e-9) and raw["num_tasks"] == len(models)
+        summary, _, card, download, _ = client.predict(**args, method="tsv-m", alpha=0.8, fuse_qkv=False,
+                                                       device="cpu", evaluate=False, api_name="/merge")
+        with zipfile.ZipFile(download) as archive:  # the merged folder, as the visitor downloads it
+            names = {name.split("/", 1)[1] for name in archive.namelist()}
+        assert {"model.safetensors", "config.json", "merge_report.json"} <= names
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
