@@ -108,6 +108,12 @@ class Adapter:
     pipeline_tag: ClassVar[str] = "feature-extraction"
     tags: ClassVar[tuple[str, ...]] = ()
     processor_class: ClassVar[str] = "AutoImageProcessor"
+    # small files of the base's folder (tokenizer, pipeline configs; ``/``-separated names, at most one folder deep)
+    # that a merge copies into its output, when the base has them
+    side_files: ClassVar[tuple[str, ...]] = ()
+    # the usage snippet's import of its example input, and the Python that turns that input into ``inputs``
+    example_import: ClassVar[str] = "from PIL import Image"
+    example_inputs: ClassVar[str] = 'processor(images=Image.open("image.jpg"), return_tensors="pt")'
 
     # ---- which checkpoints ---------------------------------------------------------------------------------------
 
@@ -235,4 +241,4 @@ class Adapter:
         return {"model_id": model_id, "class_name": class_name, "processor_class": self.processor_class,
                 "processor": processor, "features": self.features(class_name, init_kwargs),
                 "load_args": python_kwargs(init_kwargs), "local": local, "description": self.description,
-                "purpose": self.purpose}
+                "purpose": self.purpose, "example_import": self.example_import, "inputs": self.example_inputs}
