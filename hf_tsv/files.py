@@ -19,8 +19,9 @@ STI_STATS_NAME = "sti_stats.json"
 # the configuration of a sentence-transformers pipeline (``1_Pooling/config.json``: the one folder hf-tsv writes)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
                    "added_tokens.json")
-SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-                               "1_Pooling/config.json")
+SENTENCE_TRANSFORMERS_MODULES = "modules.json"  # the pipeline's modules: it marks a sentence-transformers folder
+SENTENCE_TRANSFORMERS_FILES = (SENTENCE_TRANSFORMERS_MODULES, "sentence_bert_config.json",
+                               "config_sentence_transformers.json", "1_Pooling/config.json")
 SIDE_FILES = (*TOKENIZER_FILES, *SENTENCE_TRANSFORMERS_FILES)
 SIDE_FOLDERS = tuple(sorted({name.split("/")[0] for name in SIDE_FILES if "/" in name}))
 

@@ -147,9 +147,14 @@ def test_bert_card_says_how_to_embed_a_text(tiny_bert, tmp_path):
     out = tmp_path / "out"
     assert main(["merge", tiny_bert["base"], *tiny_bert["tasks"], "-o", out, "--device", "cpu"]) == 0
     card = hf_tsv.write_card(out)
-    assert card.card.data.pipeline_tag == "feature-extraction" and "bert" in card.card.data.tags
+    assert card.card.data.pipeline_tag == "sentence-similarity"  # the base is a sentence-transformers folder
+    assert {"bert", "sentence-transformers"} <= set(card.card.data.tags)
     assert "from transformers import AutoTokenizer, BertModel" in card.text
+    assert f'AutoTokenizer.from_pretrained("{out.name}")' in card.text
     assert "mean pooling" in card.text and "PIL" not in card.text and "images=" not in card.text
+    (out / "modules.json").unlink()  # a plain BertModel folder
+    card = hf_tsv.write_card(out)
+    assert card.card.data.pipeline_tag == "feature-extraction" and "sentence-transformers" not in card.card.data.tags
 
 
 def test_bert_side_files_are_published_and_overwritten_as_ours(tiny_bert, tmp_path):

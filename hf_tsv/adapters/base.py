@@ -219,6 +219,11 @@ class Adapter:
         """Python that computes the features from ``model`` and ``inputs`` in the card's usage snippet."""
         return "model(**inputs).pooler_output"
 
+    def hub_metadata(self, files: frozenset[str]) -> tuple[str, tuple[str, ...]]:
+        """The card's ``pipeline_tag`` and architecture ``tags`` for an output folder holding ``files`` (top-level
+        names): :attr:`pipeline_tag` and :attr:`tags` here, whatever the folder holds."""
+        return self.pipeline_tag, tuple(self.tags)
+
     def usage_class(self, config: dict) -> str:
         """The class a usage snippet loads a saved output with: the one its ``config.json`` names (``architectures``),
         else this adapter's first output class (``AutoModel`` for the generic adapter).

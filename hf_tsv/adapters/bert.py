@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..files import SENTENCE_TRANSFORMERS_FILES, TOKENIZER_FILES
+from ..files import SENTENCE_TRANSFORMERS_FILES, SENTENCE_TRANSFORMERS_MODULES, TOKENIZER_FILES
 from .base import TASK_FIELDS, Adapter, OutputModel
 
 # module of a BERT layer → STI column (the names the default order of the columns knows)
@@ -53,11 +53,17 @@ class BertAdapter(Adapter):
     heads = re.compile(r"^(classifier|cls|qa_outputs)\.")
     optional = re.compile(rf"^{re.escape(POOLER_PREFIX)}")
     pipeline_tag = "feature-extraction"
-    tags = ("bert", "sentence-transformers", "sentence-similarity")
+    tags = ("bert",)
     processor_class = "AutoTokenizer"
     side_files = (*TOKENIZER_FILES, *SENTENCE_TRANSFORMERS_FILES)
     example_import = ""
     example_inputs = 'processor(["A sentence to embed.", "Another one."], padding=True, return_tensors="pt")'
+
+    def hub_metadata(self, files: frozenset[str]) -> tuple[str, tuple[str, ...]]:
+        """``sentence-similarity`` (tagged ``sentence-transformers``) for a sentence-transformers folder."""
+        if SENTENCE_TRANSFORMERS_MODULES in files:
+            return "sentence-similarity", (*self.tags, "sentence-transformers")
+        return self.pipeline_tag, tuple(self.tags)
 
     def is_matrix(self, canonical: str, shape: tuple[int, ...]) -> bool:
         """The linear layers' weights (and the pooler's); the embeddings are averaged like the LayerNorms."""
@@ -91,7 +97,8 @@ class BertAdapter(Adapter):
         """The default snippet; a base that is not on the Hub left its tokenizer in the output folder."""
         pieces = super().usage(config, class_name, model_id, base_hub_id, local, init_kwargs)
         if not base_hub_id:
-            pieces["processor"] = f'AutoTokenizer.from_pretrained("{model_id}")  # the base\'s tokenizer, kept here'
+            pieces["processor"] = (f'AutoTokenizer.from_pretrained("{model_id}")  '
+                                   "# the merge keeps the base's tokenizer files")
         return pieces
 
     def features(self, class_name: str, init_kwargs: dict[str, Any]) -> str:
