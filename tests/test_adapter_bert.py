@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import copy_checkpoint, load_state, max_rel_diff
+from hub_server import running_hub
 from test_adapters import assert_matches, reference_merge, sti_table_lines
 from test_bad_input_table import assert_nothing_left, assert_one_line_error, run_cli
 from test_reference_methods import TOLERANCE, ref_tsv_m, task_vectors
@@ -167,6 +168,21 @@ def test_bert_side_files_are_published_and_overwritten_as_ours(tiny_bert, tmp_pa
     assert main(["merge", tiny_bert["base"], *tiny_bert["tasks"], "-o", out, "--device", "cpu", "--overwrite",
                  "--method", "ta"]) == 0
     assert json.loads((out / "merge_report.json").read_text())["method"] == "ta"
+
+
+def test_a_pushed_bert_merge_loads_with_its_tokenizer_from_the_hub(tiny_bert, tmp_path):
+    from huggingface_hub import HfApi
+    from transformers import AutoModel, AutoTokenizer, BertModel
+
+    out = tmp_path / "out"
+    assert main(["merge", tiny_bert["base"], *tiny_bert["tasks"], "-o", out, "--device", "cpu"]) == 0
+    with running_hub(tmp_path / "hub"):
+        hf_tsv.push_to_hub(out, "ns/bert-merged")
+        pushed = set(HfApi().list_repo_files("ns/bert-merged"))
+        model = AutoModel.from_pretrained("ns/bert-merged")
+        tokenizer = AutoTokenizer.from_pretrained("ns/bert-merged")
+    assert set(TINY_SIDE_FILES) <= pushed
+    assert type(model) is BertModel and tokenizer.convert_tokens_to_ids("w0") == 5
 
 
 def test_in_memory_merge_keeps_the_side_files(tiny_bert, tmp_path):
