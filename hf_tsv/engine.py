@@ -19,6 +19,7 @@ from .adapters import Adapter, OutputModel, choose_adapter
 from .core.svd import InputPrecision
 from .errors import MergeInputError
 from .files import CONFIG_NAME
+from .io.layout import read_side_files
 from .io.resolve import ResolvedModel, resolve_model
 from .io.safetensors_format import TensorInfo
 from .options import check_model_references, resolve_device  # noqa: F401 - resolve_device: used from here too
@@ -61,6 +62,7 @@ class MergePlan:
     fuse_qkv: bool = False
     warnings: list[str] = field(default_factory=list)  # what was merged although doubtful (allow_duplicates)
     mixed_precision: dict = field(default_factory=dict)  # fine-tunes less precise than the base (see base_rounding)
+    side_files: dict[str, bytes] = field(default_factory=dict)  # the base's files the output keeps (its tokenizer)
 
     @property
     def output_class(self) -> type:
@@ -282,7 +284,16 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
             units.append(Unit(key, [key], key in matrix_keys, base_infos[key].shape))
     ignored_all = sorted({k for keys in per_input for k in keys.ignored})
     return MergePlan(resolved_base, resolved, units, [keys.raw for keys in per_input], adapter, output, base_infos,
-                     excluded, ignored_all, notes, fuse_qkv, warnings, mixed_precision)
+                     excluded, ignored_all, notes, fuse_qkv, warnings, mixed_precision,
+                     _side_files(resolved_base, adapter))
+
+
+def _side_files(base: ResolvedModel, adapter: Adapter) -> dict[str, bytes]:
+    """The adapter's side files that the base's folder holds (none for an in-memory base)."""
+    folder = getattr(base.reader, "folder", None)
+    if not adapter.side_files or folder is None:
+        return {}
+    return read_side_files(folder, adapter.side_files, f"model {base.name!r}")
 
 
 def _init_note(output: OutputModel) -> str:

@@ -23,7 +23,16 @@ from pathlib import Path
 
 from .card import write_card
 from .errors import HFTSVError, PushError
-from .files import CARD_NAME, EVAL_RESULTS_NAME, HEATMAP_NAME, REPORT_NAME, STI_STATS_NAME, TSVC_INDEX_NAME
+from .files import (
+    CARD_NAME,
+    EVAL_RESULTS_NAME,
+    HEATMAP_NAME,
+    REPORT_NAME,
+    SIDE_FILES,
+    SIDE_FOLDERS,
+    STI_STATS_NAME,
+    TSVC_INDEX_NAME,
+)
 from .json_io import dumps_json
 from .secrets import describe_exception, known_secrets, public_json, public_text, resolve_token, safe_cause
 
@@ -52,6 +61,7 @@ PUBLISHED_FILES = (
                    "evaluation results, when present in the folder"),
     PublishedGroup((TSVC_INDEX_NAME, "tsv_c.safetensors", "tsv_c-*-of-*.safetensors", "tsv_c.safetensors.index.json"),
                    "TSV-C folders (`hf-tsv compress`) instead of the weights and merge report"),
+    PublishedGroup(SIDE_FILES, "the base's tokenizer and sentence-transformers files, which a merge keeps (BERT)"),
 )
 PUBLISHED_PATTERNS = tuple(pattern for group in PUBLISHED_FILES for pattern in group.patterns)
 WEIGHT_PATTERNS = tuple(pattern for pattern in PUBLISHED_PATTERNS if pattern.endswith(".safetensors"))
@@ -105,20 +115,31 @@ def _raise(message: str, exc: BaseException, secrets: list[str]):
     raise PushError(message) from safe_cause(exc, secrets)  # no chained exception that carries the token
 
 
-def publishable_files(folder: Path) -> tuple[list[Path], list[str]]:
-    """The files of ``folder`` that a push uploads (top level, named in :data:`PUBLISHED_FILES`, not symbolic
-    links), sorted by name, and what it leaves out (hidden entries are left out without a word)."""
+def publishable_files(folder: Path, prefix: str = "") -> tuple[list[Path], list[str]]:
+    """The files of ``folder`` that a push uploads (top level or in a side folder such as ``1_Pooling``, named in
+    :data:`PUBLISHED_FILES`, not symbolic links), sorted by name, and what it leaves out (hidden entries are left
+    out without a word). ``prefix``: the side folder's name and ``/``, when listing one."""
     files, skipped = [], []
     for path in sorted(folder.iterdir()):
+        name = prefix + path.name
         if path.name.startswith("."):
             continue
         if path.is_symlink():
-            skipped.append(f"{path.name} (a symbolic link)")
-        elif path.is_file() and _matches(path.name, PUBLISHED_PATTERNS):
+            skipped.append(f"{name} (a symbolic link)")
+        elif path.is_file() and _matches(name, PUBLISHED_PATTERNS):
             files.append(path)
+        elif path.is_dir() and not prefix and path.name in SIDE_FOLDERS:
+            inner, inner_skipped = publishable_files(path, f"{path.name}/")
+            files += inner
+            skipped += inner_skipped
         else:
-            skipped.append(path.name + ("/" if path.is_dir() else ""))
+            skipped.append(name + ("/" if path.is_dir() else ""))
     return files, skipped
+
+
+def _repo_path(folder: Path, path: Path) -> str:
+    """A published file's path in the repository (``1_Pooling/config.json``)."""
+    return path.relative_to(folder).as_posix()
 
 
 def _public_content(path: Path) -> str | bytes:
@@ -201,8 +222,9 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
     card = write_card(folder, repo_id=repo_id, license=license, token=token)
     warnings = list(card.warnings)
     files, skipped = publishable_files(folder)
-    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=_public_content(p)) for p in files]
-    names = [p.name for p in files]
+    operations = [CommitOperationAdd(path_in_repo=_repo_path(folder, p), path_or_fileobj=_public_content(p))
+                  for p in files]
+    names = [_repo_path(folder, p) for p in files]
     logger.info("pushing %d files to %s: %s", len(names), repo_id, ", ".join(names))
     left_out = (f"not published (a push uploads only the files listed in hf-tsv's docs/hub.md, 'What a pushed "
                 f"repository contains'): {', '.join(skipped)}" if skipped else None)

@@ -30,6 +30,7 @@ from .io.writer import (
     atomic_output_dir,
     check_output_dir,
     save_config,
+    save_side_files,
     set_config_dtype,
 )
 from .methods import DEFAULT_METHOD, KeyContext
@@ -57,8 +58,10 @@ class MergeResult:
     """
 
     def __init__(self, report: MergeReport, config, model_class: type, state_dict: dict | None = None,
-                 folder: Path | None = None, inputs: tuple[InputLocation, ...] = ()):
+                 folder: Path | None = None, inputs: tuple[InputLocation, ...] = (),
+                 side_files: dict[str, bytes] | None = None):
         self.report = report
+        self.side_files = side_files or {}  # the base's files the output keeps (tokenizer...), written beside it
         self.config = config
         self.model_class = model_class
         self._state_dict = state_dict
@@ -97,6 +100,7 @@ class MergeResult:
             writer.write(key, tensor)
         writer.close()
         save_config(folder, self.config)
+        save_side_files(folder, self.side_files)
         self.report.save(folder)
 
     def __repr__(self) -> str:
@@ -255,8 +259,9 @@ class LinearMerge:
 
     def __init__(self, base_state: dict[str, torch.Tensor], delta_state: dict[str, torch.Tensor], report: MergeReport,
                  config, model_class: type, dtypes: dict[str, torch.dtype], inputs: tuple[InputLocation, ...] = (),
-                 alpha_grid: list[float] | None = None):
+                 alpha_grid: list[float] | None = None, side_files: dict[str, bytes] | None = None):
         self.inputs = inputs  # where the merged models live (see MergeResult.inputs)
+        self.side_files = side_files or {}  # see MergeResult.side_files
         self.alpha_grid = alpha_grid  # the method's default α grid for its options (None: look it up by name)
         self.base_state = base_state
         self.delta_state = delta_state
@@ -280,7 +285,7 @@ class LinearMerge:
         ``alpha_search`` that chose it, when given)."""
         report = self.report.with_alpha(finite_number(alpha, "alpha"), alpha_search)
         return MergeResult(report, copy.deepcopy(self.config), self.model_class, state_dict=self.state_dict(alpha),
-                           inputs=self.inputs)
+                           inputs=self.inputs, side_files=self.side_files)
 
     def to_model(self, alpha: float):
         """A new model instance (eval mode) holding θ₀ + α·Δ."""
@@ -332,7 +337,8 @@ def merge_linear(base, models, method: str = DEFAULT_METHOD, *, fuse_qkv: bool =
         job.report.alpha = 1.0
     dtypes = {k: v[0] for k, v in job.layout.items()}
     return LinearMerge(base_state, delta_state, job.report, job.config, job.plan.output_class, dtypes,
-                       inputs=job.input_locations(), alpha_grid=list(job.options.search_grid))
+                       inputs=job.input_locations(), alpha_grid=list(job.options.search_grid),
+                       side_files=job.plan.side_files)
 
 
 def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None, *, fuse_qkv: bool = False,
@@ -404,15 +410,18 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
         state: dict[str, torch.Tensor] = {}
         run(state.__setitem__)
         finish()
-        return MergeResult(report, config, plan.output_class, state_dict=state, inputs=inputs)
+        return MergeResult(report, config, plan.output_class, state_dict=state, inputs=inputs,
+                           side_files=plan.side_files)
     with atomic_output_dir(output_dir, overwrite, inputs=inputs) as tmp:
         writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
         run(writer.write)
         writer.close()
         finish()
         save_config(tmp, config)
+        save_side_files(tmp, plan.side_files)
         report.save(tmp)
-    return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs)
+    return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs,
+                       side_files=plan.side_files)
 
 
 def _init_kwargs(report: MergeReport) -> dict:

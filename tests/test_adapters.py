@@ -169,7 +169,7 @@ def test_family_merges_end_to_end(name, checkpoints, tmp_path, capsys):
 
 
 def test_the_registry_holds_one_adapter_per_family():
-    assert adapter_names() == ["clip", "clip-vision", "dinov2", "siglip", "siglip-vision", "vit"]
+    assert adapter_names() == ["bert", "clip", "clip-vision", "dinov2", "siglip", "siglip-vision", "vit"]
 
 
 def test_the_engine_names_no_architecture():
@@ -342,14 +342,14 @@ def test_a_fine_tune_of_another_family(base, other, pattern, checkpoints, tmp_pa
 
 @pytest.mark.parametrize("_row", [pytest.param(None, id="ADP-03")])
 def test_a_base_no_adapter_reads(_row, tmp_path, capsys):
-    from transformers import BertConfig, BertModel
+    from transformers import RobertaConfig, RobertaModel
 
-    paths = make_checkpoints(tmp_path / "bert", num_tasks=2, model_class=BertModel,
-                             config=BertConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                               num_attention_heads=2, vocab_size=50, max_position_embeddings=16))
+    paths = make_checkpoints(tmp_path / "roberta", num_tasks=2, model_class=RobertaModel,
+                             config=RobertaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                  num_attention_heads=2, vocab_size=50, max_position_embeddings=16))
     code, err = run_cli(["merge", paths["base"], *paths["tasks"], "-o", tmp_path / "out"], capsys)
-    assert_one_line_error(code, err, r"model 'base' \(config\.json\): config\.json has model_type 'bert', which hf_tsv "
-                          r"does not merge; it reads model_type clip, "
+    assert_one_line_error(code, err, r"model 'base' \(config\.json\): config\.json has model_type 'roberta', which "
+                          r"hf_tsv does not merge; it reads model_type bert, clip, "
                           r"clip_vision_model, dinov2, siglip, siglip_vision_model, vit \(one adapter each in "
                           r"hf_tsv/adapters/\)")
     assert_nothing_left(tmp_path)
@@ -373,7 +373,7 @@ def test_unknown_architecture_is_refused_before_any_model_is_read(_row, tmp_path
     code, err = run_cli(["merge", "someone/not-cached-base", "someone/a", "someone/b", "-o", tmp_path / "out",
                          "--architecture", "resnet"], capsys)
     assert_one_line_error(code, err, r"unknown architecture 'resnet' for architecture \(--architecture\); choose one "
-                          r"of clip, clip-vision, dinov2, siglip, siglip-vision, vit")
+                          r"of bert, clip, clip-vision, dinov2, siglip, siglip-vision, vit")
     assert_nothing_left(tmp_path)
 
 

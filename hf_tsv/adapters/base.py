@@ -108,6 +108,12 @@ class Adapter:
     pipeline_tag: ClassVar[str] = "feature-extraction"
     tags: ClassVar[tuple[str, ...]] = ()
     processor_class: ClassVar[str] = "AutoImageProcessor"
+    # small files of the base's folder (tokenizer, pipeline configs; ``/``-separated names, at most one folder deep)
+    # that a merge copies into its output, when the base has them
+    side_files: ClassVar[tuple[str, ...]] = ()
+    # the usage snippet's import of its example input, and the Python that turns that input into ``inputs``
+    example_import: ClassVar[str] = "from PIL import Image"
+    example_inputs: ClassVar[str] = 'processor(images=Image.open("image.jpg"), return_tensors="pt")'
 
     # ---- which checkpoints ---------------------------------------------------------------------------------------
 
@@ -213,6 +219,11 @@ class Adapter:
         """Python that computes the features from ``model`` and ``inputs`` in the card's usage snippet."""
         return "model(**inputs).pooler_output"
 
+    def hub_metadata(self, files: frozenset[str]) -> tuple[str, tuple[str, ...]]:
+        """The card's ``pipeline_tag`` and architecture ``tags`` for an output folder holding ``files`` (top-level
+        names): :attr:`pipeline_tag` and :attr:`tags` here, whatever the folder holds."""
+        return self.pipeline_tag, tuple(self.tags)
+
     def usage_class(self, config: dict) -> str:
         """The class a usage snippet loads a saved output with: the one its ``config.json`` names (``architectures``),
         else this adapter's first output class (``AutoModel`` for the generic adapter).
@@ -235,4 +246,4 @@ class Adapter:
         return {"model_id": model_id, "class_name": class_name, "processor_class": self.processor_class,
                 "processor": processor, "features": self.features(class_name, init_kwargs),
                 "load_args": python_kwargs(init_kwargs), "local": local, "description": self.description,
-                "purpose": self.purpose}
+                "purpose": self.purpose, "example_import": self.example_import, "inputs": self.example_inputs}

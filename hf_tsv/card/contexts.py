@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..files import HEATMAP_NAME
 from ..report import InputRecord, MergeReport, OutputRecord
@@ -70,17 +71,20 @@ class ModelUsage:
 
 
 def model_usage(config: dict, output: OutputRecord | None, base: InputRecord, model_id: str,
-                local: bool) -> ModelUsage:
+                local: bool, folder: Path | None = None) -> ModelUsage:
     """The pipeline tag, tags and usage snippet of a saved model: from the adapter whose output its ``config.json``
     names (:func:`hf_tsv.adapters.adapter_for_output`), the class and ``init_kwargs`` from the report's ``output``
-    record when there is one."""
+    record when there is one; the Hub metadata may depend on the files of the ``folder`` (a sentence-transformers
+    layout)."""
     from ..adapters import adapter_for_output
 
     adapter = adapter_for_output(config)
     class_name = output.class_name if output else adapter.usage_class(config)
     init_kwargs = output.init_kwargs if output else {}
     snippet = adapter.usage(config, class_name, model_id, base.hub_id, local, init_kwargs)
-    return ModelUsage(adapter.pipeline_tag, tuple(adapter.tags), snippet, adapter)
+    files = frozenset(entry.name for entry in folder.iterdir()) if folder is not None else frozenset()
+    pipeline_tag, tags = adapter.hub_metadata(files)
+    return ModelUsage(pipeline_tag, tags, snippet, adapter)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,7 +221,7 @@ def merge_context(folder: OutputFolder, title: str, model_id: str, local: bool, 
         "output": output,
         "keys": report.keys,
     }
-    usage = model_usage(folder.config, report.output, report.base, model_id, local)
+    usage = model_usage(folder.config, report.output, report.base, model_id, local, folder.path)
     sti = report.sti
     sti_context = None
     if sti is not None:
@@ -323,7 +327,7 @@ def expand_context(folder: OutputFolder, title: str, model_id: str, local: bool,
     base, task = Parent("base", report.base), Parent("task", report.task)
     licensing = resolve_licenses([base, task], token, license)
     endpoint = _endpoint()
-    usage = model_usage(folder.config, None, report.base, model_id, local)
+    usage = model_usage(folder.config, None, report.base, model_id, local, folder.path)
     template = {
         "kind": EXPAND,
         "title": title,

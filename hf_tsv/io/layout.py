@@ -26,6 +26,7 @@ WEIGHT_ENTRIES = ("model.safetensors", "model.safetensors.index.json", "pytorch_
                   "pytorch_model.bin.index.json")
 INDEX_SUFFIX = ".index.json"
 HUB_REPO_PREFIX = "models--"
+SIDE_FILE_MAX_BYTES = 32 * 2**20  # a side file (tokenizer, pipeline config) larger than this is no side file
 
 
 def model_root(folder: str | os.PathLike) -> Path:
@@ -182,3 +183,27 @@ def files_to_read(has_file: Callable[[str], bool], read_index: Callable[[str], b
             return names
         names += [name for name in shards_of(weight_map) if is_member_name(name) and has_file(name)]
     return names
+
+
+def read_side_files(folder: str | os.PathLike, names: tuple[str, ...], who: str) -> dict[str, bytes]:
+    """The bytes of those of ``names`` (an adapter's side files: tokenizer, pipeline configs) that the model's
+    ``folder`` holds, each checked by :func:`inside` (a link leading out of the model is refused). A side file
+    larger than :data:`SIDE_FILE_MAX_BYTES` is refused, naming it.
+
+    Example:
+        >>> read_side_files("/nonexistent-model", ("vocab.txt",), "base 'm'")
+        {}
+    """
+    folder = Path(folder)
+    root = model_root(folder)
+    found: dict[str, bytes] = {}
+    for name in names:
+        path = find_member(folder, root, name, who)
+        if path is None:
+            continue
+        if is_file(path) and path.stat().st_size > SIDE_FILE_MAX_BYTES:
+            raise MergeInputError(f"{who}: {name} is {path.stat().st_size} bytes, more than the "
+                                  f"{SIDE_FILE_MAX_BYTES} bytes a tokenizer or pipeline file may have; move it out "
+                                  "of the base's folder (it is copied into the output)")
+        found[name] = read_member(path, who)
+    return found

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HFTSVError, OutputExistsError, OutputPathError, OutputWriteError
-from ..files import REPORT_NAME, TSVC_FORMAT, TSVC_INDEX_NAME, is_output_file_name
+from ..files import REPORT_NAME, SIDE_FOLDERS, TSVC_FORMAT, TSVC_INDEX_NAME, is_output_file_name
 from ..json_io import dumps_json
 
 HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
@@ -202,9 +202,25 @@ def replace_refusal(folder: Path) -> str | None:
     if not is_hftsv_output(folder):
         return f"it is not an hf-tsv output (it has no {REPORT_NAME} or {TSVC_INDEX_NAME} written by hf-tsv)"
     for entry in entries:
+        if entry.name in SIDE_FOLDERS and entry.is_dir(follow_symlinks=False):
+            reason = _side_folder_refusal(Path(entry.path))
+            if reason:
+                return reason
+            continue
         ours = is_output_file_name(entry.name) or _SCRATCH.fullmatch(entry.name) is not None
         if not ours or not entry.is_file(follow_symlinks=False):
             return f"it holds {entry.name!r}, which hf-tsv did not write"
+    return None
+
+
+def _side_folder_refusal(folder: Path) -> str | None:
+    """Why a side folder of an output (``1_Pooling``) must not be replaced: it holds something hf-tsv did not
+    write; None when it holds only side files (or nothing)."""
+    with os.scandir(folder) as scan:
+        for entry in scan:
+            name = f"{folder.name}/{entry.name}"
+            if not is_output_file_name(name) or not entry.is_file(follow_symlinks=False):
+                return f"it holds {name!r}, which hf-tsv did not write"
     return None
 
 
@@ -405,6 +421,8 @@ def _sync_tree(folder: Path) -> None:
     for entry in os.scandir(folder):
         if entry.is_file(follow_symlinks=False):
             _sync(Path(entry.path))
+        elif entry.is_dir(follow_symlinks=False):  # a side folder (1_Pooling)
+            _sync_tree(Path(entry.path))
     _sync(folder, folder=True)
 
 

@@ -16,7 +16,7 @@ from .output import atomic_output_dir, check_output_dir, naming_file, write_file
 from .safetensors_format import SafetensorsFileWriter, TensorInfo
 
 __all__ = ["DEFAULT_MAX_SHARD_SIZE", "ShardedSafetensorsWriter", "atomic_output_dir", "check_output_dir", "parse_size",
-           "save_config", "set_config_dtype"]
+           "save_config", "save_side_files", "set_config_dtype"]
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -92,3 +92,13 @@ def save_config(folder: str | os.PathLike, config) -> None:
     """Write ``config.json`` of a transformers ``config`` into ``folder`` (an OSError names the file)."""
     with naming_file(Path(folder) / CONFIG_NAME):
         config.save_pretrained(str(folder))
+
+
+def save_side_files(folder: str | os.PathLike, files: dict[str, bytes]) -> None:
+    """Write the base's side files (``{relative name: bytes}``, see :attr:`hf_tsv.adapters.base.Adapter.side_files`)
+    into ``folder``, creating their sub-folders (``1_Pooling``)."""
+    for name, data in files.items():
+        path = Path(folder, *name.split("/"))
+        with naming_file(path):
+            path.parent.mkdir(exist_ok=True)
+        write_file_atomic(path, data)
