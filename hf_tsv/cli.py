@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from .secrets import REDACTED, SECRET_OPTIONS, known_secrets, redact, redact_json
+from .secrets import REDACTED, SECRET_OPTIONS, known_secrets, redact
 
 
 def default_threads() -> int:
@@ -413,7 +413,7 @@ def _run(args: argparse.Namespace) -> int:
         info = hf_tsv.plan(args.base, args.models, revision=args.revision, token=args.token, **options)
         _print_plan(info)
         if getattr(args, "json", None):
-            write_json(args.json, redact_json(info))
+            write_json(args.json, info)
         return 0
     if args.command == "merge":
         if not args.output and not args.push_to_hub:

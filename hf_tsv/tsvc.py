@@ -30,7 +30,6 @@ from .io.writer import (
 )
 from .options import MergeOptions, check_model_references, check_output_options, finite_number
 from .report import EXPAND_METHOD, SOURCES, InputRecord, MergeReport, library_versions
-from .secrets import redact_json
 
 
 @dataclass
@@ -146,7 +145,7 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
         }
         if plan.warnings:
             index["warnings"] = plan.warnings
-        write_json(tmp / INDEX_NAME, redact_json(index))  # keeps the base's path
+        write_json(tmp / INDEX_NAME, index)  # keeps the base's path (secrets redacted by write_json)
     return CompressResult(Path(output_dir), index)
 
 

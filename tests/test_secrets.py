@@ -184,6 +184,24 @@ def test_recorded_command_is_rebuilt_from_the_parsed_arguments():
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def test_every_json_hf_tsv_writes_has_its_secrets_redacted(tiny, tmp_path, monkeypatch):
+    """The one JSON writer (``hf_tsv.io.output.write_json``) redacts, whatever the payload: a token that reached a
+    value (here through a folder named like a token, and the ``HF_TOKEN`` value inside a name) is never written,
+    by ``plan --json``, ``compress``'s ``tsv_c.json`` or any other JSON file."""
+    from hf_tsv.io.output import write_json
+
+    monkeypatch.setenv("HF_TOKEN", LOWERCASE_TOKEN)
+    write_json(tmp_path / "direct.json", {"note": f"made with {TOKEN}", "names": [f"x-{LOWERCASE_TOKEN}"]})
+    assert json.loads((tmp_path / "direct.json").read_text()) == {"note": "made with ***", "names": ["x-***"]}
+    named = tmp_path / TOKEN
+    shutil.copytree(tiny["tasks"][0], named)
+    assert main(["plan", tiny["base"], str(named), tiny["tasks"][1], "--json", str(tmp_path / "plan.json")]) == 0
+    assert main(["compress", tiny["base"], str(named), tiny["tasks"][1], "-o", str(tmp_path / "tsvc")]) == 0
+    for written in [tmp_path / "plan.json", tmp_path / "tsvc" / "tsv_c.json"]:
+        text = written.read_text()
+        assert TOKEN not in text and "***" in text, written.name
+
+
 @pytest.mark.parametrize("how", [pytest.param("--token", id="SEC-18"), pytest.param("--token=", id="SEC-19"),
                                  pytest.param("whitespace", id="SEC-20"), pytest.param("HF_TOKEN", id="SEC-21")])
 def test_cli_merge_writes_the_token_nowhere(how, tiny, tmp_path, capfd, caplog, monkeypatch):

@@ -16,7 +16,7 @@ import torch
 
 from ..files import ALPHA_SEARCH_NAME, EVAL_RESULTS_NAME, EVAL_TABLE_NAME
 from ..io.output import write_file_atomic, write_json
-from ..secrets import redact, redact_json
+from ..secrets import redact
 from .alpha import AlphaSearch
 from .heads import ClipTextEncoder, EvalInputError
 from .runner import EvalReport, PreparedTask, evaluate_model, load_metric, load_vision_model, prepare_tasks
@@ -113,7 +113,7 @@ def write_eval_files(folder: str | os.PathLike, test: EvalReport, search: AlphaS
     if search is not None:
         payload["alpha"] = search.best_alpha
         payload["alpha_selection"] = search.to_dict()["criterion"]
-    write_json(folder / EVAL_RESULTS_NAME, redact_json(payload))
+    write_json(folder / EVAL_RESULTS_NAME, payload)
     write_file_atomic(folder / EVAL_TABLE_NAME, redact(test.table()) + "\n")
     if search is not None:
-        write_json(folder / ALPHA_SEARCH_NAME, redact_json(search.to_dict()))
+        write_json(folder / ALPHA_SEARCH_NAME, search.to_dict())

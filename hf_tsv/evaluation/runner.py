@@ -10,7 +10,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io.output import write_json
-from ..secrets import redact_json
 from .data import Normalizer, PreparedSplit, check_split, prepare_split
 from .heads import ClipTextEncoder, EvalInputError, TaskHead, _as_tensor, load_heads, save_heads, text_head
 from .tasks import TasksConfig, TaskSpec
@@ -159,7 +158,7 @@ class EvalReport:
 
     def save_json(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_dict` to ``path`` atomically (see :func:`hf_tsv.io.output.write_file_atomic`)."""
-        return write_json(path, redact_json(self.to_dict()))
+        return write_json(path, self.to_dict())
 
 
 def evaluate_model(model, tasks: list[PreparedTask], *, split: str = "test", batch_size: int = 256,

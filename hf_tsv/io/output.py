@@ -51,6 +51,7 @@ from pathlib import Path
 from ..errors import HFTSVError, OutputExistsError, OutputPathError, OutputWriteError
 from ..files import REPORT_NAME, SIDE_FOLDERS, TSVC_FORMAT, TSVC_INDEX_NAME, is_output_file_name
 from ..json_io import dumps_json
+from ..secrets import redact_json
 
 HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
 # ``.<target name>.<tmp|old>-hf-tsv.<host>.<pid>.<random>``: "tmp" holds a result being written, "old" an output
@@ -594,9 +595,10 @@ def write_file_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
 
 
 def write_json(path: str | os.PathLike, data) -> Path:
-    """:func:`write_file_atomic` of ``data`` as strict, indented JSON (one trailing newline): a NaN or inf is
-    refused, naming where it is (:func:`hf_tsv.json_io.dumps_json`), and nothing is written."""
-    return write_file_atomic(path, dumps_json(data, Path(path).name))
+    """:func:`write_file_atomic` of ``data`` as strict, indented JSON (one trailing newline), with every secret
+    redacted (:func:`hf_tsv.secrets.redact_json`: a known token or token-shaped text becomes ``***``): a NaN or inf
+    is refused, naming where it is (:func:`hf_tsv.json_io.dumps_json`), and nothing is written."""
+    return write_file_atomic(path, dumps_json(redact_json(data), Path(path).name))
 
 
 @contextlib.contextmanager
