@@ -27,6 +27,14 @@ SECRET = b"TOPSECRET-" * 123  # 1230 bytes outside every model: neither its byte
 INDEX = "model.safetensors.index.json"
 
 
+def with_then_without(secret: Path):
+    """Run the loop body twice: with the outside file present, then gone (a refusal must read the same)."""
+    secret.write_bytes(SECRET)
+    yield True
+    secret.unlink()
+    yield False
+
+
 def cli(capsys, *args) -> tuple[int, str]:
     """Run ``hf-tsv ARGS`` in this process; return the exit code and stderr."""
     code = main([str(a) for a in args])
@@ -146,11 +154,7 @@ def test_files_outside_the_model_are_never_opened(build, tiny, tmp_path, capsys)
     models.mkdir()
     model, fragments = build(tiny, models, secret)
     messages = []
-    for present in (True, False):
-        if present:
-            secret.write_bytes(SECRET)
-        else:
-            secret.unlink()
+    for _ in with_then_without(secret):
         with opened_files() as paths:
             code, err = cli(capsys, "plan", tiny["base"], model, tiny["tasks"][0])
         assert_one_line_error(code, err, f"model {model.name!r}", *fragments)
@@ -337,11 +341,7 @@ def test_space_library_model_linking_outside(case, tiny, tmp_path):
     settings = space_core.Settings(library=library)
     ref = space_core.parse_library_name("evil", settings)
     messages = []
-    for present in (True, False):
-        if present:
-            secret.write_bytes(SECRET)
-        else:
-            secret.unlink()
+    for _ in with_then_without(secret):
         with pytest.raises(space_core.SpaceError, match="evil.*outside the model's folder") as info:
             space_core.check_total_size([ref], settings)
         assert str(len(SECRET)) not in str(info.value) and str(library) not in str(info.value)
