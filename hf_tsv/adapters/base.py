@@ -31,7 +31,7 @@ CONFIG_BOOKKEEPING = ("architectures", "model_type", "transformers_version", "to
 TASK_FIELDS = ("id2label", "label2id", "num_labels", "problem_type", "finetuning_task")
 # A layer of an encoder: ``[stack.][encoder.]layer[s].N.[...].TYPE.weight`` (stack: a tower such as vision_model.)
 LAYER = re.compile(r"^(?P<stack>.*?)(?:encoder\.)?layers?\.(?P<index>\d+)\.(?:.*\.)?(?P<type>[^.]+)\.weight$")
-QKV = re.compile(r"^(?P<layer>.*\.)(?P<which>[qkv])_proj\.weight$")
+QKV = re.compile(r"^(?P<block>.*\.)(?P<which>[qkv])_proj\.weight$")
 FUSED_QKV = "qkv_proj.weight"
 # STI table columns, in this order first (others follow alphabetically)
 TYPE_ORDER = ("q_proj", "k_proj", "v_proj", "qkv_proj", "out_proj", "o_proj", "fc1", "fc2", "gate_proj", "up_proj",
@@ -105,6 +105,9 @@ class Adapter:
     heads: ClassVar[re.Pattern | None] = re.compile(r"^classifier\.")  # task-specific heads (canonical keys)
     optional: ClassVar[re.Pattern | None] = None  # merged only when every input has them, else left out
     stacks: ClassVar[dict[str, str]] = {}  # canonical prefix of a tower → its label in STI tables
+    qkv_key: ClassVar[re.Pattern] = QKV  # a q/k/v projection (groups: "block", its block's prefix; "which")
+    qkv_order: ClassVar[tuple[str, ...]] = ("q", "k", "v")  # the "which" of each, in the order they are stacked
+    fused_qkv: ClassVar[str] = FUSED_QKV  # the fused group's name after the block's prefix
     pipeline_tag: ClassVar[str] = "feature-extraction"
     tags: ClassVar[tuple[str, ...]] = ()
     processor_class: ClassVar[str] = "AutoImageProcessor"
@@ -160,13 +163,16 @@ class Adapter:
         return len(shape) == 2
 
     def qkv_groups(self, keys: list[str]) -> dict[str, list[str]]:
-        """``{"...qkv_proj.weight": [q, k, v]}`` for every attention block that has all three projections."""
+        """``{block + fused_qkv: [q, k, v]}`` for every attention block that has all three projections: keys
+        matching :attr:`qkv_key` (groups ``block``, the block's prefix, and ``which``), stacked in
+        :attr:`qkv_order`."""
         found: dict[str, dict[str, str]] = {}
         for key in keys:
-            match = QKV.match(key)
+            match = self.qkv_key.match(key)
             if match:
-                found.setdefault(match["layer"] + FUSED_QKV, {})[match["which"]] = key
-        return {name: [parts[w] for w in "qkv"] for name, parts in found.items() if len(parts) == 3}
+                found.setdefault(match["block"] + self.fused_qkv, {})[match["which"]] = key
+        return {name: [parts[w] for w in self.qkv_order] for name, parts in found.items()
+                if len(parts) == len(self.qkv_order)}
 
     def spelled(self, raw: str, canonical: str, name: str) -> str:
         """``name`` (a fused group's canonical name) as the checkpoint whose key ``raw`` is ``canonical`` would

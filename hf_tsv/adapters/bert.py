@@ -56,6 +56,9 @@ class BertAdapter(Adapter):
     tags = ("bert",)
     processor_class = "AutoTokenizer"
     side_files = (*TOKENIZER_FILES, *SENTENCE_TRANSFORMERS_FILES)
+    qkv_key = QKV
+    qkv_order = ("query", "key", "value")
+    fused_qkv = FUSED_QKV
     example_import = ""
     example_inputs = 'processor(["A sentence to embed.", "Another one."], padding=True, return_tensors="pt")'
 
@@ -68,16 +71,6 @@ class BertAdapter(Adapter):
     def is_matrix(self, canonical: str, shape: tuple[int, ...]) -> bool:
         """The linear layers' weights (and the pooler's); the embeddings are averaged like the LayerNorms."""
         return len(shape) == 2 and not canonical.startswith(EMBEDDINGS_PREFIX)
-
-    def qkv_groups(self, keys: list[str]) -> dict[str, list[str]]:
-        """``{"encoder.layer.N.attention.self.qkv.weight": [query, key, value]}`` per complete attention block."""
-        found: dict[str, dict[str, str]] = {}
-        for key in keys:
-            match = QKV.match(key)
-            if match:
-                found.setdefault(match["block"] + FUSED_QKV, {})[match["which"]] = key
-        return {name: [parts["query"], parts["key"], parts["value"]] for name, parts in found.items()
-                if len(parts) == 3}
 
     def layer_and_type(self, key: str) -> tuple[str, str]:
         match = LAYER.match(self.canonical_key(key) or key)
