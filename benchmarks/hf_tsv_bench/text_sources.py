@@ -45,6 +45,7 @@ import re
 import shutil
 import subprocess
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,7 @@ __all__ = [
     "parse_wordnet_data",
     "parse_fortunes",
     "normalise_text",
+    "clear_caches",
 ]
 
 # Where Debian puts the data.  Read at call time, so a test can point them elsewhere.
@@ -90,10 +92,10 @@ _MAX_INDEX_BYTES = 1 << 30  # a decompressed Packages file larger than this is n
 
 # source id -> (what it is, the line that installs it, the Debian packages whose versions are recorded)
 _SOURCES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "apt-index": ("Debian's package index (/var/lib/apt/lists)", "apt-get update", ()),
-    "wordnet-base": ("WordNet 3.0 (/usr/share/wordnet)", "apt-get install -y wordnet-base", ("wordnet-base",)),
+    "apt-index": ("Debian's package index", "apt-get update", ()),
+    "wordnet-base": ("WordNet 3.0 (Debian wordnet-base)", "apt-get install -y wordnet-base", ("wordnet-base",)),
     "fortunes": (
-        "fortune quotations (/usr/share/games/fortunes)",
+        "fortune quotations (Debian fortunes)",
         "apt-get install -y fortunes fortunes-min",
         ("fortunes", "fortunes-min"),
     ),
@@ -486,7 +488,7 @@ def _packages_file() -> Path | None:
     found = [
         p
         for p in sorted(APT_LISTS_DIR.glob("*_dists_*_main_binary-*_Packages*"))
-        if p.is_file() and p.suffix in ("", ".lz4", ".gz", ".xz")
+        if p.is_file() and _compression(p) is not None
     ]
     if not found:
         return None
@@ -495,6 +497,18 @@ def _packages_file() -> Path | None:
         return p.name.split("_dists_", 1)[1].split("_", 1)[0]
 
     return sorted(found, key=lambda p: ("-" in suite(p), p.name))[0]
+
+
+def _compression(path: Path) -> str | None:
+    """"lz4", "gz", "xz" or "" (plain) by the end of the name; None for other files (e.g. a .diff folder's).
+
+    >>> _compression(Path("deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages.lz4"))
+    'lz4'
+    """
+    name = path.name
+    if name.endswith("_Packages"):
+        return ""
+    return next((kind for kind in ("lz4", "gz", "xz") if name.endswith(f"_Packages.{kind}")), None)
 
 
 def _release_file(packages: Path) -> Path:
@@ -522,19 +536,20 @@ def _decompress_lz4(path: Path) -> bytes:
 def _read_packages_bytes(path: Path) -> bytes:
     """The decompressed bytes of a Packages file; a damaged file raises SourceUnavailable (re-run apt-get update)."""
     try:
-        if path.suffix == ".lz4":
+        kind = _compression(path)
+        if kind == "lz4":
             raw = _decompress_lz4(path)
-        elif path.suffix == ".gz":
+        elif kind == "gz":
             with gzip.open(path, "rb") as fh:
                 raw = fh.read(_MAX_INDEX_BYTES + 1)
-        elif path.suffix == ".xz":
+        elif kind == "xz":
             with lzma.open(path, "rb") as fh:
                 raw = fh.read(_MAX_INDEX_BYTES + 1)
         else:
             raw = path.read_bytes()
     except SourceUnavailable:
         raise
-    except (OSError, EOFError, RuntimeError, ValueError, lzma.LZMAError, HFTSVError, subprocess.SubprocessError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, HFTSVError, subprocess.SubprocessError) as exc:
         raise SourceUnavailable(
             f"Debian's package index {path} cannot be read ({exc}); refresh it with: apt-get update"
         ) from exc
@@ -678,6 +693,22 @@ def _deduplicate(items: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, 
 
 
 def _build_pool(task: _TaskDef) -> _Pool:
+    """The task's pool; parsed once per process while its source files stay the same (pools do not depend on the
+    seed)."""
+    files = _require(task.source)
+    return _cached_pool(task.name, tuple((str(p), *_stamp(p)) for p in files))
+
+
+def clear_caches() -> None:
+    """Forget every parsed file and pool (the next load reads the files again)."""
+    for cached in (_cached_pool, _packages, _wordnet):
+        cached.cache_clear()
+
+
+@functools.lru_cache(maxsize=len(_TASKS))
+def _cached_pool(name: str, stamps: tuple[tuple[str, int, int], ...]) -> _Pool:
+    del stamps  # part of the cache key only
+    task = _BY_NAME[name]
     rows = _deduplicate(_candidates(task))
     by_class: dict[str, list[tuple[str, str, str, str]]] = {c: [] for c in task.classes}
     for row in rows:
