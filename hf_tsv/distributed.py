@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from .errors import DistributedMergeError
+from .errors import DistributedMergeError, MergeInputError
 
 DEFAULT_TIMEOUT_S = 1800.0  # of the process group the CLI starts: how long a process waits for a silent peer
 
@@ -92,6 +92,19 @@ class Shards:
             raise DistributedMergeError(f"process {rank} of {self.world_size} failed {what}: {message}; no output "
                                         "was written")
 
+    def check_same(self, plan: object, what: str = "merge") -> None:
+        """Refuse, on every process, a sharded ``what`` whose processes planned differently (``plan``: what fixes
+        the output, e.g. its layout and options; compared by its ``repr``): they were given different inputs
+        or options, and their shares would not fit together."""
+        import hashlib
+
+        digests = self.gather(hashlib.sha256(repr(plan).encode()).hexdigest())
+        odd = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+        if odd:
+            raise MergeInputError(f"process {odd[0]} of {self.world_size} planned a different {what} than process 0 "
+                                  "(other inputs or options); start every process with the same command or "
+                                  "arguments")
+
     @contextlib.contextmanager
     def step(self, what: str) -> Iterator[None]:
         """Run the block, then :meth:`agree`: an exception in the block (``Exception``, not Ctrl+C) waits for the
@@ -107,6 +120,14 @@ class Shards:
         except Exception as exc:
             error = exc
         self.agree(error, what)
+
+
+def options_fixing_output(options) -> dict:
+    """The fields of a :class:`~hf_tsv.options.MergeOptions` that every process of a sharded merge must share:
+    all but the device (each process may have its own GPU)."""
+    import dataclasses
+
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name != "device"}
 
 
 def current_shards() -> Shards | None:

@@ -12,7 +12,7 @@ import torch
 
 from . import __version__
 from .adapters import get_adapter
-from .distributed import Shards, current_shards, shard_units, step, write_sharded
+from .distributed import Shards, current_shards, options_fixing_output, shard_units, step, write_sharded
 from .engine import (
     OUTPUT_OVERFLOW_HINT,
     MergePlan,
@@ -270,6 +270,14 @@ class _MergeJob:
         if self.merge_method.reports_sti:
             self.report.sti = STIRecord(sti_keys, sum(sti_keys.values()), self.merge_method.task_rank)
 
+    def check_same_plan(self) -> None:
+        """In a sharded merge, refuse processes that planned different outputs (:meth:`Shards.check_same`)."""
+        if self.shards is not None:
+            report = self.report.to_dict()
+            report["options"].pop("device")
+            self.shards.check_same((self.layout, options_fixing_output(self.options),
+                                    [(u.name, u.keys) for u in self.plan.units], report))
+
     def output_keys(self) -> list[str]:
         """The saved keys of this process's units (every key in a single process)."""
         return [self.plan.output_names[key] for unit in self.units for key in unit.keys]
@@ -361,6 +369,7 @@ def merge_linear(base, models, method: str = DEFAULT_METHOD, *, fuse_qkv: bool =
     shards = current_shards()
     with step(shards, "in the preflight"):
         job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
+    job.check_same_plan()
     keep = torch.float64 if job.compute_dtype == torch.float64 else torch.float32
     base_state: dict[str, torch.Tensor] = {}
     delta_state: dict[str, torch.Tensor] = {}
@@ -441,6 +450,7 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
         if output_dir is not None and (shards is None or shards.is_main):
             check_output_dir(output_dir, overwrite, inputs=[base, *models])
         job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
+    job.check_same_plan()
     report, layout, config, plan = job.report, job.layout, job.config, job.plan
 
     def run(write) -> None:
@@ -471,6 +481,8 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
 
         write_sharded(shards, output_dir, overwrite, inputs, layout, max_shard_size, "model",
                       job.output_keys(), run, job.record_sti, write_rest)
+        if not shards.is_main:  # its report (timings of its own share) is returned, not saved
+            finish()
         return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs,
                            side_files=plan.side_files)
     with atomic_output_dir(output_dir, overwrite, inputs=inputs) as tmp:
@@ -544,6 +556,9 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
                           allow_duplicates=options.allow_duplicates, revision=revision, token=token,
                           architecture=options.architecture, drop_heads=options.drop_heads)
     matrix_units = [u for u in plan.units if u.is_matrix]
+    if shards is not None:
+        shards.check_same((options_fixing_output(options), [(u.name, u.keys, u.shape) for u in matrix_units]),
+                          "STI computation")
     keys: dict[str, float] = {}
     with step(shards, "while computing STI"):
         for item in iter_units(plan, options.device, options.compute_dtype, Timer(), desc="STI",

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .core import truncated_task_factors
-from .distributed import current_shards, shard_units, step, write_sharded
+from .distributed import current_shards, options_fixing_output, shard_units, step, write_sharded
 from .engine import OUTPUT_OVERFLOW_HINT, Timer, build_plan, check_finite, iter_units, resolve_device
 from .errors import MergeInputError
 from .files import CONFIG_NAME
@@ -113,6 +113,9 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
     full_bytes = t_count * sum(i.nbytes for i in plan.base_infos.values())
     full_bytes = full_bytes * store_dtype.itemsize // plan.base_infos[plan.units[0].keys[0]].dtype.itemsize
     stored_bytes = sum(torch.empty((), dtype=d).element_size() * _numel(s) for d, s in layout.values())
+    if shards is not None:
+        shards.check_same((layout, options_fixing_output(options), [(u.name, u.keys) for u in plan.units]),
+                          "compression")
     mine = shard_units(plan.units, shards, t_count, uses_svd=True)  # this process's units (all in one process)
 
     def write_units(write_stored) -> None:

@@ -42,6 +42,7 @@ def _run(scenario: dict) -> dict:
     import hf_tsv
 
     kind, kwargs = scenario["kind"], dict(scenario.get("kwargs", {}))
+    kwargs.update(scenario.get("rank1_kwargs", {}) if os.environ["RANK"] == "1" else {})
     if kind == "merge":
         result = hf_tsv.merge(**kwargs)
         return {"sti_total": result.report.sti.total if result.report.sti else None}

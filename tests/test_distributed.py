@@ -62,6 +62,8 @@ def sharded(tiny, tmp_path_factory):
         dict(name="raises", kind="merge", fail=(1, "raise"),
              kwargs=dict(common, method="tsv-m", output_dir=str(fail / "merged"))),
         dict(name="after-failure", kind="merge", kwargs=dict(common, method="ta", output_dir=str(two / "after"))),
+        dict(name="mismatch", kind="merge", rank1_kwargs=dict(dtype="float16"),
+             kwargs=dict(common, method="ta", output_dir=str(fail / "mismatch"))),
     ]
     (root / "results").mkdir()
     assert run_group(scenarios, root / "results", timeout_s=60) == [0, 0]
@@ -161,3 +163,23 @@ def test_units_are_balanced_by_cost():
     assert assign_units([1.0, 9.0, 2.0, 3.0, 2.0], 2) == [1, 0, 1, 1, 1]
     assert assign_units([], 3) == []
     assert Shards(1, 2, "gloo").describe() == "2 processes (gloo)" and not Shards(1, 2, "gloo").is_main
+
+
+@pytest.mark.parametrize("rank", [pytest.param(0, id="DST-01"), 1])
+def test_processes_given_different_options_are_refused(sharded, rank):
+    """Process 1 asks for float16 output, process 0 for the base's dtype: both refuse before any merging."""
+    record = _result(sharded["results"], "mismatch", rank)
+    assert not record["ok"] and record["type"] == "MergeInputError"
+    assert record["message"].startswith("process 1 of 2 planned a different merge than process 0")
+    assert not (sharded["fail"] / "mismatch").exists()
+
+
+@pytest.mark.parametrize("value", [pytest.param("0", id="DST-02"), pytest.param("soon", id="DST-03")])
+def test_bad_dist_timeout_is_refused_in_one_line(tiny, tmp_path, capsys, value):
+    from hf_tsv.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["merge", tiny["base"], *tiny["tasks"], "-o", str(tmp_path / "out"), "--dist-timeout", value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--dist-timeout" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
