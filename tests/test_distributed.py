@@ -183,3 +183,18 @@ def test_bad_dist_timeout_is_refused_in_one_line(tiny, tmp_path, capsys, value):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "--dist-timeout" in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", [pytest.param("search", id="DST-04")])
+def test_alpha_search_under_torchrun_is_refused_before_the_group_starts(case, tiny, tmp_path, capsys, monkeypatch):
+    """--alpha search / --eval would evaluate and write on every process: refused, in one line, before any work."""
+    from hf_tsv.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    spec = tmp_path / "tasks.json"
+    code = main(["merge", tiny["base"], *tiny["tasks"], "-o", str(tmp_path / "out"), "--alpha", "search",
+                 "--eval", str(spec)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--alpha search and --eval do not run under torchrun" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
