@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     CardError,
+    DistributedMergeError,
     HFTSVError,
     MergeInputError,
     OutputExistsError,
@@ -56,7 +57,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .space_deploy import deploy_space
     from .tsvc import CompressResult, compress, expand
 
-__all__ = ["METHODS", "CardError", "CompressResult", "HFTSVError", "LinearMerge", "MergeInputError", "MergeOptions",
+__all__ = ["METHODS", "CardError", "CompressResult", "DistributedMergeError", "HFTSVError", "LinearMerge",
+           "MergeInputError", "MergeOptions",
            "MergeReport", "MergeResult", "OutputExistsError", "OutputPathError", "OutputWriteError", "PushError",
            "PushResult", "ReportError", "STIReport", "TokenError", "__version__", "compress", "deploy_space",
            "expand", "merge", "merge_linear", "plan", "push_to_hub", "sti", "write_card"]

@@ -9,10 +9,12 @@ checked or its help is shown.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import shlex
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -96,6 +98,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
 def _alpha_arg(text: str) -> float | str:
     if text == "search":
         return text
@@ -106,11 +118,41 @@ def _alpha_arg(text: str) -> float | str:
 
 
 def _configure_threads(threads: int | None) -> None:
-    """Honour --threads, defaulting to half the CPUs (OMP_WAIT_POLICY is set by :func:`main` before this loads
-    torch)."""
+    """Honour --threads, defaulting to half the CPUs, or to 1 per process when torchrun started several (their
+    threads would share the cores; OMP_WAIT_POLICY is set by :func:`main` before this loads torch)."""
     import torch
 
-    torch.set_num_threads(threads or default_threads())
+    sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    torch.set_num_threads(threads or (1 if sharded else default_threads()))
+
+
+# The commands that shard over the processes torchrun starts (docs/distributed.md).
+SHARDED_COMMANDS = ("merge", "sti", "compress")
+
+
+@contextlib.contextmanager
+def _process_group(args: argparse.Namespace) -> Iterator[bool]:
+    """Under ``torchrun`` with several processes, start the process group for a sharded command (a CUDA device
+    becomes this process's own GPU) and yield whether this process is a secondary one, which prints nothing but
+    its failure's traceback (the main process prints the result and the one-line error); stop the group after."""
+    if args.command not in SHARDED_COMMANDS or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        yield False
+        return
+    from .distributed import DEFAULT_TIMEOUT_S, init_from_environment, shut_down
+    from .errors import MergeInputError
+
+    if args.command == "merge" and (args.alpha == "search" or args.eval):
+        raise MergeInputError("--alpha search and --eval do not run under torchrun with several processes yet; run "
+                              "them in one process (hf-tsv merge ...), or shard the merge and evaluate after")
+    device = init_from_environment(args.device, args.dist_timeout or DEFAULT_TIMEOUT_S)
+    if device is not None:
+        args.device = device
+    secondary = int(os.environ.get("RANK", "0")) != 0
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if secondary else contextlib.nullcontext():  # dropped
+            yield secondary
+    finally:
+        shut_down()
 
 
 def _add_inputs(p: argparse.ArgumentParser, what: str = "fine-tuned models") -> None:
@@ -142,7 +184,11 @@ def _add_compute(p: argparse.ArgumentParser) -> None:
                        help="how each task's top-k singular triplets are computed: exact (default; Gram matrix, "
                        "float64 eigendecomposition, Rayleigh-Ritz), fast (float32 eigendecomposition) or lapack "
                        "(a full SVD per task, as the paper's code)")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: half the CPUs, at least 1)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: half the CPUs, at least 1; "
+                   "1 per process under torchrun)")
+    p.add_argument("--dist-timeout", type=_positive_float, metavar="SECONDS",
+                   help="under torchrun with several processes: how long a process waits for the others before it "
+                   "gives up and no output is written (default 1800); see docs/distributed.md")
 
 
 def _add_card_options(p: argparse.ArgumentParser, repo_id: bool = True) -> None:
@@ -671,10 +717,15 @@ def main(argv: list[str] | None = None) -> int:
     from .io.output import Terminated
 
     secrets = known_secrets(getattr(args, "token", None))
+    secondary = False
+    if args.command in SHARDED_COMMANDS and os.environ.get("RANK", "0") != "0":
+        os.environ["TQDM_DISABLE"] = "1"  # one progress bar: the main process's
     try:
-        return _run(args)
+        with _process_group(args) as secondary:
+            return _run(args)
     except HFTSVError as exc:
-        print(f"hf-tsv {args.command}: error: {redact(str(exc), secrets)}", file=sys.stderr)
+        if not secondary:  # the main process says it once, naming the process that failed
+            print(f"hf-tsv {args.command}: error: {redact(str(exc), secrets)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hf-tsv: interrupted; no partial output was left", file=sys.stderr)

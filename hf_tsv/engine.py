@@ -488,14 +488,47 @@ def iter_units(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype
         yield UnitTensors(unit, base, task_vectors, precision)
 
 
+class TaskVectorScan:
+    """A callable that streams ``units``' task vectors ``(T, ...)`` once per call, in the plan's order: what a
+    method's model-wide pass (TIES's exact global trim) reads before the merge. Each call re-reads the inputs.
+
+    In a sharded merge (``all_reduce`` given: it becomes an attribute the method's pass uses) an error while
+    reading is kept in :attr:`error` instead of raised, and the pass goes on with what it has (at least one zero
+    key per call) so that every process still makes the same collectives; the caller raises it afterwards.
+    """
+
+    def __init__(self, plan: MergePlan, device: torch.device, compute_dtype: torch.dtype, timer: Timer,
+                 desc: str = "model pass", units: list[Unit] | None = None,
+                 all_reduce: Callable[[torch.Tensor], None] | None = None):
+        self.plan, self.device, self.compute_dtype, self.timer, self.desc = plan, device, compute_dtype, timer, desc
+        self.units = units
+        self.error: Exception | None = None
+        if all_reduce is not None:
+            self.all_reduce = all_reduce
+
+    def __call__(self) -> Iterator[torch.Tensor]:
+        holds_errors = hasattr(self, "all_reduce")
+        yielded = False
+        if self.error is None:
+            try:
+                for item in iter_units(self.plan, self.device, self.compute_dtype, self.timer, self.units,
+                                       desc=self.desc):
+                    yielded = True
+                    yield item.task_vectors
+                return
+            except Exception as exc:
+                if not holds_errors:
+                    raise
+                self.error = exc
+        if not yielded:
+            yield torch.zeros((self.plan.num_tasks, 1), dtype=self.compute_dtype, device=self.device)
+
+
 def task_vector_scan(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype, timer: Timer,
-                     desc: str = "model pass") -> Callable[[], Iterator[torch.Tensor]]:
-    """A callable that streams every unit's task vectors ``(T, ...)`` once per call, in the plan's order: what
-    a method's model-wide pass (TIES's exact global trim) reads before the merge. Each call re-reads the inputs."""
-    def scan() -> Iterator[torch.Tensor]:
-        for item in iter_units(plan, device, compute_dtype, timer, desc=desc):
-            yield item.task_vectors
-    return scan
+                     desc: str = "model pass", units: list[Unit] | None = None,
+                     all_reduce: Callable[[torch.Tensor], None] | None = None) -> TaskVectorScan:
+    """A :class:`TaskVectorScan` of ``units`` (default: every unit of the plan)."""
+    return TaskVectorScan(plan, device, compute_dtype, timer, desc, units, all_reduce)
 
 
 def split_rows(unit: Unit, plan: MergePlan, tensor: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -52,3 +52,8 @@ class OutputWriteError(HFTSVError, OSError):
 class BenchmarkUnavailableError(HFTSVError, RuntimeError):
     """``hf-tsv bench`` was run where the offline benchmark is not available: it lives in the source checkout
     (``benchmarks/hf_tsv_bench``), not in the installed package. The message says how to get it."""
+
+
+class DistributedMergeError(HFTSVError, RuntimeError):
+    """A merge sharded over processes (torch.distributed) stopped because another process failed, died or timed
+    out. The message names the process and its error; no output was left (every process raises it)."""

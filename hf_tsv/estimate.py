@@ -33,3 +33,24 @@ def estimate_seconds(plan, method, options) -> float:
     method.key_delta(tau, True, options)
     per_cost = (time.perf_counter() - start) / _cost(probe)
     return round(read + per_cost * sum(_cost(u.shape) for u in matrices), 1)
+
+
+# Reading, subtracting and writing one entry of one input, in the units of _cost (multiply-adds): a rough weight
+# that keeps averaged keys (biases, norms, embeddings) from counting as free when keys are balanced over processes.
+READ_COST_PER_ENTRY = 64.0
+
+
+def unit_cost(shape, is_matrix: bool, num_tasks: int, uses_svd: bool) -> float:
+    """The relative cost of merging one unit (a key or fused q/k/v group) of ``shape``: its T task matrices'
+    SVD work (m·n·min(m, n) each) when the method runs SVDs on matrices, plus reading its T + 1 inputs. Used to
+    balance a sharded merge over processes (:func:`hf_tsv.distributed.assign_units`).
+
+    Example:
+        >>> unit_cost((3072, 768), True, 8, True) / unit_cost((768, 768), True, 8, True) > 3.9
+        True
+    """
+    numel = 1
+    for d in shape:
+        numel *= d
+    work = num_tasks * _cost(shape) if uses_svd and is_matrix and len(shape) == 2 else 0.0
+    return work + READ_COST_PER_ENTRY * numel * (num_tasks + 1)

@@ -12,6 +12,7 @@ import torch
 
 from . import __version__
 from .adapters import get_adapter
+from .distributed import Shards, current_shards, options_fixing_output, shard_units, step, write_sharded
 from .engine import (
     OUTPUT_OVERFLOW_HINT,
     MergePlan,
@@ -169,10 +170,13 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _merge_report(plan: MergePlan, options: MergeOptions, output_dtype: torch.dtype, command: str | None,
-                  token) -> MergeReport:
+                  token, shards: Shards | None = None) -> MergeReport:
     """The report of a merge about to run (STI and timings are added as it runs). A command is recorded as it
-    may be published (:func:`hf_tsv.secrets.public_command`): no secret, local paths reduced to names."""
+    may be published (:func:`hf_tsv.secrets.public_command`): no secret, local paths reduced to names. A sharded
+    merge's device ends with its processes (``"cpu (…, 1 torch threads) × 2 processes (gloo)"``): with the
+    timings, the only difference from the report of a single-process merge."""
     method = options.merge_method
+    device = device_description(options.device) + (f" × {shards.describe()}" if shards else "")
     hub_ids = {m.hub_id for m in [plan.base, *plan.models] if m.hub_id}
     return MergeReport(
         method=options.method, method_description=method.description, alpha=options.effective_alpha,
@@ -180,7 +184,7 @@ def _merge_report(plan: MergePlan, options: MergeOptions, output_dtype: torch.dt
         base=InputRecord.from_dict(plan.base.provenance()),
         models=[InputRecord.from_dict(m.provenance()) for m in plan.models],
         options=ReportOptions(plan.fuse_qkv, list(plan.excluded), _dtype_name(options.compute_dtype),
-                              device_description(options.device),
+                              device,
                               options.svd if method.task_rank is not None else None,  # it truncates per task
                               options.method_parameters()),
         keys=plan.counts(), notes=list(plan.notes), versions=library_versions(),
@@ -206,36 +210,77 @@ class _MergeJob:
         self.plan = plan = build_plan(base, models, fuse_qkv=options.merge_fuses_qkv, exclude=options.exclude,
                                       allow_duplicates=options.allow_duplicates, revision=revision, token=token,
                                       architecture=options.architecture, drop_heads=options.drop_heads)
+        self.shards = shards = current_shards()
+        self.units = shard_units(plan.units, shards, plan.num_tasks, self.merge_method.uses_svd)  # this process's
+        self.sti_keys: dict[str, float] = {}
         self.timer = Timer()
         self.timer.totals["preflight_s"] = time.perf_counter() - started
         self.layout = layout = _output_layout(plan, options.dtype)
         self.config = plan.output_config
         self.output_dtype = _main_dtype(layout)
         set_config_dtype(self.config, self.output_dtype)
-        self.report = _merge_report(plan, options, self.output_dtype, command, token)
+        self.report = _merge_report(plan, options, self.output_dtype, command, token, shards)
+
+    def _model_scan(self):
+        """The scan of the method's model-wide pass: this process's units, summed over the processes, when the
+        method combines shards (TIES) and every process has a unit; else every unit (exact, read by each)."""
+        desc = f"{self.method} model pass"
+        shards = self.shards
+        if shards is not None and self.merge_method.shards_model_pass and all(shards.gather(bool(self.units))):
+            return task_vector_scan(self.plan, self.device, self.compute_dtype, Timer(), desc, self.units,
+                                    shards.all_reduce)
+        return task_vector_scan(self.plan, self.device, self.compute_dtype, Timer(), desc)
 
     def deltas(self):
-        """Yield ``(unit, base, Δ)`` per unit, streaming; records STI (TSV-M) in the report at the end."""
-        sti_keys: dict[str, float] = {}
+        """Yield ``(unit, base, Δ)`` per unit of this process, streaming; a single process then records STI
+        (TSV-M) in the report (:meth:`record_sti`; a sharded merge calls it once every process is done)."""
         timer = self.timer
         start = time.perf_counter()
-        scan = task_vector_scan(self.plan, self.device, self.compute_dtype, Timer(), desc=f"{self.method} model pass")
-        statistics = self.merge_method.statistics(scan, self.opts)  # TIES over the whole model: its thresholds
-        if statistics is not None:
-            timer.add("model_pass_s", start)
-        for item in iter_units(self.plan, self.device, self.compute_dtype, timer, desc=f"{self.method} merge"):
+        statistics = None
+        if self.merge_method.model_statistics is not None:
+            scan = self._model_scan()
+            statistics = self.merge_method.statistics(scan, self.opts)  # TIES over the whole model: its thresholds
+            if scan.error is not None:
+                raise scan.error
+            if statistics is not None:
+                timer.add("model_pass_s", start)
+        for item in iter_units(self.plan, self.device, self.compute_dtype, timer, self.units,
+                               desc=f"{self.method} merge"):
             start = time.perf_counter()
             delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts,
                                                            KeyContext(item.precision, statistics))
             if sti_value is not None:
-                sti_keys[self.plan.base_key(item.unit)] = sti_value
+                self.sti_keys[self.plan.base_key(item.unit)] = sti_value
             start = timer.add("compute_s", start)
             yield item.unit, item.base, delta
             timer.add("write_s", start)
-        for key, value in sti_keys.items():  # after the merged tensors' own checks
+        if self.shards is None:
+            self.record_sti()
+
+    def record_sti(self) -> None:
+        """Check every matrix key's STI (after the merged tensors' own checks) and record them in the report, in
+        the plan's order; a sharded merge first gathers every process's (a collective: every process calls it)."""
+        sti_keys = self.sti_keys
+        if self.shards is not None:
+            gathered = {k: v for part in self.shards.gather(sti_keys) for k, v in part.items()}
+            names = [self.plan.base_key(u) for u in self.plan.units]
+            sti_keys = {key: gathered[key] for key in names if key in gathered}
+        for key, value in sti_keys.items():
             check_finite(value, f"the STI of key {key!r}", OUTPUT_OVERFLOW_HINT)
         if self.merge_method.reports_sti:
             self.report.sti = STIRecord(sti_keys, sum(sti_keys.values()), self.merge_method.task_rank)
+
+    def check_same_plan(self) -> None:
+        """In a sharded merge, refuse processes that planned different outputs (:meth:`Shards.check_same`)."""
+        if self.shards is not None:
+            report = self.report.to_dict()
+            report["options"].pop("device")
+            self.shards.check_same((self.layout, options_fixing_output(self.options),
+                                    [(u.name, u.keys) for u in self.plan.units], report))
+
+    def output_keys(self) -> list[str]:
+        """The saved keys of this process's units (every key in a single process)."""
+        return [self.plan.output_names[key] for unit in self.units for key in unit.keys]
 
     def input_locations(self) -> tuple[InputLocation, ...]:
         """Where the resolved inputs live on disk (an output must stay clear of them)."""
@@ -321,17 +366,25 @@ def merge_linear(base, models, method: str = DEFAULT_METHOD, *, fuse_qkv: bool =
     options = MergeOptions.from_arguments(method=method, fuse_qkv=fuse_qkv, exclude=exclude, device=device,
                                           dtype=dtype, compute_dtype=compute_dtype, svd=svd,
                                           allow_duplicates=allow_duplicates, **method_params)
-    job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
+    shards = current_shards()
+    with step(shards, "in the preflight"):
+        job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
+    job.check_same_plan()
     keep = torch.float64 if job.compute_dtype == torch.float64 else torch.float32
     base_state: dict[str, torch.Tensor] = {}
     delta_state: dict[str, torch.Tensor] = {}
-    for unit, base_tensor, delta in job.deltas():
-        bases = split_rows(unit, job.plan, base_tensor)
-        for canon, tensor in split_rows(unit, job.plan, delta).items():
-            saved = job.plan.output_names[canon]
-            base_state[saved] = bases[canon].to(device="cpu", dtype=keep)
-            delta_state[saved] = check_finite(tensor.to(device="cpu", dtype=keep),
-                                              f"the merged delta of key {saved!r}", OUTPUT_OVERFLOW_HINT)
+    with step(shards, "while merging"):
+        for unit, base_tensor, delta in job.deltas():
+            bases = split_rows(unit, job.plan, base_tensor)
+            for canon, tensor in split_rows(unit, job.plan, delta).items():
+                saved = job.plan.output_names[canon]
+                base_state[saved] = bases[canon].to(device="cpu", dtype=keep)
+                delta_state[saved] = check_finite(tensor.to(device="cpu", dtype=keep),
+                                                  f"the merged delta of key {saved!r}", OUTPUT_OVERFLOW_HINT)
+    if shards is not None:  # every process holds the whole θ₀ and Δ, as a single process would
+        job.record_sti()
+        base_state = _gather_state(shards, base_state, job.layout)
+        delta_state = _gather_state(shards, delta_state, job.layout)
     job.finish()
     if not job.merge_method.uses_alpha:  # averaging: α is not a parameter of the method
         job.report.alpha = 1.0
@@ -392,9 +445,12 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
                                           allow_duplicates=allow_duplicates, **method_params)
     check_output_options(overwrite, max_shard_size)
     models = check_model_references(base, models, revision=revision)
-    if output_dir is not None:
-        check_output_dir(output_dir, overwrite, inputs=[base, *models])
-    job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
+    shards = current_shards()
+    with step(shards, "in the preflight"):
+        if output_dir is not None and (shards is None or shards.is_main):
+            check_output_dir(output_dir, overwrite, inputs=[base, *models])
+        job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
+    job.check_same_plan()
     report, layout, config, plan = job.report, job.layout, job.config, job.plan
 
     def run(write) -> None:
@@ -408,9 +464,26 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
     inputs = job.input_locations()
     if output_dir is None:
         state: dict[str, torch.Tensor] = {}
-        run(state.__setitem__)
+        with step(shards, "while merging"):
+            run(state.__setitem__)
+        if shards is not None:
+            job.record_sti()
+            state = _gather_state(shards, state, layout)
         finish()
         return MergeResult(report, config, plan.output_class, state_dict=state, inputs=inputs,
+                           side_files=plan.side_files)
+    if shards is not None:
+        def write_rest(folder: Path) -> None:
+            finish()
+            save_config(folder, config)
+            save_side_files(folder, plan.side_files)
+            report.save(folder)
+
+        write_sharded(shards, output_dir, overwrite, inputs, layout, max_shard_size, "model",
+                      job.output_keys(), run, job.record_sti, write_rest)
+        if not shards.is_main:  # its report (timings of its own share) is returned, not saved
+            finish()
+        return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs,
                            side_files=plan.side_files)
     with atomic_output_dir(output_dir, overwrite, inputs=inputs) as tmp:
         writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size)
@@ -422,6 +495,12 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
         report.save(tmp)
     return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs,
                        side_files=plan.side_files)
+
+
+def _gather_state(shards: Shards, state: dict[str, torch.Tensor], layout: dict) -> dict[str, torch.Tensor]:
+    """Every process's share of a state dict, on every process, in the output's key order."""
+    gathered = {k: v for part in shards.gather(state) for k, v in part.items()}
+    return {key: gathered[key] for key in layout}
 
 
 def _init_kwargs(report: MergeReport) -> dict:
@@ -471,16 +550,27 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
     options = MergeOptions.from_arguments(fuse_qkv=fuse_qkv, exclude=exclude, device=device,
                                           compute_dtype=compute_dtype, svd=svd, allow_duplicates=allow_duplicates,
                                           architecture=architecture, drop_heads=drop_heads)
-    plan = build_plan(base, models, fuse_qkv=options.fuse_qkv, exclude=options.exclude,
-                      allow_duplicates=options.allow_duplicates, revision=revision, token=token,
-                      architecture=options.architecture, drop_heads=options.drop_heads)
+    shards = current_shards()
+    with step(shards, "in the preflight"):
+        plan = build_plan(base, models, fuse_qkv=options.fuse_qkv, exclude=options.exclude,
+                          allow_duplicates=options.allow_duplicates, revision=revision, token=token,
+                          architecture=options.architecture, drop_heads=options.drop_heads)
     matrix_units = [u for u in plan.units if u.is_matrix]
+    if shards is not None:
+        shards.check_same((options_fixing_output(options), [(u.name, u.keys, u.shape) for u in matrix_units]),
+                          "STI computation")
     keys: dict[str, float] = {}
-    for item in iter_units(plan, options.device, options.compute_dtype, Timer(), units=matrix_units, desc="STI"):
-        factors = truncated_task_factors(item.task_vectors, compute_dtype=options.compute_dtype, svd=options.svd,
-                                         precision=item.precision)
-        key = plan.base_key(item.unit)
-        keys[key] = check_finite(singular_task_interference(factors), f"the STI of key {key!r}", OUTPUT_OVERFLOW_HINT)
+    with step(shards, "while computing STI"):
+        for item in iter_units(plan, options.device, options.compute_dtype, Timer(), desc="STI",
+                               units=shard_units(matrix_units, shards, plan.num_tasks, uses_svd=True)):
+            factors = truncated_task_factors(item.task_vectors, compute_dtype=options.compute_dtype, svd=options.svd,
+                                             precision=item.precision)
+            key = plan.base_key(item.unit)
+            keys[key] = check_finite(singular_task_interference(factors), f"the STI of key {key!r}",
+                                     OUTPUT_OVERFLOW_HINT)
+    if shards is not None:  # every process's keys, in the plan's order (the total sums them in that order)
+        gathered = {k: v for part in shards.gather(keys) for k, v in part.items()}
+        keys = {key: gathered[key] for key in (plan.base_key(u) for u in matrix_units)}
     return STIReport(keys, sum(keys.values()), plan.num_tasks, options.fuse_qkv, plan.warnings, plan.adapter.name)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .core import truncated_task_factors
+from .distributed import current_shards, options_fixing_output, shard_units, step, write_sharded
 from .engine import OUTPUT_OVERFLOW_HINT, Timer, build_plan, check_finite, iter_units, resolve_device
 from .errors import MergeInputError
 from .files import CONFIG_NAME
@@ -87,34 +88,42 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
         if not 0.0 < rank_fraction <= 1.0:
             raise MergeInputError(f"rank_fraction (--rank-fraction) must be in (0, 1], got {rank_fraction:g}")
     models = check_model_references(base, models, min_models=1)
-    check_output_dir(output_dir, overwrite, inputs=[base, *models])
-    plan = build_plan(base, models, fuse_qkv=options.fuse_qkv, exclude=options.exclude,
-                      allow_duplicates=options.allow_duplicates, token=token, min_models=1,
-                      architecture=options.architecture, drop_heads=options.drop_heads)
+    shards = current_shards()
+    with step(shards, "in the preflight"):
+        if shards is None or shards.is_main:
+            check_output_dir(output_dir, overwrite, inputs=[base, *models])
+        plan = build_plan(base, models, fuse_qkv=options.fuse_qkv, exclude=options.exclude,
+                          allow_duplicates=options.allow_duplicates, token=token, min_models=1,
+                          architecture=options.architecture, drop_heads=options.drop_heads)
     t_count = plan.num_tasks
-    layout: dict[str, tuple[torch.dtype, tuple]] = {}
     ranks: dict[str, int] = {}
+    per_unit: dict[str, dict[str, tuple[torch.dtype, tuple]]] = {}  # unit name → its stored tensors' layout
     for unit in plan.units:
+        per_unit[unit.name] = unit_layout = {}
         for t in range(t_count):
             if unit.is_matrix:
                 m, n = unit.shape
                 k = ranks.setdefault(unit.name, _rank((m, n), t_count, rank_fraction))
-                layout[f"tasks.{t}.{unit.name}.u"] = (store_dtype, (m, k))
-                layout[f"tasks.{t}.{unit.name}.s"] = (store_dtype, (k,))
-                layout[f"tasks.{t}.{unit.name}.v"] = (store_dtype, (n, k))
+                unit_layout[f"tasks.{t}.{unit.name}.u"] = (store_dtype, (m, k))
+                unit_layout[f"tasks.{t}.{unit.name}.s"] = (store_dtype, (k,))
+                unit_layout[f"tasks.{t}.{unit.name}.v"] = (store_dtype, (n, k))
             else:
-                layout[f"tasks.{t}.{unit.name}.delta"] = (store_dtype, tuple(unit.shape))
+                unit_layout[f"tasks.{t}.{unit.name}.delta"] = (store_dtype, tuple(unit.shape))
+    layout = {name: spec for unit_layout in per_unit.values() for name, spec in unit_layout.items()}
     full_bytes = t_count * sum(i.nbytes for i in plan.base_infos.values())
     full_bytes = full_bytes * store_dtype.itemsize // plan.base_infos[plan.units[0].keys[0]].dtype.itemsize
     stored_bytes = sum(torch.empty((), dtype=d).element_size() * _numel(s) for d, s in layout.values())
-    with atomic_output_dir(output_dir, overwrite, inputs=[plan.base, *plan.models]) as tmp:
-        writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size, file_stem="tsv_c")
+    if shards is not None:
+        shards.check_same((layout, options_fixing_output(options), [(u.name, u.keys) for u in plan.units]),
+                          "compression")
+    mine = shard_units(plan.units, shards, t_count, uses_svd=True)  # this process's units (all in one process)
 
+    def write_units(write_stored) -> None:
         def write(name: str, tensor: torch.Tensor) -> None:
             stored = tensor.to("cpu", store_dtype)
-            writer.write(name, check_finite(stored, f"the stored tensor {name!r}", OUTPUT_OVERFLOW_HINT))
+            write_stored(name, check_finite(stored, f"the stored tensor {name!r}", OUTPUT_OVERFLOW_HINT))
 
-        for item in iter_units(plan, dev, compute_dtype, Timer(), desc="TSV-C"):
+        for item in iter_units(plan, dev, compute_dtype, Timer(), mine, desc="TSV-C"):
             unit = item.unit
             if unit.is_matrix:
                 f = truncated_task_factors(item.task_vectors, ranks[unit.name], compute_dtype=compute_dtype,
@@ -125,10 +134,8 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
             else:
                 for t in range(t_count):
                     write(f"tasks.{t}.{unit.name}.delta", item.task_vectors[t])
-        writer.close()
-        config = plan.output_config
-        set_config_dtype(config, plan.base_infos[plan.units[0].keys[0]].dtype)
-        save_config(tmp, config)
+
+    def make_index() -> dict:
         index = {
             "format": FORMAT, "version": 1, "num_tasks": t_count,
             "k": "floor(r/T)" if rank_fraction is None else f"floor({rank_fraction}*r)",
@@ -145,8 +152,29 @@ def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: floa
         }
         if plan.warnings:
             index["warnings"] = plan.warnings
-        write_json(tmp / INDEX_NAME, index)  # keeps the base's path (secrets redacted by write_json)
-    return CompressResult(Path(output_dir), index)
+        return index
+
+    written: list[dict] = []  # the index write_rest wrote
+
+    def write_rest(folder: Path) -> None:
+        config = plan.output_config
+        set_config_dtype(config, plan.base_infos[plan.units[0].keys[0]].dtype)
+        save_config(folder, config)
+        written.append(make_index())
+        write_json(folder / INDEX_NAME, written[0])  # keeps the base's path (secrets redacted by write_json)
+
+    inputs = [plan.base, *plan.models]
+    if shards is not None:
+        keys = [name for unit in mine for name in per_unit[unit.name]]
+        write_sharded(shards, output_dir, overwrite, inputs, layout, max_shard_size, "tsv_c", keys, write_units,
+                      lambda: None, write_rest)
+        return CompressResult(Path(output_dir), written[0] if written else make_index())
+    with atomic_output_dir(output_dir, overwrite, inputs=inputs) as tmp:
+        writer = ShardedSafetensorsWriter(tmp, layout, max_shard_size, file_stem="tsv_c")
+        write_units(writer.write)
+        writer.close()
+        write_rest(tmp)
+    return CompressResult(Path(output_dir), written[0])
 
 
 def _numel(shape) -> int:

@@ -210,12 +210,18 @@ class TiesModelStatistics:
     numel: int
 
 
-def ties_model_statistics(scan: Callable[[], Iterable[torch.Tensor]], density: float = 0.2) -> TiesModelStatistics:
+def ties_model_statistics(scan: Callable[[], Iterable[torch.Tensor]], density: float = 0.2,
+                          all_reduce: Callable[[torch.Tensor], None] | None = None) -> TiesModelStatistics:
     """Exact model-wide TIES thresholds and majority sign from streaming passes over the keys.
 
     ``scan()`` must yield every key's stacked task vectors ``(T, ...)``, in the same order and values on every
     call. It is called once per 16-bit digit of |τ| (2 times for float32, 4 for float64) and once more for
     the majority sign; memory is 2¹⁶ counters per task plus a few copies of one key.
+
+    Sharded over processes (torch.distributed), each process's ``scan()`` yields its own share of the keys
+    and ``all_reduce`` sums an integer tensor in place over the processes: the entry count, each digit's
+    histogram and the sign total are sums of integers, so every process gets the exact statistics of the
+    whole model. It must be given on every process or on none; each must yield at least one key.
 
     Example:
         >>> keys = [torch.tensor([[0.3, -0.1], [0.2, 0.0]]), torch.tensor([[-0.5], [0.4]])]
@@ -237,6 +243,11 @@ def ties_model_statistics(scan: Callable[[], Iterable[torch.Tensor]], density: f
         update_radix_histogram(histogram, task_vectors, prefix, shifts[0])
     if histogram is None:
         raise ValueError("scan() yielded no keys")
+    reduce = all_reduce or (lambda tensor: None)
+    count = torch.tensor([numel], dtype=torch.int64, device=device)
+    reduce(count)
+    numel = int(count.item())
+    reduce(histogram)
     rank = threshold_rank(numel, density)
     if rank == 0:
         thresholds = torch.zeros(num_tasks, dtype=dtype, device=device)
@@ -247,8 +258,12 @@ def ties_model_statistics(scan: Callable[[], Iterable[torch.Tensor]], density: f
             histogram.zero_()
             for task_vectors in scan():
                 update_radix_histogram(histogram, task_vectors, prefix, shift)
+            reduce(histogram)
             digit, ranks = select_radix_digit(histogram, ranks)
             prefix = (prefix << RADIX_DIGIT_BITS) | digit
         thresholds = bits_to_magnitude(prefix, dtype)
-    total = sum(sign_total(elect_sign(trim(task_vectors, thresholds))) for task_vectors in scan())
+    total = torch.tensor([sum(sign_total(elect_sign(trim(task_vectors, thresholds))) for task_vectors in scan())],
+                         dtype=torch.int64, device=device)
+    reduce(total)
+    total = int(total.item())
     return TiesModelStatistics(thresholds, majority_sign(total), numel)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,8 +146,12 @@ class SafetensorsFileWriter:
     """
 
     def __init__(self, path: str | os.PathLike, layout: dict[str, tuple[torch.dtype, tuple[int, ...]]],
-                 metadata: dict[str, str] | None = None):
+                 metadata: dict[str, str] | None = None, *, create: bool = True, keys: Iterable[str] | None = None):
+        """``create``: write the header and pre-size the file; else open the file another process of a sharded
+        merge created from the same layout (its header must be this layout's) and write tensors into it.
+        ``keys``: the keys this writer must write before :meth:`close` (default: all of them)."""
         self.path = Path(path)
+        self._create = create
         self._layout = layout
         header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
         offset = 0
@@ -160,11 +165,19 @@ class SafetensorsFileWriter:
         encoded = json.dumps(header, separators=(",", ":")).encode()
         encoded += b" " * (-len(encoded) % 8)  # keep tensor data 8-byte aligned, as safetensors does
         self._data_start = 8 + len(encoded)
+        head = struct.pack("<Q", len(encoded)) + encoded
         with naming_file(self.path):  # a failed write (disk full...) names this file
-            self._file = open(self.path, "wb")
-            self._file.write(struct.pack("<Q", len(encoded)) + encoded)
-            self._file.truncate(self._data_start + offset)
-        self._pending = set(layout)
+            if create:
+                self._file = open(self.path, "wb")
+                self._file.write(head)
+                self._file.truncate(self._data_start + offset)
+            else:
+                self._file = open(self.path, "r+b")
+                if self._file.read(len(head)) != head or os.path.getsize(self.path) != self._data_start + offset:
+                    self._file.close()
+                    raise RuntimeError(f"{self.path} was not created from this layout; the processes of a sharded "
+                                       "merge must plan the same output")
+        self._pending = set(layout) if keys is None else set(layout).intersection(keys)
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
         dtype, shape = self._layout[key]
@@ -182,4 +195,7 @@ class SafetensorsFileWriter:
             raise RuntimeError(f"{self.path}: {len(self._pending)} tensors were never written, "
                                f"e.g. {sorted(self._pending)[0]!r}")
         with naming_file(self.path):
+            if not self._create:  # another process renames the folder into place: its bytes must be on disk
+                self._file.flush()
+                os.fsync(self._file.fileno())
             self._file.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -49,8 +50,14 @@ class ShardedSafetensorsWriter:
     """
 
     def __init__(self, folder: str | os.PathLike, layout: dict[str, tuple[torch.dtype, tuple[int, ...]]],
-                 max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, file_stem: str = "model"):
+                 max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, file_stem: str = "model", *,
+                 create: bool = True, keys: Iterable[str] | None = None):
+        """``create`` and ``keys`` as :class:`~hf_tsv.io.safetensors_format.SafetensorsFileWriter` takes them: in a
+        merge sharded over processes, the main process creates (and pre-sizes) every file and writes the index;
+        each other process opens them (``create=False``) and writes its ``keys`` at their offsets."""
         self.folder = Path(folder)
+        self._create = create
+        keys = None if keys is None else set(keys)
         self.index_name = f"{file_stem}.safetensors.index.json"
         limit = parse_size(max_shard_size)
         shards: list[dict] = [{}]
@@ -67,7 +74,8 @@ class ShardedSafetensorsWriter:
             names = [f"{file_stem}.safetensors"]
         else:
             names = [f"{file_stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-        self._writers = [SafetensorsFileWriter(self.folder / n, s) for n, s in zip(names, shards)]
+        self._writers = [SafetensorsFileWriter(self.folder / n, s, create=create, keys=keys)
+                         for n, s in zip(names, shards)]
         self.weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
         self._writer_of = {key: w for w, shard in zip(self._writers, shards) for key in shard}
 
@@ -77,7 +85,7 @@ class ShardedSafetensorsWriter:
     def close(self) -> None:
         for w in self._writers:
             w.close()
-        if len(self._writers) > 1:
+        if len(self._writers) > 1 and self._create:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": self.weight_map}
             write_file_atomic(self.folder / self.index_name, json.dumps(index, indent=2, sort_keys=True))
 

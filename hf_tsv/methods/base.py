@@ -99,7 +99,10 @@ class KeyContext:
     statistics: object | None = None  # what the method's model-wide pass found (TIES: thresholds, majority sign)
 
 
-Scan = Callable[[], Iterable["torch.Tensor"]]  # every key's stacked task vectors, one fresh pass per call
+# Every key's stacked task vectors, one fresh pass per call. In a merge sharded over processes (torch.distributed)
+# the engine's scan yields this process's share of the keys, and has an ``all_reduce`` attribute (sums an integer
+# tensor in place over the processes) for a method whose ``shards_model_pass`` is True; see docs/distributed.md.
+Scan = Callable[[], Iterable["torch.Tensor"]]
 Delta = Callable[["torch.Tensor", "MethodOptions", KeyContext], "tuple[torch.Tensor, float | None]"]
 
 
@@ -153,6 +156,9 @@ class MergeMethod:
     model_statistics: Callable[[Scan, MethodOptions], object | None] | None = field(default=None, repr=False)
     # How many times that pass reads every input (for the time estimate).
     model_pass_reads: Callable[[MethodOptions], int] = field(default=_no_model_pass, repr=False)
+    # Whether that pass combines shards exactly with ``scan.all_reduce`` (TIES: integer histograms). A method
+    # without it gets every key in its scan on every process of a sharded merge (exact, but read on each).
+    shards_model_pass: bool = False
 
     def __post_init__(self) -> None:
         rules = self.alpha if isinstance(self.alpha, tuple) else (self.alpha,)

@@ -39,7 +39,9 @@ def _delta(task_vectors, opts: MethodOptions, key: KeyContext):
 def _statistics(scan: Scan, opts: MethodOptions):
     from .. import core
 
-    return core.ties_model_statistics(scan, opts.ties_density) if opts.ties_scope == "model" else None
+    if opts.ties_scope != "model":
+        return None
+    return core.ties_model_statistics(scan, opts.ties_density, getattr(scan, "all_reduce", None))
 
 
 def _model_pass_reads(opts: MethodOptions) -> int:
@@ -70,5 +72,6 @@ METHOD = MergeMethod(
     parameters=(DENSITY, MERGE, SCOPE),
     model_statistics=_statistics,
     model_pass_reads=_model_pass_reads,
+    shards_model_pass=True,
     delta=_delta,
 )

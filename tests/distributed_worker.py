@@ -1,0 +1,109 @@
+"""The process side of tests/test_distributed.py: each spawned process joins a gloo group and runs the same list
+of scenarios (merges, STI, TSV-C, failures) through the public API, writing what it saw to a JSON file per
+scenario and rank for the test to compare with a single-process run."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import socket
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fail_on_rank(rank: int, how: str):
+    """Make ``rank``'s engine fail after its first unit: raise (``"raise"``) or die at once (``"exit"``)."""
+    merge_module = importlib.import_module("hf_tsv.merge")  # hf_tsv.merge is also the function
+
+    real = merge_module.iter_units
+
+    def failing(*args, **kwargs):
+        for i, item in enumerate(real(*args, **kwargs)):
+            if i == 1 and int(os.environ["RANK"]) == rank:
+                if how == "exit":
+                    os._exit(3)
+                raise RuntimeError("injected failure")
+            yield item
+
+    merge_module.iter_units = failing
+    return lambda: setattr(merge_module, "iter_units", real)
+
+
+def _run(scenario: dict) -> dict:
+    import hf_tsv
+
+    kind, kwargs = scenario["kind"], dict(scenario.get("kwargs", {}))
+    kwargs.update(scenario.get("rank1_kwargs", {}) if os.environ["RANK"] == "1" else {})
+    if kind == "merge":
+        result = hf_tsv.merge(**kwargs)
+        return {"sti_total": result.report.sti.total if result.report.sti else None}
+    if kind == "merge_memory":
+        result = hf_tsv.merge(**kwargs)
+        state = result.state_dict()
+        return {"keys": list(state), "sums": [float(t.double().sum()) for t in state.values()]}
+    if kind == "sti":
+        report = hf_tsv.sti(**kwargs)
+        return {"keys": report.keys, "total": report.total}
+    if kind == "compress":
+        hf_tsv.compress(**kwargs)
+        return {}
+    raise AssertionError(kind)
+
+
+def worker(rank: int, world_size: int, port: int, scenarios: list[dict], out: str, timeout_s: float = 60.0) -> None:
+    """One process of the group: run every scenario, writing ``{name}.rank{rank}.json`` with its result or error."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+    try:
+        for scenario in scenarios:
+            restore = _fail_on_rank(*scenario["fail"]) if scenario.get("fail") else None
+            try:
+                record = {"ok": True, **_run(scenario)}
+            except Exception as exc:  # the test checks which error each process raised
+                record = {"ok": False, "type": type(exc).__name__, "message": str(exc),
+                          "traceback": traceback.format_exc()}
+            finally:
+                if restore:
+                    restore()
+            Path(out, f"{scenario['name']}.rank{rank}.json").write_text(json.dumps(record))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_group(scenarios: list[dict], out: Path, world_size: int = 2, timeout_s: float = 60.0,
+              join_s: float = 300.0) -> list[int | None]:
+    """Spawn ``world_size`` processes running :func:`worker`; return their exit codes (None: still running after
+    ``join_s``, then killed)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    port = free_port()
+    processes = [context.Process(target=worker, args=(rank, world_size, port, scenarios, str(out), timeout_s))
+                 for rank in range(world_size)]
+    for p in processes:
+        p.start()
+    codes = []
+    for p in processes:
+        p.join(join_s)
+        if p.is_alive():
+            p.kill()
+            p.join()
+            codes.append(None)
+        else:
+            codes.append(p.exitcode)
+    return codes
