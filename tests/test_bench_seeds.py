@@ -86,6 +86,7 @@ def test_run_seeds_writes_the_aggregate_and_keeps_every_seed(tmp_path):
         in table
     assert "| TSV-M at α = 1 | 56.0 ± 1.0 | 45.0 ± 0.0 | 55.0 / 45.0 | 56.0 / 45.0 | 57.0 / 45.0 |" in table
     assert "sample standard deviation (n - 1)" in table
+    assert "| TSV-M | 42.0 ± 2.0 | 60.0 ± 0.0 |" in table  # per task: a, b
     assert (tmp_path / "agg" / "normalized_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -114,7 +115,7 @@ def _fake_build(cache: Path, seed: int) -> None:
 
 
 @pytest.fixture
-def fake_suite(monkeypatch):
+def fake_suite(monkeypatch, tmp_path):
     """`bench build|run --seeds` with the image suite's cache layout but no training: build_one writes a
     build.json, run_one returns :func:`_payload`. Records the calls."""
     calls = []
@@ -122,7 +123,13 @@ def fake_suite(monkeypatch):
 
     def suite(quick=False, force=False):
         image = real(quick=quick, force=force)
-        return SeedSuite(build_one=lambda s, c: calls.append(("build", s, c)) or _fake_build(c, s),
+
+        def build_one(seed: int, cache: Path) -> None:
+            calls.append(("build", seed, cache))
+            if tmp_path in cache.parents:  # a test that fails never writes outside its folder
+                _fake_build(cache, seed)
+
+        return SeedSuite(build_one=build_one,
                          run_one=lambda s, c, o: calls.append(("run", s, c, o)) or _payload(s),
                          built_seed=image.built_seed, default_out=image.default_out,
                          build_command=image.build_command)

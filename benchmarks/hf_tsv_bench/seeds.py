@@ -182,7 +182,8 @@ def _seed_cell(values: dict) -> str:
 
 
 def seeds_table(result: dict) -> str:
-    """Markdown: method | norm. mean ± std | abs. mean ± std | per seed "norm. / abs. (α)" (α = 1 rows too).
+    """Markdown: method | norm. mean ± std | abs. mean ± std | per seed "norm. / abs. (α)" (α = 1 rows too),
+    then the mean ± std absolute accuracy per task and method.
 
     Example:
         >>> entry = {"absolute": 50.0, "normalized": 60.0, "per_task": {}, "alpha": None}
@@ -207,9 +208,18 @@ def seeds_table(result: dict) -> str:
             cells = " | ".join(_seed_cell(entry["per_seed"][s]) for s in seeds)
             lines.append(f"| {label} | {_pm(entry['normalized'], entry['normalized_std'])} | "
                          f"{_pm(entry['absolute'], entry['absolute_std'])} | {cells} |")
+    tasks = result["benchmark"].get("tasks", [])
     lines.append("")
-    lines.append(f"Test split, mean over {len(result['benchmark'].get('tasks', []))} tasks; ± is the "
-                 f"{STD_NOTE} {', '.join(seeds)}; α chosen per seed on validation.")
+    lines.append(f"Test split, mean over {len(tasks)} tasks; ± is the {STD_NOTE} {', '.join(seeds)}; α chosen "
+                 "per seed on validation.")
+    if tasks:
+        lines += ["", "Absolute test accuracy (%) per task, mean ± std over the seeds:", "",
+                  "| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+        for name in _methods(result):
+            per_task = result["methods"][name]["per_task"]
+            lines.append(f"| {_label(name)} | " + " | ".join(
+                _pm(per_task[t]["absolute"], per_task[t]["absolute_std"]) if t in per_task else "–" for t in tasks)
+                + " |")
     return "\n".join(lines) + "\n"
 
 
