@@ -246,7 +246,7 @@ def write_seeds_plot(result: dict, path: str | os.PathLike) -> Path:
         points = [entries[m]["per_seed"][s]["normalized"] for s in seeds]
         offsets = [(j - (len(seeds) - 1) / 2) * 0.12 for j in range(len(seeds))]
         ax.scatter([i + o for o in offsets], [p or 0.0 for p in points], s=12, color="black", zorder=3)
-        ax.text(i, means[i] + stds[i] + 1.5, f"{means[i]:.1f}", ha="center", fontsize=8)
+        ax.text(i, means[i] + stds[i] + 2.5, f"{means[i]:.1f}", ha="center", fontsize=8)
     ax.set_xticks(list(xs), [_label(m) for m in methods], rotation=30, fontsize=8, ha="right")
     ax.set_ylabel("normalised accuracy (%)")
     ax.set_ylim(0, max(110, max(m + s for m, s in zip(means, stds)) + 10))
