@@ -224,3 +224,13 @@ def test_two_quick_seeds_end_to_end(tmp_path, capsys):
     assert tsvm["normalized_std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
     assert values[0] != values[1]  # two seeds are two different builds
     assert "| TSV-M |" in capsys.readouterr().out
+
+
+def test_one_seed_still_builds_in_the_cache_itself(monkeypatch, tmp_path):
+    """`bench build --seed N` (without --seeds) is one build of seed N in --cache, as before --seeds existed."""
+    import hf_tsv_bench
+
+    calls = []
+    monkeypatch.setattr(hf_tsv_bench, "build_benchmark", lambda *a, **k: calls.append((a, k)))
+    assert main(["bench", "build", "--seed", "3", "--cache", str(tmp_path / "c")]) == 0
+    assert calls == [((str(tmp_path / "c"),), {"quick": False, "seed": 3, "force": False})]
