@@ -298,12 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "~/.cache/hf_tsv/bench)")
         b.add_argument("--threads", type=_positive_int, default=1,
                        help="torch CPU threads (default 1: results and timings do not depend on the machine)")
+        seeds = b.add_mutually_exclusive_group()
+        seeds.add_argument("--seeds", metavar="LIST", help="several seeds, e.g. 0,1,2: seed 0 in the cache, seed s "
+                           "in <cache>-seed<s>; run reports mean ± std per method (docs/benchmark.md)")
         if name == "build":
-            b.add_argument("--seed", type=int, default=0)
+            seeds.add_argument("--seed", type=int, default=0, help="one build of this seed, in the cache itself")
             b.add_argument("--force", action="store_true", help="rebuild even if an identical build is cached")
         else:
             b.add_argument("--out", metavar="DIR", help="where results.json, results.md and the plots go "
-                           "(default: <cache>/{full,quick}/results)")
+                           "(default: <cache>/{full,quick}/results; with --seeds <cache>/{full,quick}/results-seeds, "
+                           "each seed in seed<s>/)")
 
     p = sub.add_parser("sti", help="Singular Task Interference per layer, without merging")
     _add_inputs(p)
@@ -616,6 +620,8 @@ def benchmark_package() -> ModuleType:
 
 def _bench(args: argparse.Namespace) -> int:
     bench = benchmark_package()
+    if args.seeds is not None:
+        return _bench_seeds(bench, args)
     if args.bench_command == "build":
         bench.build_benchmark(args.cache, quick=args.quick, seed=args.seed, force=args.force)
         return 0
@@ -623,6 +629,20 @@ def _bench(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else bench.build.build_dir(args.cache, args.quick) / "results"
     print((out / "results.md").read_text())  # the table run_benchmark wrote
     print(f"results.json, results.md and plots in {out} ({payload['timings']['total_s']:.0f} s)")
+    return 0
+
+
+def _bench_seeds(bench: ModuleType, args: argparse.Namespace) -> int:
+    """``bench build|run --seeds LIST``: every seed in its own cache folder; run prints the mean ± std table."""
+    seeds = bench.seeds.parse_seeds(args.seeds)
+    suite = bench.seeds.image_suite(quick=args.quick, force=getattr(args, "force", False))
+    if args.bench_command == "build":
+        bench.seeds.build_seeds(suite, seeds, args.cache)
+        return 0
+    result, out = bench.seeds.run_suite(suite, seeds, args.cache, args.out)
+    print((out / "results.md").read_text())
+    print(f"results.json, results.md and normalized_accuracy.png in {out}, each seed in {out}/seed<s> "
+          f"({result['timings']['total_s']:.0f} s)")
     return 0
 
 

@@ -8,5 +8,7 @@ Example:
 
 from .build import BenchError, BenchSettings, build_benchmark, default_cache_dir
 from .run import run_benchmark
+from .seeds import SeedSuite, build_seeds, parse_seeds, run_seeds, run_suite, seed_cache_dir
 
-__all__ = ["BenchError", "BenchSettings", "build_benchmark", "default_cache_dir", "run_benchmark"]
+__all__ = ["BenchError", "BenchSettings", "build_benchmark", "default_cache_dir", "run_benchmark",
+           "SeedSuite", "build_seeds", "parse_seeds", "run_seeds", "run_suite", "seed_cache_dir"]
