@@ -76,6 +76,9 @@ class MergeResult:
 
     def to_model(self):
         """The merged model as an instance of the output transformers class (e.g. CLIPVisionModel)."""
+        if self.report.output is not None and self.report.output.format == "peft":
+            raise MergeInputError("this merge was written as a LoRA adapter (output_format='peft'); load it with "
+                                  f"PeftModel.from_pretrained(base_model, {str(self.folder)!r})")
         model = self.model_class(self.config, **_init_kwargs(self.report))
         model.load_state_dict(self.state_dict(), strict=True)
         return model.eval()
@@ -214,19 +217,30 @@ class _MergeJob:
         set_config_dtype(self.config, self.output_dtype)
         self.report = _merge_report(plan, options, self.output_dtype, command, token)
 
-    def deltas(self):
-        """Yield ``(unit, base, Δ)`` per unit, streaming; records STI (TSV-M) in the report at the end."""
+    def check_output(self, tensor: torch.Tensor, key: str) -> torch.Tensor:
+        return _check_output(tensor, key)
+
+    def deltas(self, low_rank: bool = False):
+        """Yield ``(unit, base, Δ)`` per unit, streaming; records STI (TSV-M) in the report at the end. With
+        ``low_rank`` a matrix unit's Δ is the method's exact factors (a :class:`~hf_tsv.core.LowRankDelta`, every
+        task a LoRA adapter), for ``--output-format peft``."""
         sti_keys: dict[str, float] = {}
+        form_factored = not (low_rank or self.merge_method.factored_tasks)
         timer = self.timer
         start = time.perf_counter()
         scan = task_vector_scan(self.plan, self.device, self.compute_dtype, Timer(), desc=f"{self.method} model pass")
         statistics = self.merge_method.statistics(scan, self.opts)  # TIES over the whole model: its thresholds
         if statistics is not None:
             timer.add("model_pass_s", start)
-        for item in iter_units(self.plan, self.device, self.compute_dtype, timer, desc=f"{self.method} merge"):
+        for item in iter_units(self.plan, self.device, self.compute_dtype, timer, desc=f"{self.method} merge",
+                               form_factored=form_factored):
             start = time.perf_counter()
-            delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts,
-                                                           KeyContext(item.precision, statistics))
+            context = KeyContext(item.precision, statistics, item.factored)
+            if low_rank and item.unit.is_matrix:
+                delta, sti_value = self.merge_method.low_rank_delta(item.task_vectors, self.opts, context)
+            else:
+                delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts,
+                                                               context)
             if sti_value is not None:
                 sti_keys[self.plan.base_key(item.unit)] = sti_value
             start = timer.add("compute_s", start)
@@ -321,6 +335,9 @@ def merge_linear(base, models, method: str = DEFAULT_METHOD, *, fuse_qkv: bool =
     options = MergeOptions.from_arguments(method=method, fuse_qkv=fuse_qkv, exclude=exclude, device=device,
                                           dtype=dtype, compute_dtype=compute_dtype, svd=svd,
                                           allow_duplicates=allow_duplicates, **method_params)
+    if options.output_format != "model":
+        raise MergeInputError("merge_linear keeps θ₀ and Δ in memory for an α sweep; output_format='peft' "
+                              "(--output-format peft) applies to merge with a fixed alpha only")
     job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
     keep = torch.float64 if job.compute_dtype == torch.float64 else torch.float32
     base_state: dict[str, torch.Tensor] = {}
@@ -392,10 +409,14 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
                                           allow_duplicates=allow_duplicates, **method_params)
     check_output_options(overwrite, max_shard_size)
     models = check_model_references(base, models, revision=revision)
+    if options.output_format == "peft" and output_dir is None:
+        raise MergeInputError("output_format='peft' writes a LoRA adapter folder; give output_dir (-o/--output)")
     if output_dir is not None:
         check_output_dir(output_dir, overwrite, inputs=[base, *models])
     job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
     report, layout, config, plan = job.report, job.layout, job.config, job.plan
+    if options.output_format == "peft":
+        return _merge_to_adapter(job, output_dir, overwrite)
 
     def run(write) -> None:
         for unit, base_tensor, delta in job.deltas():
@@ -422,6 +443,27 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
         report.save(tmp)
     return MergeResult(report, config, plan.output_class, folder=Path(output_dir), inputs=inputs,
                        side_files=plan.side_files)
+
+
+def _merge_to_adapter(job: _MergeJob, output_dir, overwrite: bool) -> MergeResult:
+    """The merge written as one PEFT LoRA adapter (:mod:`hf_tsv.peft_output`), atomically."""
+    from . import peft_output
+
+    peft_output.check_peft_inputs(job.plan)
+    report, plan = job.report, job.plan
+    report.output.format = "peft"
+    inputs = job.input_locations()
+    with atomic_output_dir(output_dir, overwrite, inputs=inputs) as tmp:
+        tensors, ranks = peft_output.collect(job, job.alpha)
+        base_model = plan.base.hub_id or plan.base.name
+        adapter_config = peft_output.adapter_config(ranks, base_model)
+        report.notes.append(f"written as a PEFT LoRA adapter of {len(ranks)} modules, rank "
+                            f"{min(ranks.values())}-{max(ranks.values())} (lora_alpha = r, so s = 1); load it with "
+                            f"PeftModel.from_pretrained({plan.output_class.__name__}.from_pretrained(base), folder)")
+        job.finish()
+        peft_output.write_adapter_files(tmp, tensors, adapter_config, report)
+    return MergeResult(report, adapter_config, plan.output_class, state_dict=tensors, folder=Path(output_dir),
+                       inputs=inputs)
 
 
 def _init_kwargs(report: MergeReport) -> dict:
@@ -466,7 +508,7 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
         >>> report = hf_tsv.sti("base", ["ft_a", "ft_b", "ft_c"])  # doctest: +SKIP
         >>> print(report.table()); report.total  # doctest: +SKIP
     """
-    from .core import singular_task_interference, truncated_task_factors
+    from .core import singular_task_interference, task_factors
 
     options = MergeOptions.from_arguments(fuse_qkv=fuse_qkv, exclude=exclude, device=device,
                                           compute_dtype=compute_dtype, svd=svd, allow_duplicates=allow_duplicates,
@@ -476,9 +518,10 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
                       architecture=options.architecture, drop_heads=options.drop_heads)
     matrix_units = [u for u in plan.units if u.is_matrix]
     keys: dict[str, float] = {}
-    for item in iter_units(plan, options.device, options.compute_dtype, Timer(), units=matrix_units, desc="STI"):
-        factors = truncated_task_factors(item.task_vectors, compute_dtype=options.compute_dtype, svd=options.svd,
-                                         precision=item.precision)
+    for item in iter_units(plan, options.device, options.compute_dtype, Timer(), units=matrix_units, desc="STI",
+                           form_factored=False):
+        factors = task_factors(item.task_vectors, item.factored, compute_dtype=options.compute_dtype, svd=options.svd,
+                               precision=item.precision)
         key = plan.base_key(item.unit)
         keys[key] = check_finite(singular_task_interference(factors), f"the STI of key {key!r}", OUTPUT_OVERFLOW_HINT)
     return STIReport(keys, sum(keys.values()), plan.num_tasks, options.fuse_qkv, plan.warnings, plan.adapter.name)

@@ -106,6 +106,25 @@ def tsv_merge_factors(factors: TaskFactors) -> torch.Tensor:
     return (u_perp * s_hat) @ v_perp.T
 
 
+def tsv_merge_low_rank(factors: TaskFactors):
+    """TSV-M's Δ = U⊥ diag(σ̂) V⊥ᵀ as factors B = U⊥ diag(σ̂) (m×T·k), A = V⊥ᵀ (T·k×n): a
+    :class:`~hf_tsv.core.lora.LowRankDelta` whose product is :func:`tsv_merge_factors` (what a LoRA adapter of the
+    merge holds).
+
+    Example:
+        >>> f = truncated_task_factors(torch.randn(3, 9, 7, dtype=torch.float64), compute_dtype=torch.float64)
+        >>> torch.allclose(tsv_merge_low_rank(f).dense(), tsv_merge_factors(f))
+        True
+    """
+    from .lora import LowRankDelta
+
+    m, n = factors.u.shape[1], factors.v.shape[1]
+    if factors.k == 0:
+        return LowRankDelta.zeros((m, n), factors.u.dtype, factors.u.device)
+    u_hat, s_hat, v_hat = factors.concatenated()
+    return LowRankDelta(polar_factor(u_hat) * s_hat, polar_factor(v_hat).T)
+
+
 def tsv_merge(
     task_matrices: torch.Tensor,
     k: int | None = None,
