@@ -9,7 +9,6 @@ loads it onto the base; its merged weights are θ₀ + α·Δ. See docs/lora.md.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from .engine import MergePlan, is_lora, split_rows
 from .errors import MergeInputError
 from .files import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CARD_NAME
 from .io.lora import PEFT_PREFIX
+from .io.output import write_file_atomic, write_json
 
 
 def check_peft_inputs(plan: MergePlan) -> None:
@@ -48,7 +48,7 @@ def balanced(delta: LowRankDelta, alpha: float) -> LowRankDelta | None:
     Example:
         >>> d = LowRankDelta(torch.tensor([[2.0, 0.0]]), torch.tensor([[3.0], [1.0]]))
         >>> out = balanced(d, 0.5)
-        >>> out.rank, out.dense().item(), out.b.item() == out.a.item()
+        >>> out.rank, round(out.dense().item(), 5), out.b.item() == out.a.item()
         (1, 3.0, True)
     """
     b, a = delta.b * delta.scale, delta.a
@@ -125,10 +125,11 @@ def card_text(report, config: dict) -> str:
 
 
 def write_adapter_files(folder: Path, tensors: dict[str, torch.Tensor], config: dict, report) -> None:
-    """The adapter's files in ``folder`` (a scratch folder of the atomic output)."""
-    from safetensors.torch import save_file
+    """The adapter's files in ``folder`` (a scratch folder of the atomic output); the adapter is small (rank ≤ T·k
+    per module), so its safetensors are serialised in memory."""
+    from safetensors.torch import save
 
-    save_file(tensors, str(folder / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
-    (folder / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    (folder / CARD_NAME).write_text(card_text(report, config), encoding="utf-8")
+    write_file_atomic(folder / ADAPTER_WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
+    write_json(folder / ADAPTER_CONFIG_NAME, config)
+    write_file_atomic(folder / CARD_NAME, card_text(report, config))
     report.save(folder)
