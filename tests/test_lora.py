@@ -142,6 +142,23 @@ def test_factored_merge_equals_merge_of_dense_fine_tunes(loras):
         assert max(float((other[k] - v).abs().max()) for k, v in dense.items()) < 1e-5
 
 
+def test_fused_qkv_and_named_adapter_keys(loras, tmp_path):
+    """--fuse-qkv stacks each adapter's q/k/v factors (blockdiag B, stacked A), as the dense path stacks ΔW; keys
+    saved with the adapter's name (``lora_A.default.weight``) read the same."""
+    named = Path(_edited(loras["adapters"][1], tmp_path / "named"))
+    state = load_state_adapter(named)
+    from safetensors.torch import save_file
+
+    save_file({k.replace(".weight", ".default.weight"): v for k, v in state.items()},
+              str(named / "adapter_model.safetensors"))
+    adapters = [loras["adapters"][0], str(named), loras["adapters"][2]]
+    factored = hf_tsv.merge(loras["base"], adapters, fuse_qkv=True).state_dict()
+    dense = hf_tsv.merge(loras["base"], loras["dense"], fuse_qkv=True).state_dict()
+    unfused = hf_tsv.merge(loras["base"], loras["dense"]).state_dict()
+    assert max(float((factored[k] - v).abs().max()) for k, v in dense.items()) < 1e-5
+    assert max(float((unfused[k] - v).abs().max()) for k, v in dense.items()) > 1e-4  # fusing changes the merge
+
+
 def test_sti_of_adapters_matches_dense(loras):
     factored = hf_tsv.sti(loras["base"], loras["adapters"])
     dense = hf_tsv.sti(loras["base"], loras["dense"])
@@ -230,6 +247,12 @@ BAD = [
                  "is not a LoRA factor", id="LRA-07"),
     pytest.param(dict(tensors=lambda s: s.pop(next(k for k in s if "lora_B" in k))), {}, "has no lora_B partner",
                  id="LRA-08"),
+    pytest.param(dict(tensors=lambda s: s.update({k: v[:, :16].contiguous() for k, v in s.items()
+                                                  if "lora_A" in k})), {},
+                 "gives ΔW of shape .* but the base key .* has shape", id="LRA-14"),
+    pytest.param(dict(config=lambda c: c.update(lora_alpha=float("nan"))), {}, "sets lora_alpha to nan", id="LRA-15"),
+    pytest.param({}, dict(output_format="peft", exclude="fc1"), "changes key .*fc1.weight', which this merge averages",
+                 id="LRA-16"),
     pytest.param({}, dict(method="ties", output_format="peft"), "method 'ties' cannot", id="LRA-09"),
     pytest.param({}, dict(output_format="safetensors"), "output_format \\(--output-format\\) must be one of",
                  id="LRA-10"),
@@ -245,19 +268,30 @@ def test_bad_lora_input(loras, tmp_path, edit, options, message):
     assert not out.exists()
 
 
-def test_adapter_as_base_is_refused(loras, tmp_path):  # LRA-11
-    with pytest.raises(hf_tsv.MergeInputError, match="is a LoRA adapter .*pass the full model"):
-        hf_tsv.merge(loras["adapters"][0], loras["adapters"][1:], output_dir=tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+def _without_safetensors(loras, tmp_path):
+    folder = Path(_edited(loras["adapters"][0], tmp_path / "bin"))
+    (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
+    return loras["base"], [str(folder), *loras["adapters"][1:]], {}
 
 
-def test_peft_output_refuses_dense_fine_tunes_and_needs_a_folder(loras, tmp_path):  # LRA-12, LRA-13
-    with pytest.raises(hf_tsv.MergeInputError, match="'dense_0' is a full checkpoint"):
-        hf_tsv.merge(loras["base"], [loras["dense"][0], *loras["adapters"][1:]], output_dir=tmp_path / "out",
-                     output_format="peft")
+CALLS = [
+    pytest.param(lambda loras, tmp: (loras["adapters"][0], loras["adapters"][1:], {}),
+                 "is a LoRA adapter .*pass the full model", id="LRA-11"),
+    pytest.param(lambda loras, tmp: (loras["base"], [loras["dense"][0], *loras["adapters"][1:]],
+                                     {"output_format": "peft"}), "'dense_0' is a full checkpoint", id="LRA-12"),
+    pytest.param(lambda loras, tmp: (loras["base"], loras["adapters"], {"output_format": "peft", "output_dir": None}),
+                 "give output_dir", id="LRA-13"),
+    pytest.param(_without_safetensors, "adapter_model.safetensors not found .*save_pretrained", id="LRA-17"),
+]
+
+
+@pytest.mark.parametrize("call, message", CALLS)
+def test_bad_lora_call(loras, tmp_path, call, message):
+    base, models, options = call(loras, tmp_path)
+    options = {"output_dir": tmp_path / "out", **options}
+    with pytest.raises(hf_tsv.MergeInputError, match=message):
+        hf_tsv.merge(base, models, **options)
     assert not (tmp_path / "out").exists()
-    with pytest.raises(hf_tsv.MergeInputError, match="give output_dir"):
-        hf_tsv.merge(loras["base"], loras["adapters"], output_format="peft")
 
 
 # ----------------------------------------------------------------------------------------------------------------
