@@ -549,21 +549,25 @@ def iter_units(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype
         base_parts = [_read_input(plan, 0, key, device, compute_dtype) for key in unit.keys]
         base = _rows(base_parts)
         references: dict[tuple, torch.Tensor] = {(None,) * len(unit.keys): base}
-        task_vectors = torch.empty((plan.num_tasks, *unit.shape), device=device, dtype=compute_dtype)
+        # every task an adapter, none formed: the dense slots are never read, so they take no memory
+        factors_only = unit.is_matrix and not form_factored and all(is_lora(m) for m in plan.models)
+        task_vectors = (torch.zeros((), device=device, dtype=compute_dtype).expand(plan.num_tasks, *unit.shape)
+                        if factors_only else
+                        torch.empty((plan.num_tasks, *unit.shape), device=device, dtype=compute_dtype))
         factored: list[LowRankDelta | None] = [None] * plan.num_tasks
         for t, model in enumerate(plan.models):
             if is_lora(model):
                 factors = _low_rank(plan, t + 1, unit, device, compute_dtype) if len(unit.shape) == 2 else None
-                if factors is None:
-                    task_vectors[t].zero_()
-                elif unit.is_matrix and not form_factored:
-                    task_vectors[t].zero_()
+                if unit.is_matrix and not form_factored:
                     factored[t] = factors
+                    if not factors_only:
+                        task_vectors[t].zero_()
+                elif factors is None:
+                    task_vectors[t].zero_()
                 else:
                     torch.matmul(factors.b * factors.scale, factors.a, out=task_vectors[t])
-                    factored[t] = factors if unit.is_matrix else None
-                check_finite(task_vectors[t], f"the task matrix of LoRA adapter {model.name!r} at {unit.name!r}",
-                             "it overflows this precision; use --svd-dtype float64 (compute_dtype=torch.float64)")
+                    check_finite(task_vectors[t], f"the task matrix of LoRA adapter {model.name!r} at {unit.name!r}",
+                                 "it overflows this precision; use --svd-dtype float64 (compute_dtype=torch.float64)")
                 continue
             infos = [model.reader.infos[plan.raw_keys[t + 1][key]] for key in unit.keys]
             rounding = tuple(base_rounding(plan.base_infos[key].dtype, info.dtype)

@@ -19,7 +19,9 @@ def _delta(task_vectors, opts: MethodOptions, key: KeyContext):
     from .. import core
 
     factors = _factors(task_vectors, opts, key)
-    return core.tsv_merge_factors(factors), core.singular_task_interference(factors)
+    # adapters (rank r_t ≪ k): polar factors of their Σ r_t kept columns only (same Δ, see tsv_merge_factors)
+    return (core.tsv_merge_factors(factors, compact=bool(key.factored)),
+            core.singular_task_interference(factors))
 
 
 def _low_rank_delta(task_vectors, opts: MethodOptions, key: KeyContext):
