@@ -160,6 +160,23 @@ def test_fused_qkv_and_named_adapter_keys(loras, tmp_path):
     assert max(float((unfused[k] - v).abs().max()) for k, v in dense.items()) > 1e-4  # fusing changes the merge
 
 
+@pytest.mark.parametrize("method", ["ties", "iso-c", "iso-cts"])
+def test_dense_methods_form_each_adapter_delta(loras, method):
+    """Methods that need ΔW densely get it formed per key: the same merge as of the merge_and_unload checkpoints."""
+    factored = hf_tsv.merge(loras["base"], loras["adapters"], method=method).state_dict()
+    dense = hf_tsv.merge(loras["base"], loras["dense"], method=method).state_dict()
+    assert max(float((factored[k] - v).abs().max()) for k, v in dense.items()) < 1e-4
+
+
+def test_benchmark_paths_agree():
+    """benchmarks/bench_lora.py times two paths that compute the same merge."""
+    from bench_lora import adapters, dense_merge, factored_merge
+
+    deltas = adapters(64, 4, 8, seed=0)
+    merged, dense = factored_merge(deltas, 64), dense_merge(deltas)
+    assert float((merged - dense).abs().max()) <= 1e-5 * float(dense.abs().max())
+
+
 def test_sti_of_adapters_matches_dense(loras):
     factored = hf_tsv.sti(loras["base"], loras["adapters"])
     dense = hf_tsv.sti(loras["base"], loras["dense"])
@@ -189,6 +206,7 @@ def test_peft_output_loads_in_peft_and_equals_the_dense_merge(loras, tmp_path, m
     assert json.loads((out / "merge_report.json").read_text())["output"]["format"] == "peft"
     with pytest.raises(hf_tsv.MergeInputError, match="PeftModel.from_pretrained"):
         result.to_model()
+    assert hf_tsv.write_card(out).text == card  # `hf-tsv card` and push render the adapter's card, not a model's
 
 
 def test_base_named_differently_in_adapter_config_is_merged_with_a_warning(loras, tmp_path):
