@@ -177,6 +177,20 @@ def test_benchmark_paths_agree():
     assert float((merged - dense).abs().max()) <= 1e-5 * float(dense.abs().max())
 
 
+def test_unformed_adapter_slots_hold_zeros(loras):
+    """With form_factored=False an adapter's dense slot is zeros (KeyContext.factored holds its factors), also
+    beside a dense fine-tune; formed, it is ΔW."""
+    from hf_tsv.engine import Timer, build_plan, iter_units
+
+    plan = build_plan(loras["base"], [loras["dense"][0], loras["adapters"][1]])
+    unit = next(u for u in plan.units if u.is_matrix and u.name.endswith("layers.0.self_attn.q_proj.weight"))
+    lazy = next(iter_units(plan, torch.device("cpu"), torch.float32, Timer(), units=[unit], form_factored=False))
+    formed = next(iter_units(plan, torch.device("cpu"), torch.float32, Timer(), units=[unit]))
+    assert lazy.factored[0] is None and lazy.factored[1] is not None
+    assert bool((lazy.task_vectors[1] == 0).all()) and torch.equal(lazy.task_vectors[0], formed.task_vectors[0])
+    assert torch.allclose(formed.task_vectors[1], lazy.factored[1].dense(), atol=1e-7)
+
+
 def test_sti_of_adapters_matches_dense(loras):
     factored = hf_tsv.sti(loras["base"], loras["adapters"])
     dense = hf_tsv.sti(loras["base"], loras["dense"])
