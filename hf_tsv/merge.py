@@ -367,7 +367,10 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
     """Merge fine-tuned models of one base with TSV-M (default) or a baseline.
 
     ``base`` and each of ``models`` is a local folder, a Hub id (``"ns/name"``, ``"ns/name@rev"``) or an
-    in-memory transformers model. The merge streams one key (or fused q/k/v group) at a time. With
+    in-memory transformers model; a model may also be a PEFT LoRA adapter (folder or Hub id), whose task matrices
+    are used as factors (docs/lora.md). ``output_format="peft"`` (with ``output_dir``; every model an adapter,
+    method TSV-M or task arithmetic) writes the merge as one LoRA adapter for ``PeftModel.from_pretrained``.
+    The merge streams one key (or fused q/k/v group) at a time. With
     ``output_dir`` the result is written straight to disk (atomically) and never held whole in memory;
     without it the merged weights are kept in memory.
 
