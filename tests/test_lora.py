@@ -365,3 +365,19 @@ def test_hub_adapters_download_exactly_their_two_files(loras, tmp_path, monkeypa
         assert len(snapshots) == 1
         assert sorted(p.name for p in snapshots[0].iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
         assert [m.repo_id for m in result.report.models] == ids
+
+
+def test_peft_output_pushes_with_its_card(loras, tmp_path, monkeypatch):
+    from hub_server import running_hub
+    from huggingface_hub import HfApi
+
+    out = tmp_path / "adapter"
+    result = hf_tsv.merge(loras["base"], loras["adapters"], output_dir=out, output_format="peft")
+    with running_hub(tmp_path / "hub"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        result.push_to_hub("ns/merged-lora")
+        files = set(HfApi().list_repo_files("ns/merged-lora"))
+        assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "merge_report.json"} <= files
+        card = Path(HfApi().hf_hub_download("ns/merged-lora", "README.md")).read_text()
+        assert "library_name: peft" in card
+
