@@ -263,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output dtype (default: the base's)")
     _add_method_parameters(p)
     p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors past this size (e.g. 2GB)")
+    p.add_argument("--output-format", choices=["model", "peft"],
+                   help="model (default): the full merged model; peft: one LoRA adapter equal to the merge, for "
+                   "PeftModel.from_pretrained(base, OUTPUT) (every MODEL a LoRA adapter; methods "
+                   f"{', '.join(m.name for m in METHODS.values() if m.writes_adapters)}; see docs/lora.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     p.add_argument("--dry-run", action="store_true", help="run the preflight only (same as `hf-tsv plan`)")
     p.add_argument("--push-to-hub", metavar="NS/NAME",
@@ -406,7 +410,7 @@ def _print_warnings(warnings: list[str]) -> None:
 
 # Command-line destinations of the merge options, and the Python API's name where it differs
 _OPTION_DESTS = ("method", "fuse_qkv", "exclude", "device", "dtype", "svd_dtype", "svd", "allow_duplicates",
-                 "architecture", "drop_heads")
+                 "architecture", "drop_heads", "output_format")
 _API_NAMES = {"svd_dtype": "compute_dtype"}
 
 

@@ -11,15 +11,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .adapters import Adapter, OutputModel, choose_adapter
+from .core.lora import LowRankDelta, stack_rows
 from .core.svd import InputPrecision
 from .errors import MergeInputError
 from .files import CONFIG_NAME
 from .io.layout import read_side_files
+from .io.lora import LoraAdapterReader
 from .io.resolve import ResolvedModel, resolve_model
 from .io.safetensors_format import TensorInfo
 from .options import check_model_references, resolve_device  # noqa: F401 - resolve_device: used from here too
@@ -209,7 +212,7 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
         if names[r.name] > 1:
             r.name = f"{r.name}#{i}"
     inputs = [resolved_base, *resolved]
-    warnings = _refuse_duplicates(inputs, allow_duplicates)
+    _attach_adapters(resolved_base, resolved)
 
     adapter = choose_adapter([(_where(m, CONFIG_NAME), m.reader.config) for m in inputs], architecture)
     base_architecture = adapter.architecture(resolved_base.reader.config)
@@ -222,6 +225,8 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
 
     per_input = [_input_keys(m, adapter) for m in inputs]
     notes: list[str] = []
+    lora_warnings = _map_adapters(resolved_base, resolved, adapter, per_input[0].raw)
+    warnings = _refuse_duplicates(inputs, allow_duplicates) + lora_warnings
     _drop_heads(inputs, per_input, drop_heads, notes)
     left_out = _optional_keys(per_input, adapter)
     base_keys, model_keys = per_input[0], per_input[1:]
@@ -283,9 +288,67 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
         elif key not in grouped:
             units.append(Unit(key, [key], key in matrix_keys, base_infos[key].shape))
     ignored_all = sorted({k for keys in per_input for k in keys.ignored})
+    notes += _adapter_notes(resolved, units, base_raw)
     return MergePlan(resolved_base, resolved, units, [keys.raw for keys in per_input], adapter, output, base_infos,
                      excluded, ignored_all, notes, fuse_qkv, warnings, mixed_precision,
                      _side_files(resolved_base, adapter))
+
+
+def is_lora(model: ResolvedModel) -> bool:
+    """Whether an input is a PEFT LoRA adapter (its task matrices come as factors)."""
+    return isinstance(model.reader, LoraAdapterReader)
+
+
+def _attach_adapters(base: ResolvedModel, models: list[ResolvedModel]) -> None:
+    """Give every LoRA adapter among ``models`` the base's config and keys; refuse an adapter as the base."""
+    if is_lora(base):
+        raise MergeInputError(f"the base {base.name!r} is a LoRA adapter ({base.reader.weights_file.name}); pass "
+                              "the full model it was trained on as the base, and the adapters as fine-tuned models")
+    for model in models:
+        if is_lora(model):
+            model.reader.attach_base(base.reader.config, base.reader.infos)
+
+
+def _base_names(base: ResolvedModel) -> set[str]:
+    """What an adapter's base_model_name_or_path may say for this base: its Hub id or its folder's name."""
+    names = {base.name.lower()}
+    if base.hub_id:
+        names.add(base.hub_id.lower())
+    if base.reader.folder is not None:
+        names.add(Path(base.reader.folder).name.lower())
+    return names
+
+
+def _map_adapters(base: ResolvedModel, models: list[ResolvedModel], adapter: Adapter,
+                  base_raw: dict[str, str]) -> list[str]:
+    """Map each LoRA adapter's modules onto the base's keys (refusing a module the base lacks or a shape that
+    differs); return a warning per adapter whose config names another base (its shapes fit, so it is merged)."""
+    warnings = []
+    for model in models:
+        if not is_lora(model):
+            continue
+        model.reader.map_modules(adapter, base_raw)
+        named = model.reader.base_model
+        if named and {named.lower(), Path(named).name.lower()}.isdisjoint(_base_names(base)):
+            warnings.append(f"LoRA adapter {model.name!r} (adapter_config.json) names base_model_name_or_path "
+                            f"{named!r} but the base is {base.name!r}; every module's shape fits the base, so it is "
+                            "merged: check that this is the base it was trained on")
+    return warnings
+
+
+def _adapter_notes(models: list[ResolvedModel], units: list[Unit], base_raw: dict[str, str]) -> list[str]:
+    """One note per LoRA adapter that leaves some matrix keys unchanged (its task matrix is 0 there)."""
+    matrix_keys = [base_raw[key] for unit in units if unit.is_matrix for key in unit.keys]
+    notes = []
+    for model in models:
+        if not is_lora(model):
+            continue
+        untouched = [key for key in matrix_keys if key not in model.reader.touched_keys]
+        if untouched:
+            notes.append(f"LoRA adapter {model.name!r} changes {len(matrix_keys) - len(untouched)} of "
+                         f"{len(matrix_keys)} matrix keys; its task matrix is 0 on the other {len(untouched)} "
+                         f"(e.g. {untouched[0]!r})")
+    return notes
 
 
 def _side_files(base: ResolvedModel, adapter: Adapter) -> dict[str, bytes]:
@@ -427,6 +490,9 @@ class UnitTensors:
     base: torch.Tensor  # (stacked) base tensor in compute dtype on the device
     task_vectors: torch.Tensor  # (T, *shape) in compute dtype on the device
     precision: InputPrecision  # how precisely the inputs give the task vectors (storage dtype, base size)
+    # per task: its task matrix as factors (a LoRA adapter) or None (a dense fine-tune); () when no task is factored.
+    # Where ``iter_units`` was told not to form them, a factored task's slot of task_vectors holds zeros.
+    factored: tuple[LowRankDelta | None, ...] = ()
 
 
 class Timer:
@@ -453,12 +519,29 @@ def _rows(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
+def _low_rank(plan: MergePlan, index: int, unit: Unit, device: torch.device, compute_dtype: torch.dtype
+              ) -> LowRankDelta:
+    """LoRA input ``index``'s task matrix of a matrix unit as factors (rows stacked for a fused unit; rank 0 where
+    the adapter leaves a key as it is)."""
+    model = plan.inputs[index]
+    parts = []
+    for key in unit.keys:
+        delta = model.reader.low_rank(plan.raw_keys[index][key])
+        shape = tuple(plan.base_infos[key].shape)
+        parts.append(LowRankDelta.zeros(shape, compute_dtype, device) if delta is None
+                     else delta.to(compute_dtype, device))
+    return stack_rows(parts)
+
+
 def iter_units(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype, timer: Timer,
-               units: list[Unit] | None = None, desc: str = "merging") -> Iterator[UnitTensors]:
+               units: list[Unit] | None = None, desc: str = "merging", form_factored: bool = True
+               ) -> Iterator[UnitTensors]:
     """Yield each unit's base tensor and stacked task vectors, reading only that unit's keys. Every tensor
     read, the base's included, and every task vector must be finite (the error names the model, file and
     key). A fine-tune stored narrower than the base is taken against the base rounded to its dtype
-    (:func:`base_rounding`)."""
+    (:func:`base_rounding`). A LoRA adapter's task matrix of a matrix unit comes as factors too
+    (:attr:`UnitTensors.factored`), and is formed as ΔW in ``task_vectors`` only with ``form_factored``; its
+    other keys' task vectors are ΔW formed (zeros where it has no module)."""
     units = plan.units if units is None else units
     readers = plan.readers()
     for unit in tqdm(units, desc=desc, unit="key", leave=False):
@@ -466,8 +549,26 @@ def iter_units(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype
         base_parts = [_read_input(plan, 0, key, device, compute_dtype) for key in unit.keys]
         base = _rows(base_parts)
         references: dict[tuple, torch.Tensor] = {(None,) * len(unit.keys): base}
-        task_vectors = torch.empty((plan.num_tasks, *unit.shape), device=device, dtype=compute_dtype)
+        # every task an adapter, none formed: the dense slots are never read, so they take no memory
+        factors_only = unit.is_matrix and not form_factored and all(is_lora(m) for m in plan.models)
+        task_vectors = (torch.zeros((), device=device, dtype=compute_dtype).expand(plan.num_tasks, *unit.shape)
+                        if factors_only else
+                        torch.empty((plan.num_tasks, *unit.shape), device=device, dtype=compute_dtype))
+        factored: list[LowRankDelta | None] = [None] * plan.num_tasks
         for t, model in enumerate(plan.models):
+            if is_lora(model):
+                factors = _low_rank(plan, t + 1, unit, device, compute_dtype) if len(unit.shape) == 2 else None
+                if unit.is_matrix and not form_factored:
+                    factored[t] = factors
+                    if not factors_only:
+                        task_vectors[t].zero_()
+                elif factors is None:
+                    task_vectors[t].zero_()
+                else:
+                    torch.matmul(factors.b * factors.scale, factors.a, out=task_vectors[t])
+                    check_finite(task_vectors[t], f"the task matrix of LoRA adapter {model.name!r} at {unit.name!r}",
+                                 "it overflows this precision; use --svd-dtype float64 (compute_dtype=torch.float64)")
+                continue
             infos = [model.reader.infos[plan.raw_keys[t + 1][key]] for key in unit.keys]
             rounding = tuple(base_rounding(plan.base_infos[key].dtype, info.dtype)
                              for key, info in zip(unit.keys, infos))
@@ -485,7 +586,8 @@ def iter_units(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype
         coarsest = max(stored, key=lambda d: torch.finfo(d).eps)
         precision = InputPrecision(coarsest, float(base.norm()) / max(1, base.numel()) ** 0.5)
         timer.add("read_s", start)
-        yield UnitTensors(unit, base, task_vectors, precision)
+        yield UnitTensors(unit, base, task_vectors, precision,
+                          tuple(factored) if any(f is not None for f in factored) else ())
 
 
 class TaskVectorScan:

@@ -15,6 +15,10 @@ ALPHA_SEARCH_NAME = "eval_alpha_search.json"
 CARD_NAME = "README.md"
 HEATMAP_NAME = "sti_heatmap.png"
 STI_STATS_NAME = "sti_stats.json"
+# a PEFT LoRA adapter: read as a merge input, written by ``--output-format peft`` (see docs/lora.md)
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_FILES = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)
 # Small files of the base's folder that a merge keeps (an adapter's ``side_files`` names which): its tokenizer, and
 # the configuration of a sentence-transformers pipeline (``1_Pooling/config.json``: the one folder hf-tsv writes)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
@@ -31,7 +35,8 @@ OUTPUT_FILE = re.compile(
     r"(?:model|tsv_c)(?:-\d{5}-of-\d{5})?\.safetensors|(?:model|tsv_c)\.safetensors\.index\.json"
     r"|eval_[\w.-]*\.(?:json|md|csv|png)|"
     + "|".join(re.escape(n) for n in (CONFIG_NAME, REPORT_NAME, TSVC_INDEX_NAME, EVAL_RESULTS_NAME, EVAL_TABLE_NAME,
-                                      ALPHA_SEARCH_NAME, CARD_NAME, HEATMAP_NAME, STI_STATS_NAME, *SIDE_FILES)))
+                                      ALPHA_SEARCH_NAME, CARD_NAME, HEATMAP_NAME, STI_STATS_NAME, *ADAPTER_FILES,
+                                      *SIDE_FILES)))
 
 
 def is_output_file_name(name: str) -> bool:

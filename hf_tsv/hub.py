@@ -24,6 +24,8 @@ from pathlib import Path
 from .card import write_card
 from .errors import HFTSVError, PushError
 from .files import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_FILES,
     CARD_NAME,
     EVAL_RESULTS_NAME,
     HEATMAP_NAME,
@@ -62,6 +64,8 @@ PUBLISHED_FILES = (
     PublishedGroup((TSVC_INDEX_NAME, "tsv_c.safetensors", "tsv_c-*-of-*.safetensors", "tsv_c.safetensors.index.json"),
                    "TSV-C folders (`hf-tsv compress`) instead of the weights and merge report"),
     PublishedGroup(SIDE_FILES, "the base's tokenizer and sentence-transformers files, which a merge keeps (BERT)"),
+    PublishedGroup(ADAPTER_FILES, "a merge written as one LoRA adapter (`--output-format peft`) instead of the "
+                   "weights and config; `PeftModel.from_pretrained(base, ...)` loads it"),
 )
 PUBLISHED_PATTERNS = tuple(pattern for group in PUBLISHED_FILES for pattern in group.patterns)
 WEIGHT_PATTERNS = tuple(pattern for pattern in PUBLISHED_PATTERNS if pattern.endswith(".safetensors"))
@@ -169,7 +173,8 @@ def _check_folder(folder: Path) -> None:
         raise PushError(f"{folder.name!r} is not a folder; push the output folder of `hf-tsv merge` "
                         "(or `compress`/`expand`)")
     weights = [p for p in folder.iterdir() if p.is_file() and not p.is_symlink() and _matches(p.name, WEIGHT_PATTERNS)]
-    if not (folder / "config.json").is_file() or not weights:
+    config = (folder / "config.json").is_file() or (folder / ADAPTER_CONFIG_NAME).is_file()  # a model, an adapter
+    if not config or not weights:
         raise PushError(f"folder {folder.name!r} has no config.json and safetensors weights; push the output "
                         "folder of `hf-tsv merge` (or `compress`/`expand`)")
 

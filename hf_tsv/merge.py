@@ -77,6 +77,9 @@ class MergeResult:
 
     def to_model(self):
         """The merged model as an instance of the output transformers class (e.g. CLIPVisionModel)."""
+        if self.report.output is not None and self.report.output.format == "peft":
+            raise MergeInputError("this merge was written as a LoRA adapter (output_format='peft'); load it with "
+                                  f"PeftModel.from_pretrained(base_model, {str(self.folder)!r})")
         model = self.model_class(self.config, **_init_kwargs(self.report))
         model.load_state_dict(self.state_dict(), strict=True)
         return model.eval()
@@ -231,9 +234,15 @@ class _MergeJob:
                                     shards.all_reduce)
         return task_vector_scan(self.plan, self.device, self.compute_dtype, Timer(), desc)
 
-    def deltas(self):
+    def check_output(self, tensor: torch.Tensor, key: str) -> torch.Tensor:
+        return _check_output(tensor, key)
+
+    def deltas(self, low_rank: bool = False):
         """Yield ``(unit, base, Δ)`` per unit of this process, streaming; a single process then records STI
-        (TSV-M) in the report (:meth:`record_sti`; a sharded merge calls it once every process is done)."""
+        (TSV-M) in the report (:meth:`record_sti`; a sharded merge calls it once every process is done). With
+        ``low_rank`` a matrix unit's Δ is the method's exact factors (a :class:`~hf_tsv.core.LowRankDelta`, every
+        task a LoRA adapter), for ``--output-format peft``."""
+        form_factored = not (low_rank or self.merge_method.factored_tasks)
         timer = self.timer
         start = time.perf_counter()
         statistics = None
@@ -245,10 +254,14 @@ class _MergeJob:
             if statistics is not None:
                 timer.add("model_pass_s", start)
         for item in iter_units(self.plan, self.device, self.compute_dtype, timer, self.units,
-                               desc=f"{self.method} merge"):
+                               desc=f"{self.method} merge", form_factored=form_factored):
             start = time.perf_counter()
-            delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts,
-                                                           KeyContext(item.precision, statistics))
+            context = KeyContext(item.precision, statistics, item.factored)
+            if low_rank and item.unit.is_matrix:
+                delta, sti_value = self.merge_method.low_rank_delta(item.task_vectors, self.opts, context)
+            else:
+                delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts,
+                                                               context)
             if sti_value is not None:
                 self.sti_keys[self.plan.base_key(item.unit)] = sti_value
             start = timer.add("compute_s", start)
@@ -366,6 +379,9 @@ def merge_linear(base, models, method: str = DEFAULT_METHOD, *, fuse_qkv: bool =
     options = MergeOptions.from_arguments(method=method, fuse_qkv=fuse_qkv, exclude=exclude, device=device,
                                           dtype=dtype, compute_dtype=compute_dtype, svd=svd,
                                           allow_duplicates=allow_duplicates, **method_params)
+    if options.output_format != "model":
+        raise MergeInputError("merge_linear keeps θ₀ and Δ in memory for an α sweep; output_format='peft' "
+                              "(--output-format peft) applies to merge with a fixed alpha only")
     shards = current_shards()
     with step(shards, "in the preflight"):
         job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
@@ -403,7 +419,10 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
     """Merge fine-tuned models of one base with TSV-M (default) or a baseline.
 
     ``base`` and each of ``models`` is a local folder, a Hub id (``"ns/name"``, ``"ns/name@rev"``) or an
-    in-memory transformers model. The merge streams one key (or fused q/k/v group) at a time. With
+    in-memory transformers model; a model may also be a PEFT LoRA adapter (folder or Hub id), whose task matrices
+    are used as factors (docs/lora.md). ``output_format="peft"`` (with ``output_dir``; every model an adapter,
+    method TSV-M or task arithmetic) writes the merge as one LoRA adapter for ``PeftModel.from_pretrained``.
+    The merge streams one key (or fused q/k/v group) at a time. With
     ``output_dir`` the result is written straight to disk (atomically) and never held whole in memory;
     without it the merged weights are kept in memory.
 
@@ -445,13 +464,20 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
                                           allow_duplicates=allow_duplicates, **method_params)
     check_output_options(overwrite, max_shard_size)
     models = check_model_references(base, models, revision=revision)
+    if options.output_format == "peft" and output_dir is None:
+        raise MergeInputError("output_format='peft' writes a LoRA adapter folder; give output_dir (-o/--output)")
     shards = current_shards()
+    if options.output_format == "peft" and shards is not None:
+        raise MergeInputError("output_format='peft' (--output-format peft) runs in one process; start it without "
+                              "torchrun")
     with step(shards, "in the preflight"):
         if output_dir is not None and (shards is None or shards.is_main):
             check_output_dir(output_dir, overwrite, inputs=[base, *models])
         job = _MergeJob(base, models, options, revision=revision, token=token, command=command, started=started)
     job.check_same_plan()
     report, layout, config, plan = job.report, job.layout, job.config, job.plan
+    if options.output_format == "peft":
+        return _merge_to_adapter(job, output_dir, overwrite)
 
     def run(write) -> None:
         for unit, base_tensor, delta in job.deltas():
@@ -503,6 +529,27 @@ def _gather_state(shards: Shards, state: dict[str, torch.Tensor], layout: dict) 
     return {key: gathered[key] for key in layout}
 
 
+def _merge_to_adapter(job: _MergeJob, output_dir, overwrite: bool) -> MergeResult:
+    """The merge written as one PEFT LoRA adapter (:mod:`hf_tsv.peft_output`), atomically."""
+    from . import peft_output
+
+    peft_output.check_peft_inputs(job.plan)
+    report, plan = job.report, job.plan
+    report.output.format = "peft"
+    inputs = job.input_locations()
+    with atomic_output_dir(output_dir, overwrite, inputs=inputs) as tmp:
+        tensors, ranks = peft_output.collect(job, job.alpha)
+        base_model = plan.base.hub_id or plan.base.name
+        adapter_config = peft_output.adapter_config(ranks, base_model)
+        report.notes.append(f"written as a PEFT LoRA adapter of {len(ranks)} modules, rank "
+                            f"{min(ranks.values())}-{max(ranks.values())} (lora_alpha = r, so s = 1); load it with "
+                            f"PeftModel.from_pretrained({plan.output_class.__name__}.from_pretrained(base), folder)")
+        job.finish()
+        peft_output.write_adapter_files(tmp, tensors, adapter_config, report)
+    return MergeResult(report, adapter_config, plan.output_class, state_dict=tensors, folder=Path(output_dir),
+                       inputs=inputs)
+
+
 def _init_kwargs(report: MergeReport) -> dict:
     """What the output class needs beyond its config (``add_pooling_layer=False``...), as the report records it."""
     return dict(report.output.init_kwargs) if report.output else {}
@@ -545,7 +592,7 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
         >>> report = hf_tsv.sti("base", ["ft_a", "ft_b", "ft_c"])  # doctest: +SKIP
         >>> print(report.table()); report.total  # doctest: +SKIP
     """
-    from .core import singular_task_interference, truncated_task_factors
+    from .core import singular_task_interference, task_factors
 
     options = MergeOptions.from_arguments(fuse_qkv=fuse_qkv, exclude=exclude, device=device,
                                           compute_dtype=compute_dtype, svd=svd, allow_duplicates=allow_duplicates,
@@ -562,9 +609,10 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
     keys: dict[str, float] = {}
     with step(shards, "while computing STI"):
         for item in iter_units(plan, options.device, options.compute_dtype, Timer(), desc="STI",
-                               units=shard_units(matrix_units, shards, plan.num_tasks, uses_svd=True)):
-            factors = truncated_task_factors(item.task_vectors, compute_dtype=options.compute_dtype, svd=options.svd,
-                                             precision=item.precision)
+                               units=shard_units(matrix_units, shards, plan.num_tasks, uses_svd=True),
+                               form_factored=False):
+            factors = task_factors(item.task_vectors, item.factored, compute_dtype=options.compute_dtype,
+                                   svd=options.svd, precision=item.precision)
             key = plan.base_key(item.unit)
             keys[key] = check_finite(singular_task_interference(factors), f"the STI of key {key!r}",
                                      OUTPUT_OVERFLOW_HINT)

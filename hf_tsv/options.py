@@ -46,7 +46,7 @@ FLAGS = {"method": "--method", "alpha": "--alpha", "alpha_grid": "--alpha-grid",
          "exclude": "--exclude", "device": "--device", "dtype": "--dtype", "compute_dtype": "--svd-dtype",
          "svd": "--svd", "allow_duplicates": "--allow-duplicates", "overwrite": "--overwrite",
          "max_shard_size": "--max-shard-size", "revision": "--revision", "architecture": "--architecture",
-         "drop_heads": "--drop-heads"}
+         "drop_heads": "--drop-heads", "output_format": "--output-format"}
 
 
 def option_label(name: str) -> str:
@@ -199,6 +199,23 @@ def _check_architecture(architecture: Any) -> str | None:
     return architecture
 
 
+OUTPUT_FORMATS = ("model", "peft")
+
+
+def _check_output_format(output_format: Any, method: MergeMethod) -> str:
+    """``"model"`` or ``"peft"``; ``"peft"`` only with a method whose Δ factorises exactly (its
+    :attr:`~hf_tsv.methods.MergeMethod.writes_adapters`)."""
+    if not isinstance(output_format, str) or output_format not in OUTPUT_FORMATS:
+        raise MergeInputError(f"{option_label('output_format')} must be one of {', '.join(OUTPUT_FORMATS)}, got "
+                              f"{_shown(output_format)}")
+    if output_format == "peft" and not method.writes_adapters:
+        able = ", ".join(name for name, m in METHODS.items() if m.writes_adapters)
+        raise MergeInputError(f"{option_label('output_format')} peft writes the merge as one LoRA adapter, which only "
+                              f"methods whose merged delta factorises exactly can ({able}); method {method.name!r} "
+                              "cannot: write the full model (--output-format model)")
+    return output_format
+
+
 def check_parameter(name: str, value: Any, spec: Parameter) -> Any:
     """A method parameter checked against its declaration (a number within its range, or one of its choices).
 
@@ -266,6 +283,7 @@ class MergeOptions:
     allow_duplicates: bool = False  # merge a model given twice (or the base given as a fine-tune), with a warning
     architecture: str | None = None  # the adapter (hf_tsv.adapters) to read the inputs with; None: from their configs
     drop_heads: bool = False  # leave task-specific heads (classifier.*) out instead of refusing them
+    output_format: str = "model"  # "model": the merged model; "peft": one LoRA adapter of it (docs/lora.md)
 
     def __post_init__(self) -> None:
         def set_(name: str, value: Any) -> None:
@@ -289,6 +307,7 @@ class MergeOptions:
         set_("allow_duplicates", check_flag(self.allow_duplicates, "allow_duplicates"))
         set_("architecture", _check_architecture(self.architecture))
         set_("drop_heads", check_flag(self.drop_heads, "drop_heads"))
+        set_("output_format", _check_output_format(self.output_format, self.merge_method))
 
     @classmethod
     def argument_names(cls) -> tuple[str, ...]:

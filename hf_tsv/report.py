@@ -242,21 +242,25 @@ class STIRecord:
 @dataclass
 class OutputRecord:
     """What was written: the transformers class that loads it, the architecture (adapter) that made it, its main
-    dtype and what loading it needs beyond its config (``init_kwargs``)."""
+    dtype and what loading it needs beyond its config (``init_kwargs``); ``format`` ``"peft"`` for a LoRA adapter
+    of that class (``--output-format peft``, see docs/lora.md; absent from the JSON for a full model)."""
 
     class_name: str
     dtype: str
     architecture: str | None = None
     init_kwargs: dict[str, Any] = field(default_factory=dict)
+    format: str = "model"
 
     def to_dict(self) -> dict:
-        data = _drop_none({"class": self.class_name, "architecture": self.architecture, "dtype": self.dtype})
+        data = _drop_none({"class": self.class_name, "architecture": self.architecture, "dtype": self.dtype,
+                           "format": None if self.format == "model" else self.format})
         return {**data, "init_kwargs": self.init_kwargs} if self.init_kwargs else data
 
     @classmethod
     def _read(cls, reader: _Reader) -> OutputRecord:
         return cls(reader.get("class", "text", required=True), reader.get("dtype", "text", required=True),
-                   reader.get("architecture", "text"), reader.get("init_kwargs", "object") or {})
+                   reader.get("architecture", "text"), reader.get("init_kwargs", "object") or {},
+                   reader.get("format", "text") or "model")
 
 
 # ----------------------------------------------------------------------------------------------------------------

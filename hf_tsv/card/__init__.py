@@ -66,6 +66,19 @@ def _side_files(context: CardContext, title: str) -> dict[str, bytes]:
     return files
 
 
+def _adapter_card(output) -> CardResult:
+    """The card of a merge written as a LoRA adapter (``--output-format peft``; :mod:`hf_tsv.peft_output`)."""
+    from huggingface_hub import ModelCard
+
+    from ..files import ADAPTER_CONFIG_NAME
+    from ..peft_output import card_text
+    from .folder import read_json
+
+    config = read_json(output.path / ADAPTER_CONFIG_NAME, "a PEFT adapter config")
+    card = ModelCard(redact(card_text(output.report, config)), ignore_metadata_errors=True)
+    return CardResult(output.path, card, MERGE, [], [CARD_NAME])
+
+
 def build_card(folder: str | os.PathLike, *, repo_id: str | None = None, license: str | None = None,
                token: str | bool | None = None) -> tuple[CardResult, dict[str, bytes]]:
     """Render the card of an hf-tsv output folder without writing anything.
@@ -87,6 +100,8 @@ def build_card(folder: str | os.PathLike, *, repo_id: str | None = None, license
     title = repo_id.split("/")[-1] if repo_id else folder_name
     model_id = repo_id or folder_name
     local = repo_id is None
+    if output.kind == MERGE and output.report.output is not None and output.report.output.format == "peft":
+        return _adapter_card(output), {}
     if output.kind == MERGE:
         context = merge_context(output, title, model_id, local, token, license)
     elif output.kind == TSVC:

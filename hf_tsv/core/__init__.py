@@ -1,6 +1,7 @@
 """The maths of hf_tsv: small torch functions on tensors, no I/O, no Hub."""
 
 from .baselines import iso_c, iso_cts, iso_cts_sizes, task_arithmetic, weight_average
+from .lora import LowRankDelta, concatenated_factors, low_rank_top_k, stack_rows, task_factors
 from .svd import SVD_MODES, InputPrecision, batched_svd, polar_factor, top_k_svd
 from .ties_merging import (
     TIES_MERGES,
@@ -17,10 +18,16 @@ from .tsv import (
     truncated_task_factors,
     tsv_merge,
     tsv_merge_factors,
+    tsv_merge_low_rank,
 )
 
 __all__ = [
     "InputPrecision",
+    "LowRankDelta",
+    "concatenated_factors",
+    "low_rank_top_k",
+    "stack_rows",
+    "task_factors",
     "TIES_MERGES",
     "TaskFactors",
     "TiesModelStatistics",
@@ -41,5 +48,6 @@ __all__ = [
     "truncated_task_factors",
     "tsv_merge",
     "tsv_merge_factors",
+    "tsv_merge_low_rank",
     "weight_average",
 ]

@@ -90,20 +90,47 @@ def truncated_task_factors(
     return TaskFactors(u.contiguous(), s.contiguous(), v.contiguous())
 
 
-def tsv_merge_factors(factors: TaskFactors) -> torch.Tensor:
+def tsv_merge_factors(factors: TaskFactors, *, compact: bool = False) -> torch.Tensor:
     """TSV-M from truncated factors: Δ = U⊥ diag(σ̂) V⊥ᵀ with U⊥, V⊥ the polar factors of Û and V̂.
 
     The polar factor is taken of the compact (m, T·k) block. It equals the first T·k columns of the polar
     factor of the zero-padded (m, r) block of the paper whenever Û has full column rank; the padded slots
-    carry σ = 0 and add nothing to Δ.
+    carry σ = 0 and add nothing to Δ. With ``compact`` the null triplets (σ = 0: a task of rank below k, such as a
+    LoRA adapter of rank r_t ≪ k) are dropped before the polar steps, by the same argument: the polar factors
+    are then of an (m, Σ_t min(r_t, k)) block, not (m, T·k); the result is the same whenever the kept block has
+    full column rank (used for tasks given as factors, where it is most of the cost).
     """
-    m, n = factors.u.shape[1], factors.v.shape[1]
-    if factors.k == 0:
-        return factors.u.new_zeros((m, n))
+    u_hat, s_hat, v_hat = _kept_columns(factors, compact)
+    if u_hat.shape[1] == 0:
+        return factors.u.new_zeros((factors.u.shape[1], factors.v.shape[1]))
+    return (polar_factor(u_hat) * s_hat) @ polar_factor(v_hat).T
+
+
+def _kept_columns(factors: TaskFactors, compact: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Û, σ̂, V̂ (:meth:`TaskFactors.concatenated`), without the σ = 0 columns when ``compact``."""
     u_hat, s_hat, v_hat = factors.concatenated()
-    u_perp = polar_factor(u_hat)
-    v_perp = polar_factor(v_hat)
-    return (u_perp * s_hat) @ v_perp.T
+    if compact:
+        kept = s_hat != 0
+        u_hat, s_hat, v_hat = u_hat[:, kept], s_hat[kept], v_hat[:, kept]
+    return u_hat, s_hat, v_hat
+
+
+def tsv_merge_low_rank(factors: TaskFactors):
+    """TSV-M's Δ = U⊥ diag(σ̂) V⊥ᵀ as factors B = U⊥ diag(σ̂) (m×T·k at most), A = V⊥ᵀ: a
+    :class:`~hf_tsv.core.lora.LowRankDelta` whose product is :func:`tsv_merge_factors` (what a LoRA adapter of the
+    merge holds). Null triplets are dropped first (``compact`` of :func:`tsv_merge_factors`).
+
+    Example:
+        >>> f = truncated_task_factors(torch.randn(3, 9, 7, dtype=torch.float64), compute_dtype=torch.float64)
+        >>> torch.allclose(tsv_merge_low_rank(f).dense(), tsv_merge_factors(f))
+        True
+    """
+    from .lora import LowRankDelta
+
+    u_hat, s_hat, v_hat = _kept_columns(factors, compact=True)
+    if u_hat.shape[1] == 0:
+        return LowRankDelta.zeros((factors.u.shape[1], factors.v.shape[1]), factors.u.dtype, factors.u.device)
+    return LowRankDelta(polar_factor(u_hat) * s_hat, polar_factor(v_hat).T)
 
 
 def tsv_merge(

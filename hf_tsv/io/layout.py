@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import MergeInputError
-from ..files import CONFIG_NAME
+from ..files import ADAPTER_CONFIG_NAME, ADAPTER_FILES, CONFIG_NAME
 
 # What the reader looks for, in order of preference: the first that exists is the one read.
 WEIGHT_ENTRIES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -170,7 +170,11 @@ def files_to_read(has_file: Callable[[str], bool], read_index: Callable[[str], b
         >>> files = {"config.json", "model.safetensors", "other.safetensors", "extra/blob.safetensors"}
         >>> files_to_read(files.__contains__, None, "model 'm'")
         ['config.json', 'model.safetensors']
+        >>> files_to_read({"adapter_config.json", "adapter_model.safetensors", "README.md"}.__contains__, None, "m")
+        ['adapter_config.json', 'adapter_model.safetensors']
     """
+    if has_file(ADAPTER_CONFIG_NAME) and not has_file(CONFIG_NAME):  # a PEFT adapter (hf_tsv.io.lora)
+        return [name for name in ADAPTER_FILES if has_file(name)]
     names = [CONFIG_NAME] if has_file(CONFIG_NAME) else []
     entry = weight_entry(has_file)
     if entry is None:

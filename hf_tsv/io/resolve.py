@@ -12,7 +12,15 @@ import torch
 from ..errors import MergeInputError
 from ..secrets import describe_exception, known_secrets, normalize_token, resolve_token, safe_cause
 from .layout import files_to_read
+from .lora import LoraAdapterReader, is_adapter_folder
 from .reader import CheckpointReader, InMemoryReader
+
+
+def open_folder(folder: Path, name: str) -> CheckpointReader | LoraAdapterReader:
+    """The reader of a checkpoint folder, or of a PEFT LoRA adapter folder (see :mod:`.lora`)."""
+    if is_adapter_folder(lambda file: os.path.lexists(folder / file)):
+        return LoraAdapterReader(folder, name)
+    return CheckpointReader(folder, name)
 
 
 @dataclass
@@ -24,7 +32,7 @@ class ResolvedModel:
     """
 
     name: str
-    reader: CheckpointReader | InMemoryReader
+    reader: CheckpointReader | InMemoryReader | LoraAdapterReader
     hub_id: str | None = None
     revision: str | None = None
     fingerprint: str | None = None
@@ -45,20 +53,22 @@ class ResolvedModel:
     def content_fingerprint(self) -> str | None:
         """The fingerprint of the checkpoint's files (see :func:`_fingerprint`), computed for a Hub model too;
         ``None`` for an in-memory model."""
-        if self.fingerprint is None and isinstance(self.reader, CheckpointReader):
+        if self.fingerprint is None and isinstance(self.reader, (CheckpointReader, LoraAdapterReader)):
             return _fingerprint(self.reader)
         return self.fingerprint
 
 
-def _fingerprint(reader: CheckpointReader, sample_bytes: int = 1 << 16) -> str:
+def _fingerprint(reader: CheckpointReader | LoraAdapterReader, sample_bytes: int = 1 << 16) -> str:
     """A cheap identity of a local checkpoint: sha256 over its tensor names, dtypes and shapes, and for each
     weight file its size and three sampled 64 KiB blocks (start, middle, end), so two fine-tunes of one
     base differ while multi-GB files are not read whole."""
     digest = hashlib.sha256()
-    for key in sorted(reader.infos):
-        info = reader.infos[key]
+    infos = getattr(reader, "tensors", reader.infos)  # an adapter's own tensors, not the base keys it changes
+    for key in sorted(infos):
+        info = infos[key]
         digest.update(f"{key}|{info.dtype}|{info.shape};".encode())
-    for file in sorted({info.file for info in reader.infos.values()}):
+    files = {info.file for info in infos.values()} | {getattr(reader, "config_file", None)} - {None}
+    for file in sorted(files):
         size = file.stat().st_size
         digest.update(f"{file.name}:{size};".encode())
         with open(file, "rb") as f:
@@ -118,7 +128,7 @@ def resolve_model(reference, *, name: str | None = None, revision: str | None = 
     path = Path(ref).expanduser()
     if path.is_dir():
         label = name or path.resolve().name
-        reader = CheckpointReader(path, label)
+        reader = open_folder(path, label)
         return ResolvedModel(label, reader, fingerprint=_fingerprint(reader))
     if path.exists():
         raise MergeInputError(f"model {ref!r} is a file; pass the checkpoint folder that holds config.json")
@@ -141,4 +151,4 @@ def resolve_model(reference, *, name: str | None = None, revision: str | None = 
         raise MergeInputError(f"model {ref!r}: no local folder of that name and the Hub download failed "
                               f"({hint}): {describe_exception(exc, secrets)}") from safe_cause(exc, secrets)
     label = name or ref
-    return ResolvedModel(label, CheckpointReader(folder, label), hub_id=ref, revision=folder.name)
+    return ResolvedModel(label, open_folder(folder, label), hub_id=ref, revision=folder.name)

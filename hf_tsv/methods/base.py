@@ -97,6 +97,9 @@ class KeyContext:
 
     precision: InputPrecision = field(default_factory=lambda: _core().InputPrecision())  # decides null directions
     statistics: object | None = None  # what the method's model-wide pass found (TIES: thresholds, majority sign)
+    # per task: its task matrix as factors (a LoRA adapter, hf_tsv.core.LowRankDelta) or None (given densely);
+    # () when every task is dense. A method with ``factored_tasks`` finds zeros in such a task's dense slot.
+    factored: tuple = ()
 
 
 # Every key's stacked task vectors, one fresh pass per call. In a merge sharded over processes (torch.distributed)
@@ -159,6 +162,13 @@ class MergeMethod:
     # Whether that pass combines shards exactly with ``scan.all_reduce`` (TIES: integer histograms). A method
     # without it gets every key in its scan on every process of a sharded merge (exact, but read on each).
     shards_model_pass: bool = False
+    # Its Δ of a matrix key reads tasks given as factors (KeyContext.factored, LoRA adapters) without their ΔW
+    # being formed: the engine leaves their dense slots zero.
+    factored_tasks: bool = False
+    # Its Δ of a matrix key as exact low-rank factors, (task vectors, options, key context) → (LowRankDelta, STI or
+    # None), every task given as factors: what `--output-format peft` writes. None: the method cannot write an
+    # adapter (its Δ does not factorise exactly).
+    low_rank_delta: Callable | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         rules = self.alpha if isinstance(self.alpha, tuple) else (self.alpha,)
@@ -213,6 +223,11 @@ class MergeMethod:
     def statistics(self, scan: Scan, opts: MethodOptions) -> object | None:
         """Run the model-wide pass this method needs with ``opts`` (None when it needs none)."""
         return None if self.model_statistics is None else self.model_statistics(scan, opts)
+
+    @property
+    def writes_adapters(self) -> bool:
+        """Whether a merge with it can be written as one LoRA adapter (``--output-format peft``)."""
+        return self.low_rank_delta is not None
 
     def key_delta(self, task_vectors: torch.Tensor, is_matrix: bool, opts: MethodOptions,
                   context: KeyContext | None = None):

@@ -11,6 +11,13 @@ def _delta(task_vectors, opts: MethodOptions, key: KeyContext):
     return core.task_arithmetic(task_vectors), None
 
 
+def _low_rank_delta(task_vectors, opts: MethodOptions, key: KeyContext):
+    """Σ_t ΔW_t of LoRA adapters as their concatenated factors (rank Σ_t r_t)."""
+    from .. import core
+
+    return core.concatenated_factors(key.factored), None
+
+
 METHOD = MergeMethod(
     name="ta",
     title="task arithmetic",
@@ -24,4 +31,5 @@ METHOD = MergeMethod(
     card_description="θ = θ_0 + α · Σ_t τ_t, with task vectors τ_t = θ_t − θ_0.",
     alpha=AlphaRule(0.3, TASK_ARITHMETIC_GRID, TASK_ARITHMETIC_QUICK_GRID),
     delta=_delta,
+    low_rank_delta=_low_rank_delta,
 )

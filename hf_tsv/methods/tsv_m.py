@@ -8,12 +8,28 @@ from __future__ import annotations
 from .base import TSV_GRID, TSV_QUICK_GRID, AlphaRule, KeyContext, MergeMethod, MethodOptions
 
 
+def _factors(task_vectors, opts: MethodOptions, key: KeyContext):
+    from .. import core
+
+    return core.task_factors(task_vectors, key.factored, compute_dtype=opts.compute_dtype, svd=opts.svd,
+                             precision=key.precision)
+
+
 def _delta(task_vectors, opts: MethodOptions, key: KeyContext):
     from .. import core
 
-    factors = core.truncated_task_factors(task_vectors, compute_dtype=opts.compute_dtype, svd=opts.svd,
-                                          precision=key.precision)
-    return core.tsv_merge_factors(factors), core.singular_task_interference(factors)
+    factors = _factors(task_vectors, opts, key)
+    # adapters (rank r_t ≪ k): polar factors of their Σ r_t kept columns only (same Δ, see tsv_merge_factors)
+    return (core.tsv_merge_factors(factors, compact=bool(key.factored)),
+            core.singular_task_interference(factors))
+
+
+def _low_rank_delta(task_vectors, opts: MethodOptions, key: KeyContext):
+    """Δ = U⊥ diag(σ̂) V⊥ᵀ as B = U⊥ diag(σ̂), A = V⊥ᵀ (rank T·k at most)."""
+    from .. import core
+
+    factors = _factors(task_vectors, opts, key)
+    return core.tsv_merge_low_rank(factors), core.singular_task_interference(factors)
 
 
 METHOD = MergeMethod(
@@ -38,4 +54,6 @@ METHOD = MergeMethod(
     task_rank="floor(r/T)",
     reports_sti=True,
     delta=_delta,
+    factored_tasks=True,
+    low_rank_delta=_low_rank_delta,
 )
