@@ -64,6 +64,8 @@ def sharded(tiny, tmp_path_factory):
         dict(name="after-failure", kind="merge", kwargs=dict(common, method="ta", output_dir=str(two / "after"))),
         dict(name="mismatch", kind="merge", rank1_kwargs=dict(dtype="float16"),
              kwargs=dict(common, method="ta", output_dir=str(fail / "mismatch"))),
+        dict(name="peft", kind="merge",
+             kwargs=dict(common, method="ta", output_format="peft", output_dir=str(fail / "peft"))),
     ]
     (root / "results").mkdir()
     assert run_group(scenarios, root / "results", timeout_s=60) == [0, 0]
@@ -172,6 +174,15 @@ def test_processes_given_different_options_are_refused(sharded, rank):
     assert not record["ok"] and record["type"] == "MergeInputError"
     assert record["message"].startswith("process 1 of 2 planned a different merge than process 0")
     assert not (sharded["fail"] / "mismatch").exists()
+
+
+@pytest.mark.parametrize("rank", [pytest.param(0, id="DST-05"), 1])
+def test_an_adapter_output_is_refused_in_a_sharded_merge(sharded, rank):
+    """--output-format peft writes one adapter from every key's factors: it runs in one process only."""
+    record = _result(sharded["results"], "peft", rank)
+    assert not record["ok"] and record["type"] == "MergeInputError"
+    assert "runs in one process; start it without torchrun" in record["message"]
+    assert not (sharded["fail"] / "peft").exists()
 
 
 @pytest.mark.parametrize("value", [pytest.param("0", id="DST-02"), pytest.param("soon", id="DST-03")])
