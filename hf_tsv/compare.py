@@ -220,8 +220,10 @@ def _reference_rows(scorer: _Scorer, base, paired: dict[str, object], splits: tu
             own = _own_task_scores(scorer, paired, splits)
             for split, report in own.items():
                 for task, scores in report.tasks.items():
-                    scorer.references.setdefault(split, {})[task] = scores["accuracy"]
-                    scores["normalized_accuracy"] = 100.0 if scores["accuracy"] > 0 else None  # its own reference
+                    if scores["accuracy"] > 0:  # a 0% reference normalises nothing: that task stays absolute
+                        scorer.references.setdefault(split, {})[task] = scores["accuracy"]
+                    # its own reference, exactly (100·a/a is not always 100.0 in floating point)
+                    scores["normalized_accuracy"] = 100.0 if scores["accuracy"] > 0 else None
             test = Scores.from_report(own["test"])
             test.normalized = 100.0
             seconds = time.perf_counter() - started

@@ -136,12 +136,12 @@ def test_keep_best_is_an_ordinary_merge_folder_with_the_table_in_its_card(setup,
 
 
 class _StubEvaluator:
-    """An Evaluator that is not CLIP: it knows which model it loaded and predicts 10 examples of class 0,
-    getting 8 right with a fine-tuned model, 4 with the base and 6 with anything else (a merge)."""
+    """An Evaluator that is not CLIP: it knows which model it loaded and predicts 6 examples of class 0, getting 5
+    right with a fine-tuned model, 2 with the base and 3 with anything else (a merge)."""
 
     def __init__(self, base, finetuned):
         self.task_names = ["a", "b"]
-        self.correct = {str(base): 4, **{str(f): 8 for f in finetuned}}
+        self.correct = {str(base): 2, **{str(f): 5 for f in finetuned}}
 
     def load_model(self, reference):
         model = load_vision_model(reference)
@@ -149,8 +149,8 @@ class _StubEvaluator:
         return model
 
     def predictions(self, model, task, split):
-        right = self.correct.get(getattr(model, "stub_reference", None), 6)
-        return [0] * right + [1] * (10 - right), [0] * 10
+        right = self.correct.get(getattr(model, "stub_reference", None), 3)
+        return [0] * right + [1] * (6 - right), [0] * 6
 
 
 def test_evaluator_stub_is_scored_through_the_one_metric(setup):
@@ -159,11 +159,14 @@ def test_evaluator_stub_is_scored_through_the_one_metric(setup):
     rows = list(hf_tsv.iter_compare(setup["base"], setup["tasks"], methods="avg,tsv-m", evaluator=stub,
                                     alpha_grid=[0.5, 1.0], progress=False))
     assert [r.method for r in rows] == ["finetuned", "zero-shot", "avg", "tsv-m"]
-    assert rows[0].test.absolute == 80.0 and rows[0].test.normalized == 100.0
-    assert rows[1].test.absolute == 40.0 and rows[1].test.normalized == 50.0  # 40 / 80
+    own = 100.0 * 5 / 6
+    assert rows[0].test.absolute == own
+    # each fine-tune is its own reference: exactly 100 (the metric's 100·a/a gives 99.99999999999999 here)
+    assert rows[0].test.normalized == 100.0 and rows[0].test.per_task["a"]["normalized"] == 100.0
+    assert rows[1].test.normalized == 100.0 * (100.0 * 2 / 6) / own  # normalised by the fine-tune's accuracy
     for row in rows[2:]:
-        assert row.test.absolute == 60.0 and row.test.normalized == 75.0
-        assert row.validation == 75.0 and row.criterion == "normalized"
+        assert row.test.absolute == 50.0 and row.test.normalized == 100.0 * 50.0 / own
+        assert row.validation == 100.0 * 50.0 / own and row.criterion == "normalized"
     assert rows[3].alpha == 0.5  # equal scores: the smaller α
     assert rows[2].alpha is None  # averaging has no α
 
@@ -265,9 +268,13 @@ def test_bad_output_folder(where, pattern, setup, tmp_path, capsys, monkeypatch)
     pytest.param({"evaluator": 42}, "evaluator must be an Evaluator", id="CMP-13"),
     pytest.param({"alpha": "sometimes"}, "'search'", id="CMP-14"),
     pytest.param({"methods": []}, "empty", id="CMP-15"),
-    pytest.param({"keep_best": "yes"}, "keep_best", id="CMP-16"),
+    pytest.param({"keep_best": "yes", "evaluator": "SPEC", "output_dir": "OUT"}, "must be True or False",
+                 id="CMP-16"),
 ])
-def test_bad_python_input(kwargs, pattern, setup, monkeypatch):
+def test_bad_python_input(kwargs, pattern, setup, tmp_path, monkeypatch):
     _fail_if_merged(monkeypatch)
+    values = {"SPEC": setup["spec"], "OUT": tmp_path / "out"}
+    kwargs = {k: values.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
     with pytest.raises(MergeInputError, match=pattern):
         hf_tsv.compare(setup["base"], setup["tasks"], progress=False, **kwargs)
+    assert_nothing_left(tmp_path)
