@@ -97,7 +97,8 @@ def check_compare_options(methods, alpha: str, alpha_grid, *, searching_possible
     return CompareOptions(names, checked, alpha if searching_possible else "default", tsvc, default_alpha_rows)
 
 
-def as_evaluator(evaluator, base, *, splits: tuple[str, ...], progress: bool):
+def as_evaluator(evaluator, base, *, splits: tuple[str, ...], progress: bool, batch_size: int = 256,
+                 max_examples: int | None = None):
     """An :class:`~hf_tsv.evaluation.evaluator.Evaluator` from what :func:`compare` accepts: one already, a
     :class:`~hf_tsv.evaluation.TasksConfig` or the path of a task spec (→ the CLIP evaluator, its image processor
     from ``base`` unless the spec names one), or None."""
@@ -107,7 +108,8 @@ def as_evaluator(evaluator, base, *, splits: tuple[str, ...], progress: bool):
     from .evaluation.evaluator import Evaluator, TasksEvaluator
 
     if isinstance(evaluator, (TasksConfig, str, os.PathLike)):
-        return TasksEvaluator.from_spec(evaluator, processor_from=base, splits=splits, progress=progress)
+        return TasksEvaluator.from_spec(evaluator, processor_from=base, splits=splits, progress=progress,
+                                        batch_size=batch_size, max_examples=max_examples)
     if not isinstance(evaluator, Evaluator):
         raise MergeInputError(f"evaluator must be an Evaluator (task_names, load_model, predictions), a TasksConfig "
                               f"or the path of a task spec, got {type(evaluator).__name__}")
@@ -305,7 +307,8 @@ def _tsvc_row(scorer: _Scorer, base, models: list, tasks: Sequence[str], merge_k
 
     on_step("tsv-c", "compress")
     compress_kwargs = {k: v for k, v in merge_kwargs.items() if k in ("device", "compute_dtype", "svd", "fuse_qkv",
-                                                                     "exclude", "allow_duplicates")}
+                                                                     "exclude", "allow_duplicates", "token",
+                                                                     "architecture", "drop_heads")}
     with PeakMemory() as peak, tempfile.TemporaryDirectory(prefix="hf-tsv-compare-tsvc-") as tmp:
         started = time.perf_counter()
         packed = compress(base, models, Path(tmp) / "tsvc", **compress_kwargs)
@@ -325,7 +328,8 @@ def _tsvc_row(scorer: _Scorer, base, models: list, tasks: Sequence[str], merge_k
 
 
 def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "search", alpha_grid=None,
-                 tsvc: bool = False, default_alpha_rows: bool = True, progress: bool = True,
+                 tsvc: bool = False, default_alpha_rows: bool = True, batch_size: int = 256,
+                 max_examples: int | None = None, progress: bool = True,
                  on_step: Callable[[str, str], None] | None = None, **merge_options) -> Iterator[MethodComparison]:
     """Yield one :class:`MethodComparison` as each row finishes: the fine-tuned and zero-shot references (with an
     evaluator), then each method in the order given, then TSV-C retention (``tsvc=True``). Everything is checked
@@ -343,6 +347,8 @@ def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "se
         tsvc: also score TSV-C retention (each task rebuilt from its factors; needs an evaluator).
         default_alpha_rows: after a search, also score SVD methods at their paper α (``at_default_alpha``).
         on_step: called with ``(row, step)`` as each step starts (``"merge"``, ``"alpha search"``, ``"test"``...).
+        batch_size, max_examples: of the evaluator made from a task spec (forward-pass batch; examples per task
+            and split).
         merge_options: :func:`hf_tsv.merge_linear`'s options (``device``, ``fuse_qkv``, ``ties_density``...).
 
     Raises:
@@ -355,9 +361,13 @@ def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "se
                                     tsvc=tsvc, default_alpha_rows=default_alpha_rows, **merge_options)
     if tsvc and evaluator is None:
         raise MergeInputError("tsvc=True scores TSV-C retention and needs an evaluator (--eval TASKS_SPEC)")
+    _check_positive(batch_size, "batch_size (--batch-size)")
+    if max_examples is not None:
+        _check_positive(max_examples, "max_examples (--max-examples)")
     step = on_step or (lambda row, name: None)
     splits = ("validation", "test") if options.alpha == "search" else ("test",)
-    evaluator = as_evaluator(evaluator, base, splits=splits, progress=progress)
+    evaluator = as_evaluator(evaluator, base, splits=splits, progress=progress, batch_size=batch_size,
+                             max_examples=max_examples)
     scorer = _Scorer(evaluator) if evaluator is not None else None
     tasks = list(evaluator.task_names) if evaluator is not None else []
     if scorer is not None:
@@ -375,6 +385,11 @@ def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "se
         yield _tsvc_row(scorer, base, models, tasks, merge_options, step)
 
 
+def _check_positive(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MergeInputError(f"{name} must be a positive integer, got {value!r}")
+
+
 def choose_best(entries: Sequence[MethodComparison]) -> str | None:
     """The method with the highest validation score at its chosen α (ties: the first listed); None when no
     method was scored on validation data. Test accuracy never chooses."""
@@ -386,7 +401,8 @@ def choose_best(entries: Sequence[MethodComparison]) -> str | None:
 
 def compare(base, models, *, methods=None, evaluator=None, alpha: str = "search", alpha_grid=None,
             output_dir: str | os.PathLike | None = None, keep_best: bool = False, overwrite: bool = False,
-            tsvc: bool = False, default_alpha_rows: bool = True, progress: bool = True,
+            tsvc: bool = False, default_alpha_rows: bool = True, batch_size: int = 256,
+            max_examples: int | None = None, progress: bool = True,
             on_result: Callable[[MethodComparison], None] | None = None,
             on_step: Callable[[str, str], None] | None = None, revision: str | None = None, token=None,
             command: str | None = None, **merge_options) -> CompareResult:
@@ -426,8 +442,8 @@ def compare(base, models, *, methods=None, evaluator=None, alpha: str = "search"
     kwargs = dict(merge_options, revision=revision, token=token) if (revision or token) else dict(merge_options)
     entries = []
     for entry in iter_compare(base, models, methods=methods, evaluator=evaluator, alpha=alpha, alpha_grid=alpha_grid,
-                              tsvc=tsvc, default_alpha_rows=default_alpha_rows, progress=progress, on_step=on_step,
-                              **kwargs):
+                              tsvc=tsvc, default_alpha_rows=default_alpha_rows, batch_size=batch_size,
+                              max_examples=max_examples, progress=progress, on_step=on_step, **kwargs):
         entries.append(entry)
         if on_result is not None:
             on_result(entry)

@@ -270,6 +270,10 @@ def test_bad_output_folder(where, pattern, setup, tmp_path, capsys, monkeypatch)
     pytest.param({"methods": []}, "empty", id="CMP-15"),
     pytest.param({"keep_best": "yes", "evaluator": "SPEC", "output_dir": "OUT"}, "must be True or False",
                  id="CMP-16"),
+    pytest.param({"evaluator": "SPEC", "max_examples": 0}, r"max_examples \(--max-examples\) must be a positive",
+                 id="CMP-17"),
+    pytest.param({"evaluator": "SPEC", "batch_size": 0}, r"batch_size \(--batch-size\) must be a positive",
+                 id="CMP-18"),
 ])
 def test_bad_python_input(kwargs, pattern, setup, tmp_path, monkeypatch):
     _fail_if_merged(monkeypatch)
