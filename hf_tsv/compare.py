@@ -330,7 +330,8 @@ def _tsvc_row(scorer: _Scorer, base, models: list, tasks: Sequence[str], merge_k
 def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "search", alpha_grid=None,
                  tsvc: bool = False, default_alpha_rows: bool = True, batch_size: int = 256,
                  max_examples: int | None = None, progress: bool = True,
-                 on_step: Callable[[str, str], None] | None = None, **merge_options) -> Iterator[MethodComparison]:
+                 on_step: Callable[[str, str], None] | None = None, revision: str | None = None, token=None,
+                 **merge_options) -> Iterator[MethodComparison]:
     """Yield one :class:`MethodComparison` as each row finishes: the fine-tuned and zero-shot references (with an
     evaluator), then each method in the order given, then TSV-C retention (``tsvc=True``). Everything is checked
     before the first model is read.
@@ -349,6 +350,7 @@ def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "se
         on_step: called with ``(row, step)`` as each step starts (``"merge"``, ``"alpha search"``, ``"test"``...).
         batch_size, max_examples: of the evaluator made from a task spec (forward-pass batch; examples per task
             and split).
+        revision, token: of the base on the Hub, and for private models (as :func:`hf_tsv.merge`).
         merge_options: :func:`hf_tsv.merge_linear`'s options (``device``, ``fuse_qkv``, ``ties_density``...).
 
     Raises:
@@ -356,7 +358,7 @@ def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "se
         EvalInputError: a bad task spec or dataset.
     """
     merge_options.setdefault("device", "cpu")
-    models = check_model_references(base, models)
+    models = check_model_references(base, models, revision=revision)
     options = check_compare_options(methods, alpha, alpha_grid, searching_possible=evaluator is not None,
                                     tsvc=tsvc, default_alpha_rows=default_alpha_rows, **merge_options)
     if tsvc and evaluator is None:
@@ -378,11 +380,12 @@ def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "se
             warnings.warn(f"{len(tasks)} tasks but {len(models)} fine-tuned models: normalised accuracy pairs task i "
                           "with model i, so only absolute accuracy is reported (and α is chosen on it)", stacklevel=2)
         yield from _reference_rows(scorer, base, paired, splits, step)
+    reading = {"revision": revision, "token": token} if revision or token else {}
     for name in options.methods:
         yield _method_row(name, base, models, options.merge_options[name], options.alpha, scorer,
-                          options.default_alpha_rows, merge_options, step, progress)
+                          options.default_alpha_rows, {**merge_options, **reading}, step, progress)
     if options.tsvc:
-        yield _tsvc_row(scorer, base, models, tasks, merge_options, step)
+        yield _tsvc_row(scorer, base, models, tasks, {**merge_options, **reading}, step)
 
 
 def _check_positive(value, name: str) -> None:
@@ -439,11 +442,11 @@ def compare(base, models, *, methods=None, evaluator=None, alpha: str = "search"
                           default_alpha_rows=default_alpha_rows, **{"device": "cpu", **merge_options})
     if output_dir is not None:
         check_output_dir(output_dir, overwrite, inputs=[base, *models])
-    kwargs = dict(merge_options, revision=revision, token=token) if (revision or token) else dict(merge_options)
     entries = []
     for entry in iter_compare(base, models, methods=methods, evaluator=evaluator, alpha=alpha, alpha_grid=alpha_grid,
                               tsvc=tsvc, default_alpha_rows=default_alpha_rows, batch_size=batch_size,
-                              max_examples=max_examples, progress=progress, on_step=on_step, **kwargs):
+                              max_examples=max_examples, progress=progress, on_step=on_step, revision=revision,
+                              token=token, **merge_options):
         entries.append(entry)
         if on_result is not None:
             on_result(entry)
