@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -212,6 +213,17 @@ def _own_task_scores(scorer: _Scorer, models: dict[str, object], splits: tuple[s
     return {split: EvalReport(split, tasks[split], ids) for split in splits}
 
 
+def _merge_reports(reports: list):
+    """One report of the tasks of several single-split reports (in order)."""
+    from .evaluation import EvalReport
+
+    tasks, ids = {}, {}
+    for report in reports:
+        tasks.update(report.tasks)
+        ids.update(report.dataset_ids)
+    return EvalReport(reports[0].split, tasks, ids)
+
+
 def _reference_rows(scorer: _Scorer, base, paired: dict[str, object], splits: tuple[str, ...],
                     on_step) -> Iterator[MethodComparison]:
     """Fine-tuned (each task by its own model; its accuracy becomes the task's reference) and zero-shot rows."""
@@ -312,10 +324,13 @@ def _tsvc_row(scorer: _Scorer, base, models: list, tasks: Sequence[str], merge_k
     with PeakMemory() as peak, tempfile.TemporaryDirectory(prefix="hf-tsv-compare-tsvc-") as tmp:
         started = time.perf_counter()
         packed = compress(base, models, Path(tmp) / "tsvc", **compress_kwargs)
-        rebuilt = {task: str(expand(Path(tmp) / "tsvc", i, Path(tmp) / f"task-{i}", base=base))
-                   for i, task in enumerate(tasks)}
         on_step("tsv-c", "evaluate")
-        test = Scores.from_report(_own_task_scores(scorer, rebuilt, ("test",))["test"])
+        reports = []
+        for i, task in enumerate(tasks):  # one rebuilt task on disk at a time
+            rebuilt = expand(Path(tmp) / "tsvc", i, Path(tmp) / f"task-{i}", base=base)
+            reports.append(_own_task_scores(scorer, {task: str(rebuilt)}, ("test",))["test"])
+            shutil.rmtree(rebuilt)
+        test = Scores.from_report(_merge_reports(reports))
         seconds = time.perf_counter() - started
     return MethodComparison("tsv-c", REFERENCE_TITLES["tsv-c"], kind="reference", test=test, seconds=seconds,
                             peak_memory_bytes=peak.bytes,

@@ -282,3 +282,21 @@ def test_bad_python_input(kwargs, pattern, setup, tmp_path, monkeypatch):
     with pytest.raises(MergeInputError, match=pattern):
         hf_tsv.compare(setup["base"], setup["tasks"], progress=False, **kwargs)
     assert_nothing_left(tmp_path)
+
+
+def test_tsvc_retention_row(setup, tmp_path):
+    """TSV-C: each task rebuilt from its factors and scored by itself, as `expand` + `eval` would."""
+    from hf_tsv.evaluation import evaluate_folder
+
+    rows = list(hf_tsv.iter_compare(setup["base"], setup["tasks"], methods=["avg"], evaluator=setup["spec"],
+                                    alpha="default", tsvc=True, progress=False))
+    assert [r.method for r in rows] == ["finetuned", "zero-shot", "avg", "tsv-c"]
+    tsvc = rows[-1]
+    assert tsvc.kind == "reference" and 0 < tsvc.extra["stored_fraction"] < 1
+    hf_tsv.compress(setup["base"], setup["tasks"], tmp_path / "c", device="cpu")
+    for i, task in enumerate(["task0", "task1"]):
+        rebuilt = hf_tsv.expand(tmp_path / "c", i, tmp_path / f"t{i}", base=setup["base"], device="cpu")
+        direct = evaluate_folder(rebuilt, setup["spec"], processor_from=setup["base"], progress=False, device="cpu")
+        assert tsvc.test.per_task[task]["absolute"] == direct.tasks[task]["accuracy"]
+        own = rows[0].test.per_task[task]["absolute"]
+        assert tsvc.test.per_task[task]["normalized"] == pytest.approx(100 * direct.tasks[task]["accuracy"] / own)
