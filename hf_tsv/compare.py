@@ -79,8 +79,10 @@ def parse_methods(methods: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def check_compare_options(methods, alpha: str, alpha_grid, *, searching_possible: bool, tsvc: bool = False,
-                          default_alpha_rows: bool = True, **merge_options) -> CompareOptions:
-    """Every option of a comparison checked (:class:`MergeOptions` per method) before any work."""
+                          default_alpha_rows: bool = True, batch_size: int = 256, max_examples: int | None = None,
+                          keep_best: bool = False, output_dir=None, **merge_options) -> CompareOptions:
+    """Every option of a comparison checked, in one place, before any work: the comparison's own here, and each
+    method's merge options by :class:`MergeOptions` (``searching_possible``: an evaluator was given)."""
     names = parse_methods(methods)
     if not isinstance(alpha, str) or alpha not in ALPHA_MODES:
         raise MergeInputError(f"alpha (--alpha) must be 'search' (on the validation splits) or 'default' (each "
@@ -88,9 +90,18 @@ def check_compare_options(methods, alpha: str, alpha_grid, *, searching_possible
     if alpha_grid is not None and (alpha != "search" or not searching_possible):
         raise MergeInputError(f"{option_label('alpha_grid')} only applies to an α search, which needs an evaluator "
                               "(--eval TASKS_SPEC) and --alpha search; drop it")
-    for flag, value in (("tsvc", tsvc), ("default_alpha_rows", default_alpha_rows)):
+    for flag, value in (("tsvc (--tsvc)", tsvc), ("default_alpha_rows", default_alpha_rows),
+                        ("keep_best (--keep-best)", keep_best)):
         if not isinstance(value, bool):
             raise MergeInputError(f"{flag} must be True or False, got {value!r}")
+    if tsvc and not searching_possible:
+        raise MergeInputError("tsvc=True scores TSV-C retention and needs an evaluator (--eval TASKS_SPEC)")
+    if keep_best and (output_dir is None or not searching_possible or alpha != "search"):
+        raise MergeInputError("keep_best (--keep-best) keeps the method with the best validation score: it needs "
+                              "an evaluator (--eval TASKS_SPEC), --alpha search and an output folder (-o DIR)")
+    _check_positive(batch_size, "batch_size (--batch-size)")
+    if max_examples is not None:
+        _check_positive(max_examples, "max_examples (--max-examples)")
     checked = {}
     for name in names:
         grid = get_method(name).alpha_grid(quick=True) if alpha_grid == QUICK_GRID else alpha_grid
@@ -375,12 +386,8 @@ def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "se
     merge_options.setdefault("device", "cpu")
     models = check_model_references(base, models, revision=revision)
     options = check_compare_options(methods, alpha, alpha_grid, searching_possible=evaluator is not None,
-                                    tsvc=tsvc, default_alpha_rows=default_alpha_rows, **merge_options)
-    if tsvc and evaluator is None:
-        raise MergeInputError("tsvc=True scores TSV-C retention and needs an evaluator (--eval TASKS_SPEC)")
-    _check_positive(batch_size, "batch_size (--batch-size)")
-    if max_examples is not None:
-        _check_positive(max_examples, "max_examples (--max-examples)")
+                                    tsvc=tsvc, default_alpha_rows=default_alpha_rows, batch_size=batch_size,
+                                    max_examples=max_examples, **merge_options)
     step = on_step or (lambda row, name: None)
     splits = ("validation", "test") if options.alpha == "search" else ("test",)
     evaluator = as_evaluator(evaluator, base, splits=splits, progress=progress, batch_size=batch_size,
@@ -446,15 +453,11 @@ def compare(base, models, *, methods=None, evaluator=None, alpha: str = "search"
     from .io.writer import atomic_output_dir, check_output_dir
 
     started = time.perf_counter()
-    if not isinstance(keep_best, bool):
-        raise MergeInputError(f"keep_best (--keep-best) must be True or False, got {keep_best!r}")
     check_output_options(overwrite, "5GB")
     models = check_model_references(base, models, revision=revision)
-    if keep_best and (output_dir is None or evaluator is None or alpha != "search"):
-        raise MergeInputError("keep_best (--keep-best) keeps the method with the best validation score: it needs "
-                              "an evaluator (--eval TASKS_SPEC), --alpha search and an output folder (-o DIR)")
     check_compare_options(methods, alpha, alpha_grid, searching_possible=evaluator is not None, tsvc=tsvc,
-                          default_alpha_rows=default_alpha_rows, **{"device": "cpu", **merge_options})
+                          default_alpha_rows=default_alpha_rows, batch_size=batch_size, max_examples=max_examples,
+                          keep_best=keep_best, output_dir=output_dir, **{"device": "cpu", **merge_options})
     if output_dir is not None:
         check_output_dir(output_dir, overwrite, inputs=[base, *models])
     entries = []
