@@ -18,7 +18,7 @@ import hf_tsv
 from hf_tsv.cli import main
 
 WHEEL = "wheels/hf_tsv-0.1.0-py3-none-any.whl"
-APP = ["README.md", "app.py", "requirements.txt", "space_core.py", "space_worker.py", WHEEL]
+APP = ["README.md", "app.py", "requirements.txt", "space_compare.py", "space_core.py", "space_worker.py", WHEEL]
 CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
 
 
@@ -60,7 +60,7 @@ def test_deploy_is_one_commit_with_the_app_its_readme_requirements_and_wheel(hub
     assert result == f"{hub.endpoint}/spaces/ns/merge-space/commit/{commit.oid}"
     assert hub.spaces["ns/merge-space"] == {"sdk": "gradio", "hardware": "cpu-upgrade", "variables": {
         "HF_TSV_MODEL_LIBRARY": "model_library", "HF_TSV_SPACE_TASKS": "tasks.json"}}
-    for name in ("app.py", "space_core.py", "space_worker.py"):
+    for name in ("app.py", "space_compare.py", "space_core.py", "space_worker.py"):
         assert _space_file(hub, "ns/merge-space", name) == (Path("spaces_app") / name).read_bytes()
     assert _space_file(hub, "ns/merge-space", "tasks.json") == spec.read_bytes()
 
