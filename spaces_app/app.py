@@ -17,6 +17,11 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+try:
+    import hf_tsv  # noqa: E402, F401 - the package the app runs; not on PyPI
+except ImportError:
+    sys.exit("hf-tsv is not installed. Deploy this app with `hf-tsv space deploy SPACE_ID` (it ships hf-tsv as a "
+             "wheel in the Space's commit); to run it locally, `pip install -e \".[space,eval]\"` in the checkout.")
 import gradio as gr  # noqa: E402
 import space_core  # noqa: E402
 from space_compare import CompareView, method_label  # noqa: E402
@@ -488,7 +493,7 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         summary, heatmap, card, download, scores, state = merged_view(done, out, zip_path, state, models)
         note = (f"{summary}\n\nIts model card holds the comparison table. Push it from the *Push to Hub* tab; "
                 "the *Merge* tab shows its card.")
-        return note, download, summary, heatmap, card, download, scores, state
+        return note, gr.File(download, visible=True), summary, heatmap, card, download, scores, state
 
     def push(repo_id, private, create_pr, token, session, oauth_token: gr.OAuthToken | None = None):
         """Push this session's merge to the Hub in one commit, with the visitor's own token."""
@@ -613,7 +618,7 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
                                                      "in its model card; then push it from *Push to Hub*")
                         keep_button = gr.Button("Merge the chosen method", elem_id="compare-keep-button")
                     keep_info = gr.Markdown(elem_id="compare-keep-summary")
-                    keep_download = gr.File(label="Merged model (zip)", interactive=False,
+                    keep_download = gr.File(label="Merged model (zip)", interactive=False, visible=False,
                                             elem_id="compare-download")
                 with gr.Tab("Push to Hub", id="push"):
                     if settings.on_spaces:

@@ -97,7 +97,7 @@ def test_compare_fills_in_one_row_per_method_as_each_finishes(compared, library)
 
 def test_keep_merges_the_chosen_method_and_push_sends_it_with_the_comparison(client, compared, library, tmp_path,
                                                                              caplog):
-    note, download, *_ = client.predict(choice="ta", api_name="/keep")
+    note, _, _, _, _, download, *_ = client.predict(choice="ta", api_name="/keep")
     files = zip_contents(download)
     folder = "hf-tsv-ta-merge/"
     assert {folder + n for n in ("compare.json", "compare.md", "compare_sti_per_layer.png", "model.safetensors",
