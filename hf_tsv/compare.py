@@ -226,7 +226,6 @@ def _reference_rows(scorer: _Scorer, base, paired: dict[str, object], splits: tu
             test.normalized = 100.0
             seconds = time.perf_counter() - started
         yield MethodComparison("finetuned", REFERENCE_TITLES["finetuned"], kind="reference", test=test,
-                               validation=own["validation"].mean_accuracy if "validation" in own else None,
                                seconds=seconds, peak_memory_bytes=peak.bytes)
     on_step("zero-shot", "evaluate")
     with PeakMemory() as peak:
