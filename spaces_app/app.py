@@ -4,7 +4,8 @@ with TSV-M or a baseline, look at the model card and push the result to the Hub.
 Run locally with ``python spaces_app/app.py`` (``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` are honoured);
 set ``HF_TSV_MODEL_LIBRARY`` to a folder of checkpoints to offer its sub-folders by name, and
 ``HF_TSV_SPACE_TASKS`` to a task spec of ``hf_tsv.evaluation`` to evaluate merges on its tasks. Named endpoints
-for ``gradio_client``: ``/sti``, ``/merge`` and ``/push`` (see README.md beside this file).
+for ``gradio_client``: ``/sti``, ``/merge``, ``/compare`` (one update per finished method), ``/keep`` and ``/push``
+(see README.md beside this file).
 """
 
 import contextlib
