@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 SPACE_APP = CHECKOUT / "spaces_app"
-APP_FILES = ("app.py", "space_core.py", "space_worker.py")  # the Space's code, shipped as it is
+APP_FILES = ("app.py", "space_compare.py", "space_core.py", "space_worker.py")  # the Space's code, shipped as is
 APP_FILE = "app.py"
 WHEELS_DIR = "wheels"
 LIBRARY_DIR = "model_library"

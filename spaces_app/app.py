@@ -4,7 +4,8 @@ with TSV-M or a baseline, look at the model card and push the result to the Hub.
 Run locally with ``python spaces_app/app.py`` (``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` are honoured);
 set ``HF_TSV_MODEL_LIBRARY`` to a folder of checkpoints to offer its sub-folders by name, and
 ``HF_TSV_SPACE_TASKS`` to a task spec of ``hf_tsv.evaluation`` to evaluate merges on its tasks. Named endpoints
-for ``gradio_client``: ``/sti``, ``/merge`` and ``/push`` (see README.md beside this file).
+for ``gradio_client``: ``/sti``, ``/merge``, ``/compare`` (one update per finished method), ``/keep`` and ``/push``
+(see README.md beside this file).
 """
 
 import contextlib
@@ -17,9 +18,15 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+try:
+    import hf_tsv  # noqa: E402, F401 - the package the app runs; not on PyPI
+except ImportError:
+    sys.exit("hf-tsv is not installed. Deploy this app with `hf-tsv space deploy SPACE_ID` (it ships hf-tsv as a "
+             "wheel in the Space's commit); to run it locally, `pip install -e \".[space,eval]\"` in the checkout.")
 import gradio as gr  # noqa: E402
 import space_core  # noqa: E402
-from space_core import EvaluationSettings, MergeJob, Settings, SpaceError, StiJob, Workspace  # noqa: E402
+from space_compare import CompareView, method_label  # noqa: E402
+from space_core import CompareJob, EvaluationSettings, MergeJob, Settings, SpaceError, StiJob, Workspace  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 logger = logging.getLogger("hf_tsv.space")
@@ -114,16 +121,6 @@ def sti_summary(keys: dict[str, float], total: float, num_tasks: int) -> str:
             f"({keys[worst]:.4g}).\n\nSTI (Singular Task Interference) grows when the tasks' top singular "
             "directions overlap: there, summing task vectors (task arithmetic) mixes the tasks up the most. "
             "TSV-M orthogonalises these directions before merging.")
-
-
-def method_label(name: str) -> str:
-    """A method as the menu and the result name it (:data:`hf_tsv.METHODS`): "TSV-M (Task Singular Vectors)"."""
-    from hf_tsv.methods import METHODS
-
-    method = METHODS.get(name)
-    if method is None:
-        return name
-    return f"{method.label} ({method.expansion})" if method.expansion else method.label
 
 
 def default_alpha(name: str) -> float:
@@ -236,6 +233,19 @@ def _check_choice(value, choices, what: str):
     return value
 
 
+def _check_methods(methods) -> tuple[str, ...]:
+    """The methods a visitor ticked: known names of :data:`hf_tsv.METHODS`, at least one, in the registry's
+    order."""
+    from hf_tsv.methods import METHODS
+
+    chosen = [methods] if isinstance(methods, str) else list(methods or [])
+    for name in chosen:
+        _check_choice(name, list(METHODS), "method")
+    if not chosen:
+        raise SpaceError("tick at least one method to compare")
+    return tuple(name for name in METHODS if name in chosen)
+
+
 def _devices() -> list[str]:
     import torch
 
@@ -272,13 +282,14 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         """The fields every job has (:class:`space_core.StiJob`)."""
         return dict(base=base.worker_ref, models=tuple(m.worker_ref for m in models), fuse_qkv=fuse_qkv,
                     device=device, threads=settings.threads, memory_gb=settings.worker_memory_gb,
-                    scrub=(str(job_dir), *server_paths()))
+                    scrub=(*([str(job_dir)] if job_dir else []), *server_paths()))
 
     results_cap = settings.max_results_gb * space_core.GB
 
-    def run(job, job_dir, progress, reserve: float = 0):
+    def run(job, job_dir, progress, reserve: float = 0, on_event=None):
         """Run a job whose result needs about ``reserve`` bytes, after making room for it among the kept results
-        (``HF_TSV_SPACE_MAX_RESULTS_GB``: the oldest results of any session are evicted first)."""
+        (``HF_TSV_SPACE_MAX_RESULTS_GB``: the oldest results of any session are evicted first). The worker's
+        events go to ``progress`` (mirrored), or to ``on_event`` when given."""
         mirror = ProgressMirror(progress)
         try:
             if not workspace.make_room(results_cap, reserve, keep=[job_dir]):
@@ -286,7 +297,7 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
                                  "(HF_TSV_SPACE_MAX_RESULTS_GB) and the results in use fill it; try again in a few "
                                  "minutes, or with smaller models")
             with workspace.in_use(job_dir):
-                result = pool.run(job, job_dir, mirror)
+                result = pool.run(job, job_dir, on_event or mirror)
             workspace.make_room(results_cap, keep=[job_dir])  # the estimate may have been short: evict older ones
             return result
         except BaseException:
@@ -330,10 +341,6 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
     def merge(base_library, base_hub, models_library, models_hub, method, alpha, fuse_qkv, device, evaluate,
               session, progress=TRACK_TQDM):
         """Merge, write the model card, pack the merged folder; the result stays in this session for a push."""
-        import tempfile
-
-        from hf_tsv.report import MergeReport
-
         with visitor_errors():
             _check_choice(method, list(METHODS), "method")
             alpha = _check_alpha(alpha, method)
@@ -341,34 +348,153 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
                 raise SpaceError("no evaluation tasks are configured on this server (HF_TSV_SPACE_TASKS)")
             base, models, total, fuse = prepare(base_library, base_hub, models_library, models_hub, fuse_qkv,
                                                 device)
-            progress(0.0, desc="starting the worker")
-            folder = workspace.session_dir(session)
-            job_dir = Path(tempfile.mkdtemp(prefix="merge-", dir=folder))
             name = f"hf-tsv-{method}-merge"
             command = " ".join(["hf-tsv", "merge", base.label, *[m.label for m in models], "--method", method]
                                + (["--alpha", f"{alpha:g}"] if alpha is not None else [])
                                + (["--fuse-qkv"] if fuse else []) + ["-o", name])
-            job = MergeJob(**common_job(base, models, fuse, device, job_dir), method=method, alpha=alpha,
-                           output=str(job_dir / name), zip=str(job_dir / f"{name}.zip"), command=command,
-                           evaluate=EvaluationSettings(str(settings.tasks), settings.eval_max_examples)
-                           if evaluate else None)
-            # the merged folder and its zip: about twice one model's weights
-            result = run(job, job_dir, progress, reserve=2 * total / (len(models) + 1))
-            state = dict(session or {}, dir=str(folder))
-            workspace.delete(state.get("merge"))
-            state.update(merge=str(job_dir), folder=str(job_dir / name))
-        out = job_dir / name
-        zip_path = job_dir / f"{name}.zip"
+            job = dict(common_job(base, models, fuse, device, None), method=method, alpha=alpha, command=command,
+                       evaluate=EvaluationSettings(str(settings.tasks), settings.eval_max_examples)
+                       if evaluate else None)
+            return merged_view(*run_merge(job, name, session, progress, total, len(models)),
+                               [m.label for m in models])
+
+    def run_merge(fields: dict, name: str, session, progress, total: int, count: int):
+        """Run a merge job (``fields`` of :class:`MergeJob` but its folders) in a new job folder of the session;
+        the merge becomes the session's one merge (what *Push to Hub* pushes). Returns the result, the merged
+        folder, its zip and the new session state."""
+        import tempfile
+
+        progress(0.0, desc="starting the worker")
+        folder = workspace.session_dir(session)
+        job_dir = Path(tempfile.mkdtemp(prefix="merge-", dir=folder))
+        fields["scrub"] = (str(job_dir), *server_paths())
+        job = MergeJob(**fields, output=str(job_dir / name), zip=str(job_dir / f"{name}.zip"))
+        # the merged folder and its zip: about twice one model's weights
+        result = run(job, job_dir, progress, reserve=2 * total / (count + 1))
+        state = dict(session or {}, dir=str(folder))
+        workspace.delete(state.get("merge"))
+        state.update(merge=str(job_dir), folder=str(job_dir / name))
+        return result, job_dir / name, job_dir / f"{name}.zip", state
+
+    def merged_view(result: dict, out: Path, zip_path: Path, state: dict, labels: list[str]):
+        """What the Merge tab shows of a finished merge: summary, heatmap, card, download, evaluation, state."""
+        from hf_tsv.report import MergeReport
+
+        report = MergeReport.from_dict(result["report"])
         heatmap = out / "sti_heatmap.png"
         card = card_preview((out / "README.md").read_text(encoding="utf-8"))
         evaluation = result.get("evaluation")
         if evaluation and evaluation.get("error"):
             gr.Warning(html.escape(f"The merge is done, but its evaluation failed: {evaluation['error']}",
                                    quote=False))
-        summary = merge_summary(MergeReport.from_dict(result["report"]), zip_path.stat().st_size,
-                                result.get("card_warnings") or [], evaluation)
-        scores = evaluation_markdown(evaluation, [m.label for m in models], settings.eval_max_examples)
+        summary = merge_summary(report, zip_path.stat().st_size, result.get("card_warnings") or [], evaluation)
+        scores = evaluation_markdown(evaluation, labels, settings.eval_max_examples)
         return summary, (str(heatmap) if heatmap.is_file() else None), card, str(zip_path), scores, state
+
+    def run_streaming(job, job_dir, progress, reserve: float = 0):
+        """:func:`run` in a thread; yields each event of the worker here (progress events are mirrored to
+        ``progress`` too), then returns the result (``result = yield from run_streaming(...)``)."""
+        import queue
+        import threading
+
+        events: queue.Queue = queue.Queue()
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = run(job, job_dir, progress, reserve, on_event=events.put)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                outcome["error"] = exc
+            finally:
+                events.put(None)
+
+        threading.Thread(target=work, daemon=True, name=f"{job.kind}-job").start()
+        mirror = ProgressMirror(progress)
+        try:
+            while (event := events.get()) is not None:
+                mirror(event)
+                yield event
+        finally:
+            mirror.close()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    def compare_update(view: CompareView, job_dir: Path, count: int, state):
+        """The Compare tab's outputs for the rows finished so far (the plots written to a new folder each time)."""
+        accuracy, sti = view.write_plots(job_dir / f"plots-{count}")
+        finished = view.finished
+        choice = gr.Dropdown(choices=[(method_label(m), m) for m in finished],
+                             value=finished[0] if finished else None)
+        return (view.progress_markdown(), view.table_markdown(), gr.Image(accuracy, visible=accuracy is not None),
+                sti, choice, state)
+
+    def compare(base_library, base_hub, models_library, models_hub, methods, fuse_qkv, device, evaluate, session,
+                progress=TRACK_TQDM):
+        """Every chosen method on the visitor's models, one at a time in a worker: the table and plots fill in as
+        each method finishes. With the operator's tasks (and ``evaluate``), test accuracy too; else STI and the
+        statistics of each merged task vector."""
+        import tempfile
+
+        with visitor_errors():
+            names = _check_methods(methods)
+            if evaluate and not tasks:
+                raise SpaceError("no evaluation tasks are configured on this server (HF_TSV_SPACE_TASKS)")
+            base, models, total, fuse = prepare(base_library, base_hub, models_library, models_hub, fuse_qkv,
+                                                device)
+            folder = workspace.session_dir(session)
+            job_dir = Path(tempfile.mkdtemp(prefix="compare-", dir=folder))
+            evaluation = EvaluationSettings(str(settings.tasks), settings.eval_max_examples) if evaluate else None
+            job = CompareJob(**common_job(base, models, fuse, device, job_dir), methods=names,
+                             output=str(job_dir / "comparison"), labels=(base.label, *[m.label for m in models]),
+                             evaluate=evaluation)
+            paired = evaluate and len(tasks) == len(models)
+            view = CompareView(list(names), (["finetuned"] if paired else []) + (["zero-shot"] if evaluate else []))
+            state = dict(session or {}, dir=str(folder))
+            yield compare_update(view, job_dir, 0, state)
+            count = 0
+            # the comparison's files and plots only: no merge is kept
+            for event in run_streaming(job, job_dir, progress, reserve=0):
+                if view.follow(event):
+                    count += 1
+                    yield compare_update(view, job_dir, count, state)
+                elif event.get("event") == "step":
+                    yield view.progress_markdown(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            workspace.delete(state.get("compare"))
+            state["compare"] = str(job_dir)
+            # what "merge the chosen method" needs: the same models (pinned), options and evaluation
+            state["compared"] = dict(job=dict(common_job(base, models, fuse, device, None), evaluate=evaluation),
+                                     labels=[base.label, *[m.label for m in models]], total=total)
+            yield compare_update(view, job_dir, count + 1, state)
+
+    def keep_compared(choice, session, progress=TRACK_TQDM):
+        """Merge the method the visitor chose from this session's comparison, at the α it was compared at, with the
+        comparison in its card; it becomes the session's merge (download here, push from *Push to Hub*)."""
+        from hf_tsv.compare_result import CompareResult
+
+        with visitor_errors():
+            compared = (session or {}).get("compared")
+            folder = Path((session or {}).get("compare") or "")
+            if not compared or not folder.is_dir() or not workspace.owns(folder):
+                raise SpaceError("there is no comparison in this session yet (or it has expired): compare first")
+            with workspace.in_use(folder):
+                result = CompareResult.load(folder / "comparison")
+                rows = {e.method: e for e in result.methods}
+                _check_choice(choice, list(rows), "method")
+                method, alpha = choice, rows[choice].alpha
+                name = f"hf-tsv-{method}-merge"
+                base, *models = compared["labels"]
+                command = " ".join(["hf-tsv", "merge", base, *models, "--method", method]
+                                   + (["--alpha", f"{alpha:g}"] if alpha is not None else [])
+                                   + (["--fuse-qkv"] if compared["job"]["fuse_qkv"] else []) + ["-o", name])
+                fields = dict(compared["job"], method=method, alpha=alpha, command=command,
+                              comparison=str(folder / "comparison"))
+                done, out, zip_path, state = run_merge(fields, name, session, progress, compared["total"],
+                                                       len(models))
+        summary, heatmap, card, download, scores, state = merged_view(done, out, zip_path, state, models)
+        note = (f"{summary}\n\nIts model card holds the comparison table. Push it from the *Push to Hub* tab; "
+                "the *Merge* tab shows its card.")
+        return note, gr.File(download, visible=True), summary, heatmap, card, download, scores, state
 
     def push(repo_id, private, create_pr, token, session, oauth_token: gr.OAuthToken | None = None):
         """Push this session's merge to the Hub in one commit, with the visitor's own token."""
@@ -466,6 +592,35 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
                                              elem_id="sti-table")
                     with gr.Accordion("Raw numbers (JSON)", open=False):
                         sti_json = gr.JSON(label="STI per weight matrix")
+                with gr.Tab("Compare", id="compare"):
+                    gr.Markdown("Which method for *your* models? Each ticked method merges the models chosen on "
+                                "the left at its own default α, one after the other; the table and plots fill in "
+                                "as each finishes. " + ("With *Evaluate*, each is scored on this server's tasks."
+                                                        if tasks else "This server has no evaluation tasks: the "
+                                                        "table shows STI and the size of each merged task vector."))
+                    compare_methods = gr.CheckboxGroup([(method_label(key), key) for key in METHODS],
+                                                       value=list(METHODS), label="Methods to compare",
+                                                       elem_id="compare-methods")
+                    compare_evaluate = gr.Checkbox(bool(tasks), label="Evaluate on the configured tasks",
+                                                   visible=bool(tasks), elem_id="compare-evaluate")
+                    compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+                    compare_progress = gr.Markdown("*Compare* runs the ticked methods.", elem_id="compare-progress")
+                    compare_table = gr.Markdown(elem_id="compare-table")
+                    with gr.Row():
+                        compare_accuracy = gr.Image(label="Test accuracy per task and method", type="filepath",
+                                                    format="png", interactive=False, visible=False,
+                                                    elem_id="compare-accuracy")
+                        compare_sti = gr.Image(label="STI per layer (TSV-M)", type="filepath", format="png",
+                                               interactive=False, elem_id="compare-sti")
+                    with gr.Row():
+                        compare_choice = gr.Dropdown([], label="Method to keep", elem_id="compare-choice",
+                                                     allow_custom_value=True,
+                                                     info="merged at the α it was compared at, with the comparison "
+                                                     "in its model card; then push it from *Push to Hub*")
+                        keep_button = gr.Button("Merge the chosen method", elem_id="compare-keep-button")
+                    keep_info = gr.Markdown(elem_id="compare-keep-summary")
+                    keep_download = gr.File(label="Merged model (zip)", interactive=False, visible=False,
+                                            elem_id="compare-download")
                 with gr.Tab("Push to Hub", id="push"):
                     if settings.on_spaces:
                         gr.LoginButton()
@@ -489,6 +644,12 @@ def build_demo(settings: Settings | None = None, workspace: Workspace | None = N
         merge_button.click(merge, [*model_inputs, method, alpha, fuse_qkv, device, evaluate, session],
                            [merge_info, merge_heatmap, card, download, merge_eval, session], api_name="merge",
                            **compute)
+        compare_button.click(compare, [*model_inputs, compare_methods, fuse_qkv, device, compare_evaluate, session],
+                             [compare_progress, compare_table, compare_accuracy, compare_sti, compare_choice,
+                              session], api_name="compare", **compute)
+        keep_button.click(keep_compared, [compare_choice, session],
+                          [keep_info, keep_download, merge_info, merge_heatmap, card, download, merge_eval, session],
+                          api_name="keep", **compute)
         push_button.click(push, [repo_id, private, create_pr, token, session], [push_info, card], api_name="push",
                           concurrency_id="push", concurrency_limit=2)
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)

@@ -3,7 +3,7 @@
 Everything a visitor types goes through :func:`resolve_inputs` before anything is read: a model is either a
 Hub id (``namespace/name``, optionally ``@revision``) or the exact name of a sub-folder of the server's model
 library (``HF_TSV_MODEL_LIBRARY``). Paths are never accepted, so a visitor cannot make the server read a file
-of its choosing. The heavy work (STI, merge, evaluation, card, zip) runs in a separate worker process
+of its choosing. The heavy work (STI, merge, comparison, evaluation, card, zip) runs in a separate worker process
 (``space_worker.py``), one per job, so that a crash or an out-of-memory kill takes down only that process.
 """
 
@@ -235,9 +235,23 @@ class MergeJob(StiJob):
     alpha: float | None = None
     command: str | None = None
     evaluate: EvaluationSettings | None = None
+    comparison: str | None = None  # a comparison folder (CompareJob.output) whose files go beside the merge
 
 
-JOB_KINDS: dict[str, type[StiJob]] = {job.kind: job for job in (StiJob, MergeJob)}
+@dataclass(frozen=True)
+class CompareJob(StiJob):
+    """A comparison for a worker (:func:`hf_tsv.iter_compare`): an STI job's fields, plus the methods (in the
+    order the visitor sees them), the folder for ``compare.json``/``compare.md``/plots, the models as the visitor
+    named them (``labels``: base first) and, optionally, the evaluation. Each method runs at its own default α."""
+
+    kind: ClassVar[str] = "compare"
+    methods: tuple[str, ...] = ()
+    output: str = ""
+    labels: tuple[str, ...] = ()
+    evaluate: EvaluationSettings | None = None
+
+
+JOB_KINDS: dict[str, type[StiJob]] = {job.kind: job for job in (StiJob, MergeJob, CompareJob)}
 
 
 def job_to_json(job: StiJob) -> str:
@@ -250,7 +264,9 @@ def job_from_json(text: str) -> StiJob:
     data = json.loads(text)
     kind = JOB_KINDS[data.pop("kind")]
     data["models"] = tuple(data["models"])
-    data["scrub"] = tuple(data.get("scrub") or ())
+    for name in ("scrub", "methods", "labels"):
+        if name in data:
+            data[name] = tuple(data[name] or ())
     if data.get("evaluate") is not None:
         data["evaluate"] = EvaluationSettings(**data["evaluate"])
     return kind(**data)

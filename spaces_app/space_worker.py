@@ -1,10 +1,12 @@
-"""One STI analysis or merge (with its optional evaluation) of the hf-tsv Space, in a process of its own.
+"""One STI analysis, merge or comparison (with its optional evaluation) of the hf-tsv Space, in a process of its own.
 
 Started by ``space_core.WorkerPool`` as ``python space_worker.py --wait``: it imports torch and transformers,
 then reads the path of its job file from stdin (``python space_worker.py JOB.json`` runs a job directly).
 Progress goes to stdout, one JSON object a line: ``{"event": "bar", "id", "desc", "n", "total", "unit"}`` for
 each update of a progress bar of hf_tsv or huggingface_hub (their tqdm bars are relayed), ``{"event":
-"close", "id"}`` when one ends and ``{"event": "stage", "text", "fraction"}`` between steps. Anything else
+"close", "id"}`` when one ends, ``{"event": "stage", "text", "fraction"}`` between steps and, in a comparison,
+``{"event": "step", "row", "step"}`` as a method's step starts and ``{"event": "row", "row": {...}}`` (a
+:class:`hf_tsv.compare_result.MethodComparison` as a dict) as each method finishes. Anything else
 printed goes to stderr, which the server keeps in a log. The result goes to ``result.json`` beside the job
 file: ``{"ok": true, ...}`` or ``{"ok": false, "error": "<message for the visitor>"}``. A worker that is
 killed (e.g. out of memory) writes none. An evaluation that fails does not fail the merge: the result holds
@@ -22,7 +24,7 @@ import traceback
 import zipfile
 from pathlib import Path
 
-from space_core import MergeJob, StiJob, job_from_json, visitor_message
+from space_core import CompareJob, MergeJob, StiJob, job_from_json, visitor_message
 
 _LOCK = threading.Lock()
 _CHANNEL = None
@@ -169,15 +171,7 @@ def _evaluation_failed(out: Path, exc: BaseException, job: MergeJob) -> dict:
     for name in (EVAL_RESULTS_NAME, EVAL_TABLE_NAME):
         (out / name).unlink(missing_ok=True)
     if isinstance(exc, HFTSVError):
-        secrets = list(job.scrub)
-        spec = Path(job.evaluate.tasks)
-        try:
-            from hf_tsv.evaluation import load_tasks_spec
-
-            secrets += [str(spec.parent), *_spec_paths(load_tasks_spec(spec))]
-        except Exception:  # noqa: BLE001 - the spec itself failed: its folder is scrubbed above
-            secrets.append(str(spec.parent))
-        return {"error": _scrub(str(exc), secrets)}
+        return {"error": _scrub(str(exc), _job_secrets(job))}
     if isinstance(exc, MemoryError):
         return {"error": "the worker ran out of memory while evaluating (HF_TSV_SPACE_WORKER_MEMORY_GB, "
                          "HF_TSV_SPACE_EVAL_MAX_EXAMPLES)"}
@@ -203,11 +197,90 @@ def run_merge(job: MergeJob) -> dict:
             evaluation = evaluate_merged(out, job)
         except Exception as exc:  # noqa: BLE001 - the merge is kept; the visitor is told why there is no evaluation
             evaluation = _evaluation_failed(out, exc, job)
+    if job.comparison is not None:  # the comparison this merge was chosen from: its card shows the table
+        copy_comparison(Path(job.comparison), out)
     emit(event="stage", text="writing the model card", fraction=0.9)
     card = write_card(out, token=False)
     emit(event="stage", text="packing the download", fraction=0.95)
     _zip_folder(out, Path(job.zip))
     return {"report": report.to_dict(), "card_warnings": list(card.warnings), "evaluation": evaluation}
+
+
+def copy_comparison(source: Path, out: Path) -> list[str]:
+    """Copy a comparison's files (``compare.json``, ``compare.md``, ``compare_*.png``) from ``source`` into the
+    merged folder ``out``; returns their names."""
+    import shutil
+
+    from hf_tsv.compare_plots import NORMALIZED_PLOT, STI_PLOT
+    from hf_tsv.files import COMPARE_JSON_NAME, COMPARE_TABLE_NAME
+
+    copied = []
+    for name in (COMPARE_JSON_NAME, COMPARE_TABLE_NAME, NORMALIZED_PLOT, STI_PLOT):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+            copied.append(name)
+    return copied
+
+
+def compare_evaluator(job: CompareJob):
+    """The operator's tasks (test split, at most ``max_examples`` images each) as an evaluator of
+    :func:`hf_tsv.iter_compare`, without the spec's ``finetuned_accuracy`` values: they describe the operator's
+    fine-tuned models, not the visitor's (normalised accuracy pairs task i with the visitor's model i)."""
+    import torch
+
+    from hf_tsv.evaluation.evaluator import TasksEvaluator
+
+    class VisitorTasks(TasksEvaluator):
+        spec_references: dict = {}  # overrides the spec's references (see above)
+
+    emit(event="stage", text=EVALUATION_STAGES["prepare"][0], fraction=0.0)
+    device = "cuda" if job.device == "cuda" or (job.device == "auto" and torch.cuda.is_available()) else "cpu"
+    return VisitorTasks.from_spec(job.evaluate.tasks, processor_from=job.base, splits=("test",),
+                                  max_examples=job.evaluate.max_examples, device=device)
+
+
+# what the visitor sees as each step of a comparison row starts (hf_tsv.iter_compare's on_step)
+COMPARE_STEPS = {"merge": "merging", "test": "scoring on the test splits", "evaluate": "scoring",
+                 "alpha search": "searching α", "compress": "compressing"}
+
+
+def run_compare(job: CompareJob) -> dict:
+    """Every chosen method side by side (:func:`hf_tsv.iter_compare`, each at its default α), one ``row`` event
+    as each finishes; ``compare.json``, ``compare.md`` and the plots written to ``job.output``."""
+    import hf_tsv
+    from hf_tsv.compare_result import CompareResult
+
+    evaluator = compare_evaluator(job) if job.evaluate is not None else None
+
+    def step(row: str, name: str) -> None:
+        emit(event="step", row=row, step=name)
+        emit(event="stage", text=f"{row}: {COMPARE_STEPS.get(name, name)}", fraction=0.0)
+
+    entries = []
+    for entry in hf_tsv.iter_compare(job.base, list(job.models), methods=list(job.methods), evaluator=evaluator,
+                                     alpha="default", fuse_qkv=job.fuse_qkv, device=job.device, on_step=step):
+        entries.append(entry)
+        emit(event="row", row=entry.to_dict())
+    tasks = list(evaluator.task_names) if evaluator is not None else []
+    result = CompareResult(entries, tasks, job.labels[0] if job.labels else "", list(job.labels[1:]))
+    result.save(job.output)
+    return {"comparison": result.to_dict()}
+
+
+def _job_secrets(job: StiJob) -> list[str]:
+    """The server paths a job's messages must not show: the job's own, and those of its task spec."""
+    secrets = list(job.scrub)
+    settings = getattr(job, "evaluate", None)
+    if settings is not None:
+        spec = Path(settings.tasks)
+        secrets.append(str(spec.parent))
+        try:
+            from hf_tsv.evaluation import load_tasks_spec
+
+            secrets += _spec_paths(load_tasks_spec(spec))
+        except Exception:  # noqa: BLE001 - the spec itself failed: its folder is scrubbed above
+            pass
+    return secrets
 
 
 def outcome_of(job: StiJob) -> dict:
@@ -216,10 +289,11 @@ def outcome_of(job: StiJob) -> dict:
     details, which go to the log)."""
     from hf_tsv.errors import HFTSVError
 
+    run = run_merge if isinstance(job, MergeJob) else run_compare if isinstance(job, CompareJob) else run_sti
     try:
-        return {"ok": True, **(run_merge(job) if isinstance(job, MergeJob) else run_sti(job))}
+        return {"ok": True, **run(job)}
     except HFTSVError as exc:
-        return {"ok": False, "error": _scrub(str(exc), list(job.scrub))}
+        return {"ok": False, "error": _scrub(str(exc), _job_secrets(job))}
     except MemoryError:
         return {"ok": False, "error": "the worker ran out of memory (HF_TSV_SPACE_WORKER_MEMORY_GB); try fewer "
                                       "or smaller models"}
@@ -238,6 +312,7 @@ def _warm_up() -> None:
 
     import hf_tsv  # noqa: F401 - torch, safetensors, huggingface_hub
     import hf_tsv.card  # noqa: F401
+    import hf_tsv.compare  # noqa: F401 - the Compare tab
 
     if os.environ.get("HF_TSV_SPACE_WORKER_EVAL") == "1":  # evaluation tasks are configured (HF_TSV_SPACE_TASKS)
         import datasets  # noqa: F401

@@ -73,3 +73,50 @@ def test_clicking_merge_shows_the_heatmap_card_and_download(tmp_path):
     (tmp_path / "space_screenshot.png").write_bytes(shot)
     if os.environ.get("HF_TSV_UPDATE_SCREENSHOT") == "1":
         (ROOT / "docs" / "space_screenshot.png").write_bytes(shot)
+
+
+COMPARE_TAB = ("const t = [...document.querySelectorAll('button[role=tab]')]"
+               ".find(b => b.innerText.trim() === 'Compare'); if (t) t.click();"
+               "return !!t && !!document.querySelector('#compare-button');")
+COMPARE_ROWS = ("const t = document.querySelector('#compare-table table');"
+                "return t ? [...t.querySelectorAll('tbody tr')].map(r => r.cells[0].innerText.trim()) : [];")
+
+
+def test_compare_tab_fills_the_table_for_each_chosen_method(tmp_path):
+    """The Compare tab on the tiny library: every method of the registry ticked by default, one table row each,
+    the STI plot, and the chosen method offered to keep. ``HF_TSV_UPDATE_SCREENSHOT=1`` rewrites
+    docs/space_compare.png."""
+    from hf_tsv.methods import METHODS
+
+    _, space_core = import_space()
+    library = tmp_path / "library"
+    make_checkpoints(library, preset="tiny", num_tasks=3, seed=7)
+    titles = [m.label for m in METHODS.values()]
+    with running_space(space_core.Settings(library=library, threads=1), spares=1) as served:
+        browser = Browser(tmp_path / "chromium-profile")
+        try:
+            browser.get(served.url)
+            browser.wait_for(COMPARE_TAB, 60, "the Compare tab")
+            ticked = browser.script("return [...document.querySelectorAll('#compare-methods input:checked')]"
+                                    ".map(i => i.parentElement.innerText.trim())")
+            assert len(ticked) == len(METHODS) and "TSV-M (Task Singular Vectors)" in ticked, ticked
+            browser.click("#compare-button")
+            rows = browser.wait_for(f"const r = (() => {{{COMPARE_ROWS}}})(); return r.length === {len(titles)} ? r "
+                                    ": null;", 150, "a table row for each method")
+            assert rows == titles
+            width, height, _ = browser.wait_for(HEATMAP.replace("#merge-heatmap", "#compare-sti"), 30, "the STI plot")
+            assert width > 300 and height > 150
+            progress = browser.script("return document.querySelector('#compare-progress').innerText")
+            assert progress.count("✅") == len(METHODS) and "waiting" not in progress
+            choice = browser.script("return document.querySelector('#compare-choice input').value")
+            assert choice == titles[0]
+            page_height = browser.script("return document.documentElement.scrollHeight")
+            browser.set_window(1440, max(900, min(int(page_height) + 140, 2200)))
+            browser.script("window.scrollTo(0, 0)")
+            shot = browser.screenshot()
+        finally:
+            browser.quit()
+    assert shot.startswith(PNG) and len(shot) > 20_000
+    (tmp_path / "space_compare.png").write_bytes(shot)
+    if os.environ.get("HF_TSV_UPDATE_SCREENSHOT") == "1":
+        (ROOT / "docs" / "space_compare.png").write_bytes(shot)

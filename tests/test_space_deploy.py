@@ -18,7 +18,7 @@ import hf_tsv
 from hf_tsv.cli import main
 
 WHEEL = "wheels/hf_tsv-0.1.0-py3-none-any.whl"
-APP = ["README.md", "app.py", "requirements.txt", "space_core.py", "space_worker.py", WHEEL]
+APP = ["README.md", "app.py", "requirements.txt", "space_compare.py", "space_core.py", "space_worker.py", WHEEL]
 CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
 
 
@@ -60,7 +60,7 @@ def test_deploy_is_one_commit_with_the_app_its_readme_requirements_and_wheel(hub
     assert result == f"{hub.endpoint}/spaces/ns/merge-space/commit/{commit.oid}"
     assert hub.spaces["ns/merge-space"] == {"sdk": "gradio", "hardware": "cpu-upgrade", "variables": {
         "HF_TSV_MODEL_LIBRARY": "model_library", "HF_TSV_SPACE_TASKS": "tasks.json"}}
-    for name in ("app.py", "space_core.py", "space_worker.py"):
+    for name in ("app.py", "space_compare.py", "space_core.py", "space_worker.py"):
         assert _space_file(hub, "ns/merge-space", name) == (Path("spaces_app") / name).read_bytes()
     assert _space_file(hub, "ns/merge-space", "tasks.json") == spec.read_bytes()
 
@@ -280,3 +280,50 @@ def test_the_deployed_snapshot_installs_and_serves(tmp_path):
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def index_installs_of_hf_tsv(requirements: str) -> list[str]:
+    """The lines of a requirements file that would make pip fetch hf-tsv from a package index (where it is not
+    published): a requirement named hf-tsv without a URL or a local path."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    found = []
+    for raw in requirements.splitlines():
+        line = raw.split(" #")[0].strip()
+        if not line or line.startswith(("#", "-")) or line.startswith(("./", "../", "/")):
+            continue  # comments, pip options, local files (the shipped wheel)
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if canonicalize_name(requirement.name) == "hf-tsv" and not requirement.url:
+            found.append(line)
+    return found
+
+
+def test_the_app_folder_never_installs_hf_tsv_from_an_index():
+    """spaces_app/requirements.txt (what a hand-copied folder would install) and the requirements that
+    `hf-tsv space deploy` writes name no hf-tsv from PyPI; the folder's file says to deploy with the command."""
+    from hf_tsv.space_deploy import SPACE_APP, requirements_text
+
+    folder = (SPACE_APP / "requirements.txt").read_text()
+    assert index_installs_of_hf_tsv(folder) == [] and "hf-tsv space deploy" in folder
+    assert index_installs_of_hf_tsv("hf-tsv[space,eval]==0.1.0\n") == ["hf-tsv[space,eval]==0.1.0"]  # the old pin
+    for hardware in ("cpu-basic", "t4-small"):
+        written = requirements_text("hf_tsv-0.1.0-py3-none-any.whl", hardware, gradio.__version__)
+        assert index_installs_of_hf_tsv(written) == [] and "./wheels/hf_tsv-0.1.0-py3-none-any.whl" in written
+
+
+def test_the_app_without_hf_tsv_says_how_to_deploy(tmp_path):
+    """A Space made by copying the folder (no hf-tsv installed) stops at start with one line naming the command."""
+    import subprocess
+    import sys
+
+    from hf_tsv.space_deploy import SPACE_APP
+
+    code = ("import runpy, sys; sys.modules['hf_tsv'] = None; "
+            f"runpy.run_path({str(SPACE_APP / 'app.py')!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "hf-tsv is not installed" in done.stderr
+    assert "hf-tsv space deploy SPACE_ID" in done.stderr and "Traceback" not in done.stderr
