@@ -199,16 +199,24 @@ def test_delta_statistics():
 
 
 def test_peak_memory_sees_an_allocation():
-    with PeakMemory() as peak:
-        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-        block += 1
-        import time
+    """In a fresh process: a long test session's allocator may hand back pages it already holds, which raise no
+    RSS (the measure is "RSS above the start", documented as such in docs/compare.md)."""
+    import subprocess
+    import sys
 
-        time.sleep(0.05)
-        del block
-    if peak.bytes is None:
+    code = ("import time, torch\n"
+            "from hf_tsv.compare import PeakMemory\n"
+            "with PeakMemory() as peak:\n"
+            "    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched\n"
+            "    block += 1\n"
+            "    time.sleep(0.05)\n"
+            "    del block\n"
+            "print(peak.bytes)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    measured = done.stdout.strip().splitlines()[-1]
+    if measured == "None":
         pytest.skip("no /proc on this system")
-    assert peak.bytes >= 48 * 2**20
+    assert int(measured) >= 48 * 2**20
 
 
 def _fail_if_merged(monkeypatch):
