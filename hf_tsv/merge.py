@@ -205,7 +205,8 @@ class _MergeJob:
         self.device = options.device
         self.plan = plan = build_plan(base, models, fuse_qkv=options.merge_fuses_qkv, exclude=options.exclude,
                                       allow_duplicates=options.allow_duplicates, revision=revision, token=token,
-                                      architecture=options.architecture, drop_heads=options.drop_heads)
+                                      architecture=options.architecture, drop_heads=options.drop_heads,
+                                      embeddings=options.embeddings)
         self.timer = Timer()
         self.timer.totals["preflight_s"] = time.perf_counter() - started
         self.layout = layout = _output_layout(plan, options.dtype)
@@ -225,8 +226,11 @@ class _MergeJob:
             timer.add("model_pass_s", start)
         for item in iter_units(self.plan, self.device, self.compute_dtype, timer, desc=f"{self.method} merge"):
             start = time.perf_counter()
-            delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts,
-                                                           KeyContext(item.precision, statistics))
+            if item.unit.from_base:  # --embeddings base: the base's tensor, unchanged
+                delta, sti_value = torch.zeros_like(item.base), None
+            else:
+                delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts,
+                                                               KeyContext(item.precision, statistics))
             if sti_value is not None:
                 sti_keys[self.plan.base_key(item.unit)] = sti_value
             start = timer.add("compute_s", start)
@@ -367,7 +371,9 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
     The inputs are read by the adapter (:mod:`hf_tsv.adapters`) that reads every one's ``config.json``: CLIP
     (the vision tower, or whole ``CLIPModel``s when every input is one), SigLIP, ViT or DINOv2; the keyword
     ``architecture="clip-vision"`` (any adapter's name) forces one. Task-specific heads (``classifier.*``) are refused
-    unless ``drop_heads=True``, which leaves them out. See docs/adapters.md.
+    unless ``drop_heads=True``, which leaves them out. A decoder LLM's token embeddings and ``lm_head`` are
+    averaged unless ``embeddings="tsv"`` (merged as matrices by the method) or ``"base"`` (kept from the base).
+    See docs/adapters.md.
 
     Every option is checked (:class:`hf_tsv.options.MergeOptions`) before any model is read or downloaded.
     A model given twice, or the base given again as a fine-tuned model, is refused unless
@@ -459,7 +465,8 @@ class STIReport:
 
 def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, device="auto",
         compute_dtype=torch.float32, svd: str = "exact", allow_duplicates: bool = False, revision: str | None = None,
-        token=None, architecture: str | None = None, drop_heads: bool = False) -> STIReport:
+        token=None, architecture: str | None = None, drop_heads: bool = False,
+        embeddings: str = "average") -> STIReport:
     """Singular Task Interference of fine-tuned models, without merging. Options as in :func:`merge`.
 
     Example:
@@ -470,10 +477,11 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
 
     options = MergeOptions.from_arguments(fuse_qkv=fuse_qkv, exclude=exclude, device=device,
                                           compute_dtype=compute_dtype, svd=svd, allow_duplicates=allow_duplicates,
-                                          architecture=architecture, drop_heads=drop_heads)
+                                          architecture=architecture, drop_heads=drop_heads, embeddings=embeddings)
     plan = build_plan(base, models, fuse_qkv=options.fuse_qkv, exclude=options.exclude,
                       allow_duplicates=options.allow_duplicates, revision=revision, token=token,
-                      architecture=options.architecture, drop_heads=options.drop_heads)
+                      architecture=options.architecture, drop_heads=options.drop_heads,
+                      embeddings=options.embeddings)
     matrix_units = [u for u in plan.units if u.is_matrix]
     keys: dict[str, float] = {}
     for item in iter_units(plan, options.device, options.compute_dtype, Timer(), units=matrix_units, desc="STI"):
@@ -500,7 +508,7 @@ def plan(base, models, *, method: str = DEFAULT_METHOD, alpha: float | None = No
                                           allow_duplicates=allow_duplicates, **method_params)
     p = build_plan(base, models, fuse_qkv=options.merge_fuses_qkv, exclude=options.exclude,
                    allow_duplicates=options.allow_duplicates, revision=revision, token=token,
-                   architecture=options.architecture, drop_heads=options.drop_heads)
+                   architecture=options.architecture, drop_heads=options.drop_heads, embeddings=options.embeddings)
     weights_bytes = sum(i.nbytes for i in p.base_infos.values())
     info = {
         "method": options.method,

@@ -46,7 +46,10 @@ FLAGS = {"method": "--method", "alpha": "--alpha", "alpha_grid": "--alpha-grid",
          "exclude": "--exclude", "device": "--device", "dtype": "--dtype", "compute_dtype": "--svd-dtype",
          "svd": "--svd", "allow_duplicates": "--allow-duplicates", "overwrite": "--overwrite",
          "max_shard_size": "--max-shard-size", "revision": "--revision", "architecture": "--architecture",
-         "drop_heads": "--drop-heads"}
+         "drop_heads": "--drop-heads", "embeddings": "--embeddings"}
+# How token embeddings (and an LLM's lm_head) are merged: as matrices by the method, averaged, or kept from the base
+EMBEDDING_MODES = ("tsv", "average", "base")
+DEFAULT_EMBEDDINGS = "average"
 
 
 def option_label(name: str) -> str:
@@ -266,6 +269,7 @@ class MergeOptions:
     allow_duplicates: bool = False  # merge a model given twice (or the base given as a fine-tune), with a warning
     architecture: str | None = None  # the adapter (hf_tsv.adapters) to read the inputs with; None: from their configs
     drop_heads: bool = False  # leave task-specific heads (classifier.*) out instead of refusing them
+    embeddings: str = DEFAULT_EMBEDDINGS  # token embeddings: "tsv" (the method), "average" or "base" (kept)
 
     def __post_init__(self) -> None:
         def set_(name: str, value: Any) -> None:
@@ -289,6 +293,9 @@ class MergeOptions:
         set_("allow_duplicates", check_flag(self.allow_duplicates, "allow_duplicates"))
         set_("architecture", _check_architecture(self.architecture))
         set_("drop_heads", check_flag(self.drop_heads, "drop_heads"))
+        if not isinstance(self.embeddings, str) or self.embeddings not in EMBEDDING_MODES:
+            raise MergeInputError(f"{option_label('embeddings')} must be one of {', '.join(EMBEDDING_MODES)}, got "
+                                  f"{_shown(self.embeddings)}")
 
     @classmethod
     def argument_names(cls) -> tuple[str, ...]:
