@@ -135,7 +135,7 @@ def _add_inputs(p: argparse.ArgumentParser, what: str = "fine-tuned models") -> 
 
 
 def _add_embeddings(p: argparse.ArgumentParser) -> None:
-    from .options import DEFAULT_EMBEDDINGS, EMBEDDING_MODES
+    from .adapters.base import DEFAULT_EMBEDDINGS, EMBEDDING_MODES
 
     p.add_argument("--embeddings", choices=list(EMBEDDING_MODES),
                    help="decoder LLMs' token embeddings and lm_head: tsv (merged as matrices by the method), average "

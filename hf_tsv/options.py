@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .adapters.base import DEFAULT_EMBEDDINGS, EMBEDDING_MODES
 from .core.svd import COMPUTE_DTYPES, SVD_MODES
 from .errors import MergeInputError
 from .io.writer import parse_size
@@ -47,9 +48,6 @@ FLAGS = {"method": "--method", "alpha": "--alpha", "alpha_grid": "--alpha-grid",
          "svd": "--svd", "allow_duplicates": "--allow-duplicates", "overwrite": "--overwrite",
          "max_shard_size": "--max-shard-size", "revision": "--revision", "architecture": "--architecture",
          "drop_heads": "--drop-heads", "embeddings": "--embeddings"}
-# How token embeddings (and an LLM's lm_head) are merged: as matrices by the method, averaged, or kept from the base
-EMBEDDING_MODES = ("tsv", "average", "base")
-DEFAULT_EMBEDDINGS = "average"
 
 
 def option_label(name: str) -> str:

@@ -37,6 +37,10 @@ FUSED_QKV = "qkv_proj.weight"
 TYPE_ORDER = ("q_proj", "k_proj", "v_proj", "qkv_proj", "out_proj", "o_proj", "fc1", "fc2", "gate_proj", "up_proj",
               "down_proj")
 NOT_IN_A_LAYER = "-"
+# How the keys an adapter calls token embeddings (:attr:`Adapter.embeddings`) are merged (``--embeddings``; checked
+# by hf_tsv.options.MergeOptions): as matrices by the method, like the norms and biases, or kept from the base
+EMBEDDING_MODES = ("tsv", "average", "base")
+DEFAULT_EMBEDDINGS = "average"
 
 
 @dataclass(frozen=True)
