@@ -61,7 +61,8 @@ PUBLISHED_FILES = (
                    "evaluation results, when present in the folder"),
     PublishedGroup((TSVC_INDEX_NAME, "tsv_c.safetensors", "tsv_c-*-of-*.safetensors", "tsv_c.safetensors.index.json"),
                    "TSV-C folders (`hf-tsv compress`) instead of the weights and merge report"),
-    PublishedGroup(SIDE_FILES, "the base's tokenizer and sentence-transformers files, which a merge keeps (BERT)"),
+    PublishedGroup(SIDE_FILES, "the base's tokenizer and sentence-transformers files, which a merge keeps (BERT, "
+                   "decoder LLMs)"),
 )
 PUBLISHED_PATTERNS = tuple(pattern for group in PUBLISHED_FILES for pattern in group.patterns)
 WEIGHT_PATTERNS = tuple(pattern for pattern in PUBLISHED_PATTERNS if pattern.endswith(".safetensors"))
