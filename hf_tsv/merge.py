@@ -77,7 +77,7 @@ class MergeResult:
     def to_model(self):
         """The merged model as an instance of the output transformers class (e.g. CLIPVisionModel)."""
         model = self.model_class(self.config, **_init_kwargs(self.report))
-        model.load_state_dict(self.state_dict(), strict=True)
+        load_tied(model, self.state_dict())
         return model.eval()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False,
@@ -129,6 +129,23 @@ class MergeResult:
         with tempfile.TemporaryDirectory(prefix="hf-tsv-push-") as tmp:
             folder = self.save_pretrained(Path(tmp) / repo_id.split("/")[-1], max_shard_size=max_shard_size)
             return push_to_hub(folder, repo_id, **options)
+
+
+def load_tied(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state, strict=True)``, except that a key ``state`` lacks is fine when the model ties
+    it to a key it has (an LLM's ``lm_head`` tied to its embeddings, which a merge writes once).
+
+    Example:
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> load_tied(layer, {"weight": torch.eye(2), "bias": torch.zeros(2)})
+    """
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    loaded = model.state_dict()
+    shared = {loaded[key].data_ptr() for key in state if key in loaded}
+    untied = [key for key in missing if loaded[key].data_ptr() not in shared]
+    if untied or unexpected:
+        raise RuntimeError(f"error(s) loading the merged weights into {type(model).__name__}: missing keys {untied}, "
+                           f"unexpected keys {unexpected}")
 
 
 def _load_folder_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -164,6 +164,18 @@ def test_tied_embeddings_are_merged_and_written_once(llm, tmp_path):
                         ) <= TOLERANCE
 
 
+def test_a_tied_merge_in_memory_builds_its_model(llm):
+    """MergeResult.to_model and LinearMerge.to_model load weights that hold the tied embeddings once."""
+    paths = llm("llama")
+    result = hf_tsv.merge(paths["base"], paths["tasks"], device="cpu")
+    assert "lm_head.weight" not in result.state_dict()
+    model = result.to_model()
+    assert torch.equal(model.lm_head.weight, result.state_dict()["model.embed_tokens.weight"])
+    linear = hf_tsv.merge_linear(paths["base"], paths["tasks"], method="ta", device="cpu")
+    model = linear.to_model(alpha=0.5)
+    assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+
+
 def test_embeddings_option_reaches_plan_and_sti(llm, capsys):
     paths = llm("mistral")
     info = hf_tsv.plan(paths["base"], paths["tasks"], embeddings="base", device="cpu")
