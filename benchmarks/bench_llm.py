@@ -6,7 +6,7 @@ in memory):
   zeros: ~2.5 GB each on paper, kilobytes on disk), then ``hf-tsv plan`` on them (it reads headers only).
 * ``merge``: a Llama-shaped base and 4 fine-tunes (base + a low-rank-plus-noise task vector per tensor), then
   ``hf-tsv merge`` under ``/usr/bin/time``: peak RSS against the sum of the inputs, and ``plan``'s estimates
-  against what was measured. Writes ``results.json`` in the work folder.
+  against what was measured. Writes ``results-{plan,merge}-EMBEDDINGS.json`` in the work folder.
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/bench_llm.py plan --work /work/llm-bench/plan
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/bench_llm.py merge --work /work/llm-bench/merge --layers 8
@@ -148,18 +148,18 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
-def bench_plan(work: Path, num_tasks: int) -> dict:
+def bench_plan(work: Path, num_tasks: int, embeddings: str) -> dict:
     config = llama_config(LLAMA_3_2_1B)
     folders = [work / "base", *(work / f"task_{t}" for t in range(num_tasks))]
     for seed, folder in enumerate(folders):
         if not (folder / "config.json").exists():
             write_sparse_model(folder, config, seed)
-    info = run_plan(folders[0], folders[1:])
+    info = run_plan(folders[0], folders[1:], "--embeddings", embeddings)
     info["disk_bytes_per_input"] = (folders[0] / "model.safetensors").stat().st_blocks * 512
     return info
 
 
-def bench_merge(work: Path, layers: int, num_tasks: int, method: str) -> dict:
+def bench_merge(work: Path, layers: int, num_tasks: int, method: str, embeddings: str) -> dict:
     config = llama_config({**TINYLLAMA, "num_hidden_layers": layers})
     folders = [work / "base", *(work / f"task_{t}" for t in range(num_tasks))]
     start = time.perf_counter()
@@ -167,17 +167,19 @@ def bench_merge(work: Path, layers: int, num_tasks: int, method: str) -> dict:
         if not (folder / "config.json").exists():
             write_model(folder, config, task)
     generated_s = time.perf_counter() - start
-    plan = run_plan(folders[0], folders[1:], "--method", method)
+    plan = run_plan(folders[0], folders[1:], "--method", method, "--embeddings", embeddings)
     out = work / "merged"
     shutil.rmtree(out, ignore_errors=True)
     command = ["/usr/bin/time", "-f", "%e %U %S %M", *hf_tsv_command(
-        "merge", folders[0], *folders[1:], "-o", out, "--device", "cpu", "--threads", "1", "--method", method)]
+        "merge", folders[0], *folders[1:], "-o", out, "--device", "cpu", "--threads", "1", "--method", method,
+        "--embeddings", embeddings)]
     load_before = load_average()
     done = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     wall, user, system, peak_kib = done.stderr.strip().splitlines()[-1].split()
     inputs = sum(folder_bytes(f) for f in folders)
     result = {
         "shape": {**TINYLLAMA, "num_hidden_layers": layers}, "num_tasks": num_tasks, "method": method,
+        "embeddings": embeddings,
         "parameters": plan["model_bytes"] // 2, "input_bytes_each": folder_bytes(folders[0]), "input_bytes_sum": inputs,
         "peak_rss_bytes": int(peak_kib) * 1024, "peak_rss_over_inputs": round(int(peak_kib) * 1024 / inputs, 4),
         "estimated_peak_memory_bytes": plan["estimated_peak_memory_bytes"],
@@ -196,14 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=8, help="merge: decoder layers of the TinyLlama shape")
     parser.add_argument("--num-tasks", type=int, default=4)
     parser.add_argument("--method", default="tsv-m")
+    parser.add_argument("--embeddings", default="average", choices=["tsv", "average", "base"])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.what == "plan":
-        result = bench_plan(args.work, max(2, args.num_tasks))
+        result = bench_plan(args.work, max(2, args.num_tasks), args.embeddings)
     else:
-        result = bench_merge(args.work, args.layers, args.num_tasks, args.method)
-    (args.work / "results.json").write_text(json.dumps(result, indent=2))
+        result = bench_merge(args.work, args.layers, args.num_tasks, args.method, args.embeddings)
+    (args.work / f"results-{args.what}-{args.embeddings}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
 
