@@ -94,7 +94,7 @@ class MergePlan:
                   "excluded_keys": len(self.excluded), "ignored_keys": len(self.ignored),
                   "total_keys": sum(len(u.keys) for u in self.units)}
         if c["base"]:  # only with --embeddings base, so the counts of every other merge read as before
-            counts["kept_from_base_keys"] = c["base"]
+            counts["kept_base_keys"] = c["base"]
         return counts
 
     def base_key(self, unit: Unit) -> str:

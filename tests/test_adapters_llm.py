@@ -145,7 +145,7 @@ def test_embeddings_are_merged_as_the_option_says(mode, llm, tmp_path):
     assert_matches(merged, reference(paths, mode), base)
     if mode == "base":
         assert all(torch.equal(merged[k], base[k]) for k in EMBEDDINGS)
-        assert report["keys"]["kept_from_base_keys"] == 2
+        assert report["keys"]["kept_base_keys"] == 2
     assert report["keys"]["matrix_units"] == 14 + (2 if mode == "tsv" else 0)
     assert any(f"(--embeddings {mode})" in note for note in report["notes"])
 
@@ -179,7 +179,7 @@ def test_a_tied_merge_in_memory_builds_its_model(llm):
 def test_embeddings_option_reaches_plan_and_sti(llm, capsys):
     paths = llm("mistral")
     info = hf_tsv.plan(paths["base"], paths["tasks"], embeddings="base", device="cpu")
-    assert info["keys"]["kept_from_base_keys"] == 2
+    assert info["keys"]["kept_base_keys"] == 2
     capsys.readouterr()
     assert main(["sti", paths["base"], *paths["tasks"], "--device", "cpu", "--embeddings", "tsv"]) == 0
     out = capsys.readouterr().out
