@@ -243,8 +243,9 @@ class _MergeJob:
             timer.add("model_pass_s", start)
         for item in iter_units(self.plan, self.device, self.compute_dtype, timer, desc=f"{self.method} merge"):
             start = time.perf_counter()
-            if item.unit.from_base:  # --embeddings base: the base's tensor, unchanged
-                delta, sti_value = torch.zeros_like(item.base), None
+            if item.unit.from_base:  # --embeddings base: the base's tensor, unchanged (a zero Δ, stored once)
+                delta = torch.zeros((), dtype=item.base.dtype, device=item.base.device).expand(item.base.shape)
+                sti_value = None
             else:
                 delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts,
                                                                KeyContext(item.precision, statistics))
@@ -422,7 +423,7 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
 
     def run(write) -> None:
         for unit, base_tensor, delta in job.deltas():
-            merged = base_tensor + job.alpha * delta
+            merged = base_tensor if unit.from_base else base_tensor + job.alpha * delta
             for canon, tensor in split_rows(unit, plan, merged).items():
                 saved = plan.output_names[canon]
                 write(saved, _check_output(tensor.to(device="cpu", dtype=layout[saved][0]), saved))

@@ -150,6 +150,16 @@ def test_embeddings_are_merged_as_the_option_says(mode, llm, tmp_path):
     assert any(f"(--embeddings {mode})" in note for note in report["notes"])
 
 
+@pytest.mark.parametrize("method", ["ties", "ta"])
+def test_kept_embeddings_are_the_bases_whatever_the_method(method, llm):
+    """TIES's model-wide trim (its statistics pass) and task arithmetic's sum leave the kept keys alone."""
+    paths = llm("mistral")
+    merged = hf_tsv.merge(paths["base"], paths["tasks"], method=method, embeddings="base", device="cpu").state_dict()
+    base = load_state(paths["base"])
+    assert all(torch.equal(merged[k], base[k]) for k in EMBEDDINGS)
+    assert not torch.equal(merged["model.norm.weight"], base["model.norm.weight"])
+
+
 def test_tied_embeddings_are_merged_and_written_once(llm, tmp_path):
     from safetensors import safe_open
 
