@@ -199,7 +199,8 @@ def _merge_report(plan: MergePlan, options: MergeOptions, output_dtype: torch.dt
         options=ReportOptions(plan.fuse_qkv, list(plan.excluded), _dtype_name(options.compute_dtype),
                               device_description(options.device),
                               options.svd if method.task_rank is not None else None,  # it truncates per task
-                              options.method_parameters()),
+                              options.method_parameters(),
+                              options.embeddings if any(map(plan.adapter.is_embedding, plan.base_infos)) else None),
         keys=plan.counts(), notes=list(plan.notes), versions=library_versions(),
         mixed_precision=dict(plan.mixed_precision), warnings=list(plan.warnings),
         k=method.task_rank if method.uses_svd else None,

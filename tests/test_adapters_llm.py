@@ -143,6 +143,7 @@ def test_embeddings_are_merged_as_the_option_says(mode, llm, tmp_path):
     report = _merge(paths, out, "--embeddings", mode)
     base, merged = load_state(paths["base"]), load_state(out)
     assert_matches(merged, reference(paths, mode), base)
+    assert report["options"]["embeddings"] == mode
     if mode == "base":
         assert all(torch.equal(merged[k], base[k]) for k in EMBEDDINGS)
         assert report["keys"]["kept_base_keys"] == 2
@@ -174,7 +175,7 @@ def test_tied_embeddings_are_merged_and_written_once(llm, tmp_path):
                         ) <= TOLERANCE
 
 
-def test_a_tied_merge_in_memory_builds_its_model(llm):
+def test_a_tied_merge_in_memory_builds_its_model(llm, tmp_path):
     """MergeResult.to_model and LinearMerge.to_model load weights that hold the tied embeddings once."""
     paths = llm("llama")
     result = hf_tsv.merge(paths["base"], paths["tasks"], device="cpu")
@@ -184,6 +185,9 @@ def test_a_tied_merge_in_memory_builds_its_model(llm):
     linear = hf_tsv.merge_linear(paths["base"], paths["tasks"], method="ta", device="cpu")
     model = linear.to_model(alpha=0.5)
     assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    tsv = hf_tsv.merge(paths["base"], paths["tasks"], device="cpu", embeddings="tsv")
+    assert tsv.report.options.embeddings == "tsv"
+    assert 'embeddings="tsv"' in hf_tsv.write_card(tsv.save_pretrained(tmp_path / "out")).text  # the API call
 
 
 def test_embeddings_option_reaches_plan_and_sti(llm, capsys):

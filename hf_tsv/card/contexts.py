@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..adapters.base import DEFAULT_EMBEDDINGS
 from ..files import HEATMAP_NAME
 from ..report import InputRecord, MergeReport, OutputRecord
 from ..sti_table import format_sti
@@ -157,6 +158,8 @@ def _python_call(report: MergeReport) -> str:
     options = report.options
     if options and options.fuse_qkv:
         args.append("fuse_qkv=True")
+    if options and options.embeddings not in (None, DEFAULT_EMBEDDINGS):
+        args.append(f"embeddings={json.dumps(options.embeddings)}")
     if options and options.svd not in (None, "exact"):
         args.append(f"svd={json.dumps(options.svd)}")
     if options and options.compute_dtype not in (None, "float32"):
