@@ -176,6 +176,14 @@ def _add_inputs(p: argparse.ArgumentParser, what: str = "fine-tuned models") -> 
                    help="leave task-specific heads (classifier.*) out of the merge instead of refusing them")
 
 
+def _add_embeddings(p: argparse.ArgumentParser) -> None:
+    from .adapters.base import DEFAULT_EMBEDDINGS, EMBEDDING_MODES
+
+    p.add_argument("--embeddings", choices=list(EMBEDDING_MODES),
+                   help="decoder LLMs' token embeddings and lm_head: tsv (merged as matrices by the method), average "
+                   f"(like the norms) or base (kept from the base) (default {DEFAULT_EMBEDDINGS})")
+
+
 def _add_compute(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     p.add_argument("--svd-dtype", default="float32", choices=["float32", "float64"],
@@ -246,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Merge fine-tuned models of one base. Output: a folder that the merged "
                        "architecture's from_pretrained loads (e.g. CLIPVisionModel), with merge_report.json.")
     _add_inputs(p)
+    _add_embeddings(p)
     p.add_argument("-o", "--output", help="output folder (written atomically)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=_method_help())
     p.add_argument("--alpha", type=_alpha_arg,
@@ -317,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sti", help="Singular Task Interference per layer, without merging")
     _add_inputs(p)
+    _add_embeddings(p)
     p.add_argument("--json", metavar="FILE", help='write {"k", "keys", "total"} to FILE')
     _add_compute(p)
 
@@ -381,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="preflight only: key counts, memory and time estimates")
     _add_inputs(p)
+    _add_embeddings(p)
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=_method_help())
     _add_choice_option(p, "--svd", SVD_CHOICES, default="exact", help="as for merge")
     p.add_argument("--threads", type=_positive_int,
@@ -412,7 +423,7 @@ def _print_warnings(warnings: list[str]) -> None:
 
 # Command-line destinations of the merge options, and the Python API's name where it differs
 _OPTION_DESTS = ("method", "fuse_qkv", "exclude", "device", "dtype", "svd_dtype", "svd", "allow_duplicates",
-                 "architecture", "drop_heads", "output_format")
+                 "architecture", "drop_heads", "output_format", "embeddings")
 _API_NAMES = {"svd_dtype": "compute_dtype"}
 
 

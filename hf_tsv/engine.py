@@ -27,17 +27,23 @@ from .io.resolve import ResolvedModel, resolve_model
 from .io.safetensors_format import TensorInfo
 from .options import check_model_references, resolve_device  # noqa: F401 - resolve_device: used from here too
 
+# What each --embeddings mode does to the keys an adapter calls token embeddings (a plan's note says it)
+EMBEDDING_RULES = {"tsv": "merged as matrices by the method",
+                   "average": "merged like the norms and biases (which the SVD methods average)",
+                   "base": "kept from the base"}
 PROCESS_BASELINE_BYTES = 600 * 2**20  # python + torch + transformers, measured ~0.5-0.6 GB RSS
 
 
 @dataclass
 class Unit:
-    """Keys processed together: one matrix key, a fused q/k/v group, or one averaged key."""
+    """Keys processed together: one matrix key, a fused q/k/v group, one averaged key, or one key kept from the
+    base (``from_base``: token embeddings with ``--embeddings base``; the fine-tunes' tensors are never read)."""
 
     name: str  # canonical name (a fused group: the name its adapter gives it)
     keys: list[str]  # canonical keys, stacked along rows when there are several
     is_matrix: bool
     shape: tuple[int, ...]  # of the (stacked) matrix
+    from_base: bool = False
 
     @property
     def numel(self) -> int:
@@ -85,11 +91,14 @@ class MergePlan:
         return len(self.models)
 
     def counts(self) -> dict[str, int]:
-        c = Counter("matrix" if u.is_matrix else "averaged" for u in self.units)
-        return {"matrix_units": c["matrix"], "averaged_keys": c["averaged"],
-                "fused_qkv_groups": sum(len(u.keys) == 3 for u in self.units if u.is_matrix),
-                "excluded_keys": len(self.excluded), "ignored_keys": len(self.ignored),
-                "total_keys": sum(len(u.keys) for u in self.units)}
+        c = Counter("base" if u.from_base else "matrix" if u.is_matrix else "averaged" for u in self.units)
+        counts = {"matrix_units": c["matrix"], "averaged_keys": c["averaged"],
+                  "fused_qkv_groups": sum(len(u.keys) == 3 for u in self.units if u.is_matrix),
+                  "excluded_keys": len(self.excluded), "ignored_keys": len(self.ignored),
+                  "total_keys": sum(len(u.keys) for u in self.units)}
+        if c["base"]:  # only with --embeddings base, so the counts of every other merge read as before
+            counts["kept_base_keys"] = c["base"]
+        return counts
 
     def base_key(self, unit: Unit) -> str:
         """The unit's name as the base checkpoint spells it (with the prefix the base's keys have, if any)."""
@@ -107,16 +116,20 @@ class MergePlan:
         return [self.base, *self.models]
 
     def estimate_peak_bytes(self) -> int:
-        """Peak RSS estimate: process baseline + the largest unit's T+1 tensors as read, their fp32 copies,
-        the task vectors and the batched SVD's factors and workspace."""
-        largest = max((u for u in self.units), key=lambda u: u.numel, default=None)
-        if largest is None:
-            return PROCESS_BASELINE_BYTES
+        """Peak RSS estimate: process baseline + the costliest unit's working set (:meth:`unit_peak_bytes`)."""
+        return PROCESS_BASELINE_BYTES + max((self.unit_peak_bytes(u) for u in self.units), default=0)
+
+    def unit_peak_bytes(self, unit: Unit) -> int:
+        """One unit's working set: a matrix unit's T+1 tensors as read, their fp32 copies, the task vectors and
+        the batched SVD's factors and workspace; an averaged key's tensors as read, its task vectors, the base,
+        the mean and the merged tensor; a key kept from the base, the base as read, in fp32 and merged."""
         t = self.num_tasks
-        itemsize = max(self.base_infos[k].nbytes // max(1, _numel(self.base_infos[k].shape))
-                       for k in largest.keys)
-        per_copy = largest.numel
-        return PROCESS_BASELINE_BYTES + per_copy * ((t + 1) * itemsize + 4 * (3 * t + 6))
+        itemsize = max(self.base_infos[k].nbytes // max(1, _numel(self.base_infos[k].shape)) for k in unit.keys)
+        if unit.from_base:
+            return unit.numel * (itemsize + 4 * 2)
+        if not unit.is_matrix:
+            return unit.numel * ((t + 1) * itemsize + 4 * (t + 4))
+        return unit.numel * ((t + 1) * itemsize + 4 * (3 * t + 6))
 
 
 def _numel(shape) -> int:
@@ -187,13 +200,16 @@ def _optional_keys(per_input: list[_InputKeys], adapter: Adapter) -> list[str]:
 
 def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, allow_duplicates: bool = False,
                revision: str | None = None, token=None, min_models: int = 2, architecture: str | None = None,
-               drop_heads: bool = False) -> MergePlan:
+               drop_heads: bool = False, embeddings: str = "average") -> MergePlan:
     """Preflight: resolve every reference, read configs and headers only, and refuse anything that cannot
     be merged, naming the model, the file and the key. ``exclude`` is a regular expression already checked
     by :class:`~hf_tsv.options.MergeOptions`. A model given twice (or the base given as a fine-tune) is
     refused unless ``allow_duplicates``, which records a warning in :attr:`MergePlan.warnings` instead.
     The adapter is the one named by ``architecture``, else the one that reads every input's config
-    (:func:`~hf_tsv.adapters.choose_adapter`); task-specific heads are refused unless ``drop_heads``.
+    (:func:`~hf_tsv.adapters.choose_adapter`); task-specific heads are refused unless ``drop_heads``. The keys
+    the adapter calls token embeddings (:meth:`~hf_tsv.adapters.Adapter.is_embedding`) are merged as matrices with
+    ``embeddings="tsv"``, averaged with ``"average"`` and kept from the base with ``"base"`` (checked by
+    :class:`~hf_tsv.options.MergeOptions`).
 
     Example:
         >>> plan = build_plan("base", ["ft_a", "ft_b"])  # doctest: +SKIP
@@ -220,8 +236,10 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
         fields = adapter.architecture(r.reader.config)
         for fld, value in fields.items():
             if fld in base_architecture and value != base_architecture[fld]:
+                hint = (adapter.mismatch_hint(fld, value, base_architecture[fld])
+                        or "only fine-tunes of the same architecture merge")
                 raise MergeInputError(f"{_where(r, CONFIG_NAME)}: {fld} is {value!r} but the base has "
-                                      f"{base_architecture[fld]!r}; only fine-tunes of the same architecture merge")
+                                      f"{base_architecture[fld]!r}; {hint}")
 
     per_input = [_input_keys(m, adapter) for m in inputs]
     notes: list[str] = []
@@ -242,8 +260,9 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
                 raise MergeInputError(f"{_where(r)}: key {base_raw[key]!r} of the base is missing")
             other = infos[key]
             if other.shape != info.shape:
+                hint = adapter.mismatch_hint(key, list(other.shape), list(info.shape))
                 raise MergeInputError(f"{_where(r, other.file)}: key {raw[key]!r} has shape {list(other.shape)} "
-                                      f"but the base has {list(info.shape)}")
+                                      f"but the base has {list(info.shape)}{'; ' + hint if hint else ''}")
             if not other.dtype.is_floating_point:
                 raise MergeInputError(f"{_where(r, other.file)}: key {raw[key]!r} has dtype {other.dtype}; "
                                       "only floating-point tensors can be merged")
@@ -275,7 +294,9 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
                               f"needs is missing; {layout_hint}")
 
     excluded = sorted(k for k in base_infos if exclude_re and exclude_re.search(k))
-    matrix_keys = [k for k in base_infos if k not in excluded and adapter.is_matrix(k, base_infos[k].shape)]
+    from_base = {k for k in base_infos if embeddings == "base" and adapter.is_embedding(k)}
+    matrix_keys = [k for k in base_infos if k not in excluded and adapter.is_matrix(k, base_infos[k].shape)
+                   and (embeddings == "tsv" or not adapter.is_embedding(k))]
     groups = adapter.qkv_groups(matrix_keys) if fuse_qkv else {}
     grouped = {k for keys in groups.values() for k in keys}
     first_of_group = {keys[0]: (name, keys) for name, keys in groups.items()}
@@ -286,7 +307,11 @@ def build_plan(base, models, *, fuse_qkv: bool = False, exclude: str | None = No
             rows = sum(base_infos[k].shape[0] for k in keys)
             units.append(Unit(name, keys, True, (rows, base_infos[key].shape[1])))
         elif key not in grouped:
-            units.append(Unit(key, [key], key in matrix_keys, base_infos[key].shape))
+            units.append(Unit(key, [key], key in matrix_keys, base_infos[key].shape, key in from_base))
+    embedding_keys = sorted(k for k in base_infos if adapter.is_embedding(k))
+    if embedding_keys:
+        notes.append(f"token embeddings {', '.join(embedding_keys)}: {EMBEDDING_RULES[embeddings]} "
+                     f"(--embeddings {embeddings})")
     ignored_all = sorted({k for keys in per_input for k in keys.ignored})
     notes += _adapter_notes(resolved, units, base_raw)
     return MergePlan(resolved_base, resolved, units, [keys.raw for keys in per_input], adapter, output, base_infos,
@@ -550,12 +575,15 @@ def iter_units(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype
         base = _rows(base_parts)
         references: dict[tuple, torch.Tensor] = {(None,) * len(unit.keys): base}
         # every task an adapter, none formed: the dense slots are never read, so they take no memory
-        factors_only = unit.is_matrix and not form_factored and all(is_lora(m) for m in plan.models)
-        task_vectors = (torch.zeros((), device=device, dtype=compute_dtype).expand(plan.num_tasks, *unit.shape)
+        # (a key kept from the base, --embeddings base: no task is read)
+        models = [] if unit.from_base else plan.models
+        factors_only = (unit.is_matrix and not form_factored and not unit.from_base
+                        and all(is_lora(m) for m in plan.models))
+        task_vectors = (torch.zeros((), device=device, dtype=compute_dtype).expand(len(models), *unit.shape)
                         if factors_only else
-                        torch.empty((plan.num_tasks, *unit.shape), device=device, dtype=compute_dtype))
+                        torch.empty((len(models), *unit.shape), device=device, dtype=compute_dtype))
         factored: list[LowRankDelta | None] = [None] * plan.num_tasks
-        for t, model in enumerate(plan.models):
+        for t, model in enumerate(models):
             if is_lora(model):
                 factors = _low_rank(plan, t + 1, unit, device, compute_dtype) if len(unit.shape) == 2 else None
                 if unit.is_matrix and not form_factored:
@@ -629,7 +657,10 @@ class TaskVectorScan:
 def task_vector_scan(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype, timer: Timer,
                      desc: str = "model pass", units: list[Unit] | None = None,
                      all_reduce: Callable[[torch.Tensor], None] | None = None) -> TaskVectorScan:
-    """A :class:`TaskVectorScan` of ``units`` (default: every unit of the plan)."""
+    """A :class:`TaskVectorScan` of ``units`` (default: every unit of the plan the method merges; the keys kept from
+    the base are not merged, so not scanned)."""
+    if units is None:
+        units = [u for u in plan.units if not u.from_base]
     return TaskVectorScan(plan, device, compute_dtype, timer, desc, units, all_reduce)
 
 

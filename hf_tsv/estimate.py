@@ -21,7 +21,9 @@ def estimate_seconds(plan, method, options) -> float:
     (:class:`~hf_tsv.methods.MethodOptions`) should take on this machine."""
     t = plan.num_tasks
     reads = 1 + method.model_pass_reads(options)  # TIES over the whole model reads every input 3-5 more times
-    read = reads * sum(info.nbytes for info in plan.base_infos.values()) * (t + 1) / READ_BYTES_PER_SECOND
+    read_bytes = sum(plan.base_infos[key].nbytes * (1 if unit.from_base else t + 1)  # kept keys: the base's only
+                     for unit in plan.units for key in unit.keys)
+    read = reads * read_bytes / READ_BYTES_PER_SECOND
     matrices = [u for u in plan.units if u.is_matrix]
     if not method.uses_svd or not matrices:
         return round(read, 1)

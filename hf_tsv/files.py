@@ -26,10 +26,13 @@ COMPARE_SCHEMA = "hf-tsv/compare"
 # the configuration of a sentence-transformers pipeline (``1_Pooling/config.json``: the one folder hf-tsv writes)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
                    "added_tokens.json")
+# what a decoder LLM's folder adds: a SentencePiece or BPE vocabulary, its chat template, its generation defaults
+LLM_TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+                       "generation_config.json")
 SENTENCE_TRANSFORMERS_MODULES = "modules.json"  # the pipeline's modules: it marks a sentence-transformers folder
 SENTENCE_TRANSFORMERS_FILES = (SENTENCE_TRANSFORMERS_MODULES, "sentence_bert_config.json",
                                "config_sentence_transformers.json", "1_Pooling/config.json")
-SIDE_FILES = (*TOKENIZER_FILES, *SENTENCE_TRANSFORMERS_FILES)
+SIDE_FILES = (*TOKENIZER_FILES, *LLM_TOKENIZER_FILES, *SENTENCE_TRANSFORMERS_FILES)
 SIDE_FOLDERS = tuple(sorted({name.split("/")[0] for name in SIDE_FILES if "/" in name}))
 
 # every name above, the weights (``model`` or ``tsv_c``: single file, or shards and their index) and the other

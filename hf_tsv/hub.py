@@ -67,7 +67,8 @@ PUBLISHED_FILES = (
                    "`hf-tsv compare --keep-best`: every method's scores side by side, when present in the folder"),
     PublishedGroup((TSVC_INDEX_NAME, "tsv_c.safetensors", "tsv_c-*-of-*.safetensors", "tsv_c.safetensors.index.json"),
                    "TSV-C folders (`hf-tsv compress`) instead of the weights and merge report"),
-    PublishedGroup(SIDE_FILES, "the base's tokenizer and sentence-transformers files, which a merge keeps (BERT)"),
+    PublishedGroup(SIDE_FILES, "the base's tokenizer and sentence-transformers files, which a merge keeps (BERT, "
+                   "decoder LLMs)"),
     PublishedGroup(ADAPTER_FILES, "a merge written as one LoRA adapter (`--output-format peft`) instead of the "
                    "weights and config; `PeftModel.from_pretrained(base, ...)` loads it"),
 )

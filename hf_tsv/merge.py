@@ -81,7 +81,7 @@ class MergeResult:
             raise MergeInputError("this merge was written as a LoRA adapter (output_format='peft'); load it with "
                                   f"PeftModel.from_pretrained(base_model, {str(self.folder)!r})")
         model = self.model_class(self.config, **_init_kwargs(self.report))
-        model.load_state_dict(self.state_dict(), strict=True)
+        load_tied(model, self.state_dict())
         return model.eval()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False,
@@ -133,6 +133,23 @@ class MergeResult:
         with tempfile.TemporaryDirectory(prefix="hf-tsv-push-") as tmp:
             folder = self.save_pretrained(Path(tmp) / repo_id.split("/")[-1], max_shard_size=max_shard_size)
             return push_to_hub(folder, repo_id, **options)
+
+
+def load_tied(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state, strict=True)``, except that a key ``state`` lacks is fine when the model ties
+    it to a key it has (an LLM's ``lm_head`` tied to its embeddings, which a merge writes once).
+
+    Example:
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> load_tied(layer, {"weight": torch.eye(2), "bias": torch.zeros(2)})
+    """
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    loaded = model.state_dict()
+    shared = {loaded[key].data_ptr() for key in state if key in loaded}
+    untied = [key for key in missing if loaded[key].data_ptr() not in shared]
+    if untied or unexpected:
+        raise RuntimeError(f"error(s) loading the merged weights into {type(model).__name__}: missing keys {untied}, "
+                           f"unexpected keys {unexpected}")
 
 
 def _load_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -189,7 +206,8 @@ def _merge_report(plan: MergePlan, options: MergeOptions, output_dtype: torch.dt
         options=ReportOptions(plan.fuse_qkv, list(plan.excluded), _dtype_name(options.compute_dtype),
                               device,
                               options.svd if method.task_rank is not None else None,  # it truncates per task
-                              options.method_parameters()),
+                              options.method_parameters(),
+                              options.embeddings if any(map(plan.adapter.is_embedding, plan.base_infos)) else None),
         keys=plan.counts(), notes=list(plan.notes), versions=library_versions(),
         mixed_precision=dict(plan.mixed_precision), warnings=list(plan.warnings),
         k=method.task_rank if method.uses_svd else None,
@@ -212,7 +230,8 @@ class _MergeJob:
         self.device = options.device
         self.plan = plan = build_plan(base, models, fuse_qkv=options.merge_fuses_qkv, exclude=options.exclude,
                                       allow_duplicates=options.allow_duplicates, revision=revision, token=token,
-                                      architecture=options.architecture, drop_heads=options.drop_heads)
+                                      architecture=options.architecture, drop_heads=options.drop_heads,
+                                      embeddings=options.embeddings)
         self.shards = shards = current_shards()
         self.units = shard_units(plan.units, shards, plan.num_tasks, self.merge_method.uses_svd)  # this process's
         self.sti_keys: dict[str, float] = {}
@@ -229,8 +248,9 @@ class _MergeJob:
         method combines shards (TIES) and every process has a unit; else every unit (exact, read by each)."""
         desc = f"{self.method} model pass"
         shards = self.shards
-        if shards is not None and self.merge_method.shards_model_pass and all(shards.gather(bool(self.units))):
-            return task_vector_scan(self.plan, self.device, self.compute_dtype, Timer(), desc, self.units,
+        merged = [u for u in self.units if not u.from_base]  # keys kept from the base are not scanned
+        if shards is not None and self.merge_method.shards_model_pass and all(shards.gather(bool(merged))):
+            return task_vector_scan(self.plan, self.device, self.compute_dtype, Timer(), desc, merged,
                                     shards.all_reduce)
         return task_vector_scan(self.plan, self.device, self.compute_dtype, Timer(), desc)
 
@@ -257,7 +277,10 @@ class _MergeJob:
                                desc=f"{self.method} merge", form_factored=form_factored):
             start = time.perf_counter()
             context = KeyContext(item.precision, statistics, item.factored)
-            if low_rank and item.unit.is_matrix:
+            if item.unit.from_base:  # --embeddings base: the base's tensor, unchanged (a zero Δ, stored once)
+                delta = torch.zeros((), dtype=item.base.dtype, device=item.base.device).expand(item.base.shape)
+                sti_value = None
+            elif low_rank and item.unit.is_matrix:
                 delta, sti_value = self.merge_method.low_rank_delta(item.task_vectors, self.opts, context)
             else:
                 delta, sti_value = self.merge_method.key_delta(item.task_vectors, item.unit.is_matrix, self.opts,
@@ -439,7 +462,9 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
     The inputs are read by the adapter (:mod:`hf_tsv.adapters`) that reads every one's ``config.json``: CLIP
     (the vision tower, or whole ``CLIPModel``s when every input is one), SigLIP, ViT or DINOv2; the keyword
     ``architecture="clip-vision"`` (any adapter's name) forces one. Task-specific heads (``classifier.*``) are refused
-    unless ``drop_heads=True``, which leaves them out. See docs/adapters.md.
+    unless ``drop_heads=True``, which leaves them out. A decoder LLM's token embeddings and ``lm_head`` are
+    averaged unless ``embeddings="tsv"`` (merged as matrices by the method) or ``"base"`` (kept from the base).
+    See docs/adapters.md.
 
     Every option is checked (:class:`hf_tsv.options.MergeOptions`) before any model is read or downloaded.
     A model given twice, or the base given again as a fine-tuned model, is refused unless
@@ -481,7 +506,7 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
 
     def run(write) -> None:
         for unit, base_tensor, delta in job.deltas():
-            merged = base_tensor + job.alpha * delta
+            merged = base_tensor if unit.from_base else base_tensor + job.alpha * delta
             for canon, tensor in split_rows(unit, plan, merged).items():
                 saved = plan.output_names[canon]
                 write(saved, _check_output(tensor.to(device="cpu", dtype=layout[saved][0]), saved))
@@ -585,7 +610,8 @@ class STIReport:
 
 def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, device="auto",
         compute_dtype=torch.float32, svd: str = "exact", allow_duplicates: bool = False, revision: str | None = None,
-        token=None, architecture: str | None = None, drop_heads: bool = False) -> STIReport:
+        token=None, architecture: str | None = None, drop_heads: bool = False,
+        embeddings: str = "average") -> STIReport:
     """Singular Task Interference of fine-tuned models, without merging. Options as in :func:`merge`.
 
     Example:
@@ -596,12 +622,13 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
 
     options = MergeOptions.from_arguments(fuse_qkv=fuse_qkv, exclude=exclude, device=device,
                                           compute_dtype=compute_dtype, svd=svd, allow_duplicates=allow_duplicates,
-                                          architecture=architecture, drop_heads=drop_heads)
+                                          architecture=architecture, drop_heads=drop_heads, embeddings=embeddings)
     shards = current_shards()
     with step(shards, "in the preflight"):
         plan = build_plan(base, models, fuse_qkv=options.fuse_qkv, exclude=options.exclude,
                           allow_duplicates=options.allow_duplicates, revision=revision, token=token,
-                          architecture=options.architecture, drop_heads=options.drop_heads)
+                          architecture=options.architecture, drop_heads=options.drop_heads,
+                          embeddings=options.embeddings)
     matrix_units = [u for u in plan.units if u.is_matrix]
     if shards is not None:
         shards.check_same((options_fixing_output(options), [(u.name, u.keys, u.shape) for u in matrix_units]),
@@ -638,7 +665,7 @@ def plan(base, models, *, method: str = DEFAULT_METHOD, alpha: float | None = No
                                           allow_duplicates=allow_duplicates, **method_params)
     p = build_plan(base, models, fuse_qkv=options.merge_fuses_qkv, exclude=options.exclude,
                    allow_duplicates=options.allow_duplicates, revision=revision, token=token,
-                   architecture=options.architecture, drop_heads=options.drop_heads)
+                   architecture=options.architecture, drop_heads=options.drop_heads, embeddings=options.embeddings)
     weights_bytes = sum(i.nbytes for i in p.base_infos.values())
     info = {
         "method": options.method,

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .adapters.base import DEFAULT_EMBEDDINGS, EMBEDDING_MODES
 from .core.svd import COMPUTE_DTYPES, SVD_MODES
 from .errors import MergeInputError
 from .io.writer import parse_size
@@ -46,7 +47,8 @@ FLAGS = {"method": "--method", "alpha": "--alpha", "alpha_grid": "--alpha-grid",
          "exclude": "--exclude", "device": "--device", "dtype": "--dtype", "compute_dtype": "--svd-dtype",
          "svd": "--svd", "allow_duplicates": "--allow-duplicates", "overwrite": "--overwrite",
          "max_shard_size": "--max-shard-size", "revision": "--revision", "architecture": "--architecture",
-         "drop_heads": "--drop-heads", "output_format": "--output-format"}
+         "drop_heads": "--drop-heads", "output_format": "--output-format",
+         "embeddings": "--embeddings"}
 
 
 def option_label(name: str) -> str:
@@ -284,6 +286,7 @@ class MergeOptions:
     architecture: str | None = None  # the adapter (hf_tsv.adapters) to read the inputs with; None: from their configs
     drop_heads: bool = False  # leave task-specific heads (classifier.*) out instead of refusing them
     output_format: str = "model"  # "model": the merged model; "peft": one LoRA adapter of it (docs/lora.md)
+    embeddings: str = DEFAULT_EMBEDDINGS  # token embeddings: "tsv" (the method), "average" or "base" (kept)
 
     def __post_init__(self) -> None:
         def set_(name: str, value: Any) -> None:
@@ -308,6 +311,9 @@ class MergeOptions:
         set_("architecture", _check_architecture(self.architecture))
         set_("drop_heads", check_flag(self.drop_heads, "drop_heads"))
         set_("output_format", _check_output_format(self.output_format, self.merge_method))
+        if not isinstance(self.embeddings, str) or self.embeddings not in EMBEDDING_MODES:
+            raise MergeInputError(f"{option_label('embeddings')} must be one of {', '.join(EMBEDDING_MODES)}, got "
+                                  f"{_shown(self.embeddings)}")
 
     @classmethod
     def argument_names(cls) -> tuple[str, ...]:

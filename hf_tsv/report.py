@@ -184,7 +184,8 @@ class InputRecord:
 class ReportOptions:
     """The options a merge ran with: q/k/v fusion, the keys excluded from the SVD (averaged), the SVD ``compute_dtype``,
     the ``device`` (described: GPU name, or CPU and threads), the ``svd`` mode (TSV-M) and the ``parameters`` of
-    the method (``ties_density``..., named as in :data:`hf_tsv.methods.PARAMETERS`)."""
+    the method (``ties_density``..., named as in :data:`hf_tsv.methods.PARAMETERS`) and how token ``embeddings``
+    were merged (``--embeddings``; None where the architecture has none)."""
 
     fuse_qkv: bool = False
     excluded_keys: list[str] = field(default_factory=list)
@@ -192,12 +193,13 @@ class ReportOptions:
     device: str | None = None
     svd: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    embeddings: str | None = None
 
-    _FIXED = ("fuse_qkv", "excluded_keys", "compute_dtype", "device", "svd")
+    _FIXED = ("fuse_qkv", "excluded_keys", "compute_dtype", "device", "svd", "embeddings")
 
     def to_dict(self) -> dict:
         data = {"fuse_qkv": self.fuse_qkv, "excluded_keys": self.excluded_keys, "compute_dtype": self.compute_dtype,
-                "device": self.device, "svd": self.svd}
+                "device": self.device, "svd": self.svd, "embeddings": self.embeddings}
         return {**_drop_none(data), **self.parameters}
 
     @classmethod
@@ -208,7 +210,7 @@ class ReportOptions:
                 raise reader.fail(name, f"must be a method parameter (a number or a string), not {_json_type(value)}")
         return cls(bool(reader.get("fuse_qkv", "flag")), reader.get("excluded_keys", "texts") or [],
                    reader.get("compute_dtype", "text") or "float32", reader.get("device", "text"),
-                   reader.get("svd", "text"), parameters)
+                   reader.get("svd", "text"), parameters, reader.get("embeddings", "text"))
 
 
 @dataclass

@@ -169,7 +169,8 @@ def test_family_merges_end_to_end(name, checkpoints, tmp_path, capsys):
 
 
 def test_the_registry_holds_one_adapter_per_family():
-    assert adapter_names() == ["bert", "clip", "clip-vision", "dinov2", "siglip", "siglip-vision", "vit"]
+    assert adapter_names() == ["bert", "causal-lm", "clip", "clip-vision", "dinov2", "siglip", "siglip-vision",
+                               "vit"]
 
 
 def test_the_engine_names_no_architecture():
@@ -350,8 +351,8 @@ def test_a_base_no_adapter_reads(_row, tmp_path, capsys):
     code, err = run_cli(["merge", paths["base"], *paths["tasks"], "-o", tmp_path / "out"], capsys)
     assert_one_line_error(code, err, r"model 'base' \(config\.json\): config\.json has model_type 'roberta', which "
                           r"hf_tsv does not merge; it reads model_type bert, clip, "
-                          r"clip_vision_model, dinov2, siglip, siglip_vision_model, vit \(one adapter each in "
-                          r"hf_tsv/adapters/\)")
+                          r"clip_vision_model, dinov2, gemma2, gemma3_text, llama, mistral, qwen2, qwen3, siglip, "
+                          r"siglip_vision_model, vit \(one adapter each in hf_tsv/adapters/\)")
     assert_nothing_left(tmp_path)
 
 
@@ -373,7 +374,7 @@ def test_unknown_architecture_is_refused_before_any_model_is_read(_row, tmp_path
     code, err = run_cli(["merge", "someone/not-cached-base", "someone/a", "someone/b", "-o", tmp_path / "out",
                          "--architecture", "resnet"], capsys)
     assert_one_line_error(code, err, r"unknown architecture 'resnet' for architecture \(--architecture\); choose one "
-                          r"of bert, clip, clip-vision, dinov2, siglip, siglip-vision, vit")
+                          r"of bert, causal-lm, clip, clip-vision, dinov2, siglip, siglip-vision, vit")
     assert_nothing_left(tmp_path)
 
 

@@ -17,7 +17,7 @@ from test_evaluation import _dataset, _images, _labelled_by, _prototype_head, _s
 
 import hf_tsv  # noqa: E402
 from hf_tsv.cli import main  # noqa: E402
-from hf_tsv.compare import PeakMemory, choose_best  # noqa: E402
+from hf_tsv.compare import choose_best  # noqa: E402
 from hf_tsv.compare_result import CompareResult, MethodComparison, Scores  # noqa: E402
 from hf_tsv.core.delta_stats import delta_statistics  # noqa: E402
 from hf_tsv.errors import MergeInputError  # noqa: E402

@@ -37,6 +37,10 @@ FUSED_QKV = "qkv_proj.weight"
 TYPE_ORDER = ("q_proj", "k_proj", "v_proj", "qkv_proj", "out_proj", "o_proj", "fc1", "fc2", "gate_proj", "up_proj",
               "down_proj")
 NOT_IN_A_LAYER = "-"
+# How the keys an adapter calls token embeddings (:attr:`Adapter.embeddings`) are merged (``--embeddings``; checked
+# by hf_tsv.options.MergeOptions): as matrices by the method, like the norms and biases, or kept from the base
+EMBEDDING_MODES = ("tsv", "average", "base")
+DEFAULT_EMBEDDINGS = "average"
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ class Adapter:
     ignored: ClassVar[re.Pattern | None] = None  # raw keys of parts this adapter does not merge
     heads: ClassVar[re.Pattern | None] = re.compile(r"^classifier\.")  # task-specific heads (canonical keys)
     optional: ClassVar[re.Pattern | None] = None  # merged only when every input has them, else left out
+    # token embeddings and output projections (canonical keys): merged as --embeddings says (tsv, average, base)
+    embeddings: ClassVar[re.Pattern | None] = None
     stacks: ClassVar[dict[str, str]] = {}  # canonical prefix of a tower → its label in STI tables
     qkv_key: ClassVar[re.Pattern] = QKV  # a q/k/v projection (groups: "block", its block's prefix; "which")
     qkv_order: ClassVar[tuple[str, ...]] = ("q", "k", "v")  # the "which" of each, in the order they are stacked
@@ -157,6 +163,21 @@ class Adapter:
     def is_optional(self, canonical: str) -> bool:
         """Whether a key is merged only when every input has it (otherwise left out of the output)."""
         return self.optional is not None and self.optional.match(canonical) is not None
+
+    def is_embedding(self, canonical: str) -> bool:
+        """Whether a key is a token embedding or output projection, merged as ``--embeddings`` says
+        (:attr:`embeddings`; the generic adapter has none).
+
+        Example:
+            >>> Adapter().is_embedding("embed_tokens.weight")
+            False
+        """
+        return self.embeddings is not None and self.embeddings.match(canonical) is not None
+
+    def mismatch_hint(self, name: str, value: Any, base_value: Any) -> str | None:
+        """What to do when a fine-tune's config field or canonical key ``name`` differs from the base's (``value``
+        and ``base_value``: config values, or tensor shapes as lists); None: the engine's own words suffice."""
+        return None
 
     def is_matrix(self, canonical: str, shape: tuple[int, ...]) -> bool:
         """Whether the SVD methods merge this key as a matrix (every 2-D tensor here); others are averaged."""

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..adapters.base import DEFAULT_EMBEDDINGS
 from ..errors import CardError, ReportError
 from ..files import HEATMAP_NAME
 from ..report import InputRecord, MergeReport, OutputRecord
@@ -158,6 +159,8 @@ def _python_call(report: MergeReport) -> str:
     options = report.options
     if options and options.fuse_qkv:
         args.append("fuse_qkv=True")
+    if options and options.embeddings not in (None, DEFAULT_EMBEDDINGS):
+        args.append(f"embeddings={json.dumps(options.embeddings)}")
     if options and options.svd not in (None, "exact"):
         args.append(f"svd={json.dumps(options.svd)}")
     if options and options.compute_dtype not in (None, "float32"):
