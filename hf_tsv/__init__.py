@@ -36,6 +36,8 @@ __version__ = "0.1.0"
 # The public API that imports torch: each name and the module that defines it, imported on first use.
 _LAZY_NAMES = {
     "write_card": "card",
+    "compare": "compare", "iter_compare": "compare", "CompareResult": "compare_result",
+    "MethodComparison": "compare_result",
     "PushResult": "hub", "push_to_hub": "hub",
     "LinearMerge": "merge", "MergeResult": "merge", "STIReport": "merge", "merge": "merge",
     "merge_linear": "merge", "plan": "merge", "sti": "merge",
@@ -48,6 +50,8 @@ _LAZY_NAMES = {
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
     from .card import write_card
+    from .compare import compare, iter_compare
+    from .compare_result import CompareResult, MethodComparison
     from .hub import PushResult, push_to_hub
     from .merge import LinearMerge, MergeResult, STIReport, merge, merge_linear, plan, sti
     from .methods import METHODS
@@ -56,9 +60,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .space_deploy import deploy_space
     from .tsvc import CompressResult, compress, expand
 
-__all__ = ["METHODS", "CardError", "CompressResult", "HFTSVError", "LinearMerge", "MergeInputError", "MergeOptions",
+__all__ = ["METHODS", "CardError", "CompareResult", "CompressResult", "HFTSVError", "LinearMerge", "MergeInputError",
+           "MergeOptions",
            "MergeReport", "MergeResult", "OutputExistsError", "OutputPathError", "OutputWriteError", "PushError",
-           "PushResult", "ReportError", "STIReport", "TokenError", "__version__", "compress", "deploy_space",
+           "MethodComparison", "PushResult", "ReportError", "STIReport", "TokenError", "__version__", "compare",
+           "compress", "deploy_space", "iter_compare",
            "expand", "merge", "merge_linear", "plan", "push_to_hub", "sti", "write_card"]
 
 

@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     _add_compute(p)
 
+    _add_compare_parser(sub)
+
     p = sub.add_parser("eval", help="accuracy of a model on tasks with frozen heads",
                        description="Top-1 accuracy (and normalised accuracy, where the spec gives each task's "
                        "fine-tuned accuracy) of a CLIP vision model on every task of a task spec.")
@@ -434,6 +436,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.push_to_hub:
             _print_push(result.push_to_hub(args.push_to_hub, private=args.private or None, token=args.token))
         return 0
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "eval":
         return _eval(args)
     if args.command == "bench":
@@ -514,6 +518,56 @@ def _merge_with_eval(args: argparse.Namespace, options: dict) -> int:
         print(f"written to {args.output} (weights, merge_report.json, eval_results.json)")
     if args.push_to_hub:
         _print_push(result.push_to_hub(args.push_to_hub, private=args.private or None, token=args.token))
+    return 0
+
+
+def _add_compare_parser(sub) -> None:
+    from .methods import METHODS
+
+    p = sub.add_parser("compare", help="which method? every merge method side by side on your models",
+                       description="Merge with each method (one at a time), choose α on the validation splits of "
+                       "--eval's tasks, and compare test accuracy, STI, the merged delta, time and memory. Writes "
+                       "compare.json, compare.md and plots to -o; --keep-best also writes the best method's merge "
+                       "there (chosen by validation score), ready for `hf-tsv push`.")
+    _add_inputs(p)
+    p.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
+    p.add_argument("--methods", metavar="LIST", help=f"comma-separated methods (default: all: {','.join(METHODS)})")
+    p.add_argument("--eval", metavar="TASKS_SPEC", help="task spec (JSON/YAML): score each merge on the tasks "
+                   "(without it: STI and merged-weight statistics only, each method at its default α)")
+    p.add_argument("--alpha", choices=["search", "default"], default="search",
+                   help="search: α chosen on the validation splits (default, with --eval); default: each method's α")
+    p.add_argument("--alpha-grid", metavar="GRID", help="α values every method searches: 0.1,0.5,1, start:stop:step "
+                   "or 'quick' (each method's coarse grid); default: each method's own grid")
+    p.add_argument("--tsvc", action="store_true", help="also score TSV-C retention (each task rebuilt from its "
+                   "rank-r/T factors; needs --eval)")
+    p.add_argument("--keep-best", action="store_true", help="write the best method's merge (at its α) into -o as "
+                   "`hf-tsv merge -o` would, its model card with the comparison table")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier hf-tsv output in -o")
+    _add_method_parameters(p)
+    _add_compute(p)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """hf-tsv compare: every option checked by :func:`hf_tsv.compare` before any work; a line per finished row."""
+    import hf_tsv
+
+    options = _option_arguments(args)
+    options.pop("method", None)
+
+    def show(entry) -> None:
+        test = entry.test
+        scores = "" if test is None else (f": test {test.absolute:.2f}% (normalised "
+                                          f"{'–' if test.normalized is None else f'{test.normalized:.2f}%'})")
+        alpha = "" if entry.alpha is None else f" at α={entry.alpha:g}"
+        print(f"{entry.title}{alpha}{scores} in {entry.seconds:.1f} s", file=sys.stderr)
+
+    result = hf_tsv.compare(args.base, args.models, methods=args.methods, evaluator=args.eval, alpha=args.alpha,
+                            alpha_grid=args.alpha_grid, output_dir=args.output, keep_best=args.keep_best,
+                            overwrite=args.overwrite, tsvc=args.tsvc, on_result=show, revision=args.revision,
+                            token=args.token, command=args.recorded_command, **options)
+    print(result.table())
+    kept = f"; the best merge ({result.best}) is there too, ready for `hf-tsv push`" if result.kept else ""
+    print(f"wrote compare.json, compare.md and plots to {args.output}{kept}", file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,9 @@ ALPHA_SEARCH_NAME = "eval_alpha_search.json"
 CARD_NAME = "README.md"
 HEATMAP_NAME = "sti_heatmap.png"
 STI_STATS_NAME = "sti_stats.json"
+COMPARE_JSON_NAME = "compare.json"  # hf-tsv compare: the comparison; its schema marks a comparison folder
+COMPARE_TABLE_NAME = "compare.md"
+COMPARE_SCHEMA = "hf-tsv/compare"
 # Small files of the base's folder that a merge keeps (an adapter's ``side_files`` names which): its tokenizer, and
 # the configuration of a sentence-transformers pipeline (``1_Pooling/config.json``: the one folder hf-tsv writes)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
@@ -29,7 +32,7 @@ SIDE_FOLDERS = tuple(sorted({name.split("/")[0] for name in SIDE_FILES if "/" in
 # ``eval_*`` files the evaluation may add
 OUTPUT_FILE = re.compile(
     r"(?:model|tsv_c)(?:-\d{5}-of-\d{5})?\.safetensors|(?:model|tsv_c)\.safetensors\.index\.json"
-    r"|eval_[\w.-]*\.(?:json|md|csv|png)|"
+    r"|eval_[\w.-]*\.(?:json|md|csv|png)|compare(?:_[\w.-]*)?\.(?:json|md|png)|"
     + "|".join(re.escape(n) for n in (CONFIG_NAME, REPORT_NAME, TSVC_INDEX_NAME, EVAL_RESULTS_NAME, EVAL_TABLE_NAME,
                                       ALPHA_SEARCH_NAME, CARD_NAME, HEATMAP_NAME, STI_STATS_NAME, *SIDE_FILES)))
 

@@ -11,47 +11,43 @@ from pathlib import Path
 
 import torch
 
-from hf_tsv.evaluation import (
-    EvalReport,
-    PreparedTask,
-    evaluate_model,
-    load_metric,
-    load_tasks_spec,
-    load_vision_model,
-    prepare_tasks,
-    search_alpha,
-)
-from hf_tsv.evaluation.alpha import default_grid
 from hf_tsv.io.output import write_json
 
 from .build import BUILD_INFO, SPEC_NAME, BenchError, build_dir
 
 
-def _entry(report: EvalReport, alpha=None, **extra) -> dict:
-    return {"absolute": report.mean_accuracy, "normalized": report.mean_normalized_accuracy,
-            "per_task": {t: {"absolute": v["accuracy"], "normalized": v.get("normalized_accuracy")}
-                         for t, v in report.tasks.items()},
+def _entry(scores, alpha=None, **extra) -> dict:
+    """A row of ``results.json`` from a :class:`hf_tsv.compare_result.Scores` (test accuracy)."""
+    return {"absolute": scores.absolute, "normalized": scores.normalized,
+            "per_task": {t: {"absolute": v["absolute"], "normalized": v["normalized"]}
+                         for t, v in scores.per_task.items()},
             "alpha": alpha, **extra}
 
 
-def _own_task_reports(models: dict[str, str], prepared: list[PreparedTask], splits: tuple[str, ...],
-                      metric) -> dict[str, EvalReport]:
-    """Each task scored by its own model (fine-tuned, or rebuilt from TSV-C), every model loaded once."""
-    tasks: dict[str, dict] = {split: {} for split in splits}
-    for task in prepared:
-        model = load_vision_model(models[task.name])
-        for split in splits:
-            tasks[split].update(evaluate_model(model, [task], split=split, metric=metric, progress=False).tasks)
-    ids = {t.name: t.dataset_id for t in prepared}
-    return {split: EvalReport(split, tasks[split], ids) for split in splits}
+def _results_row(row) -> dict:
+    """A :class:`hf_tsv.MethodComparison` as ``results.json`` has always shown it (extended with memory and the
+    merged delta's statistics)."""
+    if row.kind == "reference":
+        extra = {"stored_fraction": row.extra["stored_fraction"]} if "stored_fraction" in row.extra else {}
+        return _entry(row.test, None, **extra)
+    entry = _entry(row.test, row.alpha, alpha_grid=row.alpha_grid,
+                   validation_normalized=row.validation if row.criterion == "normalized" else None,
+                   sweep=row.sweep, peak_memory_bytes=row.peak_memory_bytes, delta=row.delta)
+    if row.at_default_alpha is not None:
+        entry["at_default_alpha"] = _entry(row.at_default_alpha, row.default_alpha)
+    return entry
 
 
 def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = False,
                   out_dir: str | os.PathLike | None = None, methods: tuple[str, ...] | None = None,
                   progress: bool = True) -> dict:
     """Evaluate every method (default: all of :data:`hf_tsv.METHODS`) on a benchmark made by
-    :func:`hf_tsv_bench.build_benchmark`; returns the results dict (also written to ``out_dir/results.json``)."""
-    from hf_tsv import METHODS, compress, expand, merge_linear
+    :func:`hf_tsv_bench.build_benchmark`; returns the results dict (also written to ``out_dir/results.json``).
+    It is :func:`hf_tsv.compare` with the build's task spec (α searched on validation, each method's quick grid
+    with ``quick``, TSV-C retention), its rows written in the benchmark's format; ``compare.json``/``compare.md``
+    and the comparison plots are written beside them."""
+    from hf_tsv import METHODS, compare
+    from hf_tsv.evaluation import TasksEvaluator, load_tasks_spec
 
     folder = build_dir(cache_dir, quick)
     info_path = folder / BUILD_INFO
@@ -62,70 +58,25 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
     out = Path(out_dir) if out_dir is not None else folder / "results"
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    timings: dict[str, float] = {}
     config = load_tasks_spec(folder / SPEC_NAME)
     base = str(folder / "models" / "base")
-    finetuned = {t.name: str(folder / "models" / t.name) for t in config.tasks}
-    prepared = prepare_tasks(config, base, splits=("validation", "test"), progress=progress)
-    metric = load_metric()
-    results: dict[str, dict] = {}
-
-    t0 = time.perf_counter()
-    own = _own_task_reports(finetuned, prepared, ("validation", "test"), metric)
-    for split, report in own.items():
-        for task in prepared:
-            scores = report.tasks[task.name]
-            task.finetuned_accuracy[split] = scores["accuracy"]
-            scores["normalized_accuracy"] = 100.0 if scores["accuracy"] > 0 else None  # each model is its own reference
-    results["finetuned"] = _entry(own["test"])
+    models = [str(folder / "models" / t.name) for t in config.tasks]
+    evaluator = TasksEvaluator.from_spec(config, processor_from=base, splits=("validation", "test"),
+                                         progress=progress)
+    result = compare(base, models, methods=methods or tuple(METHODS), evaluator=evaluator, alpha="search",
+                     alpha_grid="quick" if quick else None, tsvc=True, device="cpu", progress=progress)
+    order = ["finetuned", "zero-shot", *[e.method for e in result.methods], "tsv-c"]
+    results = {name: _results_row(result[name]) for name in order}
     results["finetuned"]["normalized"] = 100.0
-    timings["finetuned_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    base_model = load_vision_model(base)
-    results["zero-shot"] = _entry(evaluate_model(base_model, prepared, split="test", metric=metric, progress=False))
-    timings["zero-shot_s"] = time.perf_counter() - t0
-
-    models = [finetuned[t.name] for t in config.tasks]
-    sti_keys = None
-    for method in methods or tuple(METHODS):
-        t0 = time.perf_counter()
-        linear = merge_linear(base, models, method, device="cpu")
-        grid = default_grid(method, quick=quick)
-        search = search_alpha(linear, prepared, grid=grid, progress=progress)
-        model = linear.to_model(search.best_alpha)
-        test = evaluate_model(model, prepared, split="test", metric=metric, progress=False)
-        extra = {"alpha_grid": grid, "validation_normalized": search.score(search.best_alpha)
-                 if search.criterion == "normalized" else None,
-                 "sweep": search.to_dict()["sweep"]}
-        # SVD methods are also scored at their default α, which their papers use without a search
-        default_alpha = METHODS[method].default_alpha if METHODS[method].uses_svd else None
-        if linear.report.sti is not None:
-            sti_keys = linear.report.sti.keys
-        chosen = search.best_alpha if METHODS[method].uses_alpha else None  # averaging has no α
-        results[method] = _entry(test, chosen, **extra)
-        if default_alpha is not None:
-            linear.load_into(model, default_alpha)
-            results[method]["at_default_alpha"] = _entry(
-                evaluate_model(model, prepared, split="test", metric=metric, progress=False), default_alpha)
-        timings[f"{method}_s"] = time.perf_counter() - t0
-        del linear, model
-
-    t0 = time.perf_counter()
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="hf-tsv-bench-tsvc-") as tmp:
-        packed = compress(base, models, Path(tmp) / "tsvc")
-        rebuilt = {t.name: str(expand(Path(tmp) / "tsvc", t.name, Path(tmp) / f"task-{t.name}", base=base))
-                   for t in config.tasks}
-        tsvc = _own_task_reports(rebuilt, prepared, ("test",), metric)["test"]
-        results["tsv-c"] = _entry(tsvc, None, stored_fraction=packed.factor_bytes / max(1, packed.task_vector_bytes))
-    timings["tsv-c_s"] = time.perf_counter() - t0
+    timings = {f"{name}_s": result[name].seconds for name in order}
     timings["total_s"] = time.perf_counter() - started
+    sti_keys = next((row.sti["keys"] for row in reversed(result.methods) if row.sti), None)
 
     payload = {
         "benchmark": {"quick": quick, "tasks": config.task_names(), "build": info,
-                      "split": "test", "alpha_selection": "best mean normalised validation accuracy"},
+                      "split": "test", "alpha_selection": "best mean normalised validation accuracy",
+                      "best_method": result.best, "best_criterion": result.best_criterion,
+                      "memory_measure": result.memory_measure},
         "methods": results,
         "sti": {"keys": sti_keys, "total": sum(sti_keys.values()) if sti_keys else None},
         "timings": {k: round(v, 2) for k, v in timings.items()},
@@ -137,4 +88,5 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
 
     write_table(payload, out / "results.md")
     write_plots(payload, out)
+    result.save(out)
     return payload

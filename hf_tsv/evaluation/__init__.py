@@ -9,8 +9,9 @@ Example:
     >>> print(report.table())  # doctest: +SKIP
 """
 
-from .alpha import DEFAULT_GRIDS, AlphaSearch, default_grid, parse_grid, pick_best, search_alpha
+from .alpha import DEFAULT_GRIDS, AlphaSearch, default_grid, parse_grid, pick_best, search_alpha, sweep_alpha
 from .data import Normalizer, PreparedSplit, load_split, prepare_split
+from .evaluator import Evaluator, TasksEvaluator, score_predictions
 from .folder import evaluate_folder, fill_finetuned_references, projection_for, write_eval_files
 from .heads import CLIP_TEMPLATES, ClipTextEncoder, EvalInputError, TaskHead, load_heads, save_heads, text_head
 from .runner import (
@@ -27,6 +28,7 @@ from .runner import (
 from .tasks import TasksConfig, TaskSpec, load_tasks_spec, parse_tasks_spec
 
 __all__ = ["CLIP_TEMPLATES", "DEFAULT_GRIDS", "AlphaSearch", "ClipTextEncoder", "EvalInputError", "EvalReport",
+           "Evaluator", "TasksEvaluator", "score_predictions", "sweep_alpha",
            "ImageFeatures", "Normalizer", "PreparedSplit", "PreparedTask", "TaskHead", "TaskSpec", "TasksConfig",
            "build_heads", "default_grid", "evaluate_folder", "evaluate_model", "fill_finetuned_references",
            "load_heads", "load_metric", "load_split",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -88,12 +89,26 @@ def search_alpha(linear, tasks: list[PreparedTask], *, grid: list[float] | None 
     else:  # the grid that came with the merge (its method's, for its options)
         grid = list(getattr(linear, "alpha_grid", None) or default_grid(linear.method))
     criterion = "normalized" if all(t.finetuned_accuracy.get(split) for t in tasks) else "absolute"
-    result = AlphaSearch(linear.method, criterion, grid)
     metric = load_metric()
+    return sweep_alpha(linear, lambda model: evaluate_model(model, tasks, split=split, batch_size=batch_size,
+                                                            projection=projection, metric=metric, progress=False),
+                       grid, criterion, device=device, progress=progress)[0]
+
+
+def sweep_alpha(linear, score: Callable[[torch.nn.Module], EvalReport], grid: list[float], criterion: str, *,
+                device: str | torch.device = "cpu", progress: bool = True) -> tuple[AlphaSearch, torch.nn.Module]:
+    """The α sweep itself: one model, θ₀ + α·Δ loaded in place for each α of ``grid``, scored by ``score``;
+    the best α by ``criterion`` (``"normalized"`` or ``"absolute"`` mean accuracy). Returns the search and
+    that model (holding the last α of the grid), for the caller to load the chosen α into.
+
+    Example:
+        >>> search, model = sweep_alpha(lin, lambda m: evaluate_model(m, tasks, split="validation"),  # doctest: +SKIP
+        ...                             [0.5, 1.0], "absolute")
+    """
+    result = AlphaSearch(linear.method, criterion, list(grid))
     model = linear.to_model(grid[0]).to(device)
     for alpha in tqdm(grid, desc=f"α search ({linear.method})", unit="α", leave=False, disable=not progress):
         linear.load_into(model, alpha)
-        result.validation[alpha] = evaluate_model(model, tasks, split=split, batch_size=batch_size,
-                                                  projection=projection, metric=metric, progress=False)
+        result.validation[alpha] = score(model)
     result.best_alpha = pick_best({a: result.score(a) for a in grid})
-    return result
+    return result, model

@@ -106,14 +106,16 @@ def evaluate_folder(model, tasks: TasksConfig | str | os.PathLike, *, finetuned:
                           projection=projection_for(loaded, config), progress=progress)
 
 
-def write_eval_files(folder: str | os.PathLike, test: EvalReport, search: AlphaSearch | None = None) -> None:
-    """``eval_results.json`` (for the card), ``eval_results.md`` and, after a sweep, ``eval_alpha_search.json``."""
+def write_eval_files(folder: str | os.PathLike, test: EvalReport, search: AlphaSearch | dict | None = None) -> None:
+    """``eval_results.json`` (for the card), ``eval_results.md`` and, after a sweep, ``eval_alpha_search.json``
+    (``search`` as an :class:`AlphaSearch` or its :meth:`~AlphaSearch.to_dict`)."""
     folder = Path(folder)
     payload = test.to_eval_results()
-    if search is not None:
-        payload["alpha"] = search.best_alpha
-        payload["alpha_selection"] = search.to_dict()["criterion"]
+    sweep = search.to_dict() if isinstance(search, AlphaSearch) else search
+    if sweep is not None:
+        payload["alpha"] = sweep["best_alpha"]
+        payload["alpha_selection"] = sweep["criterion"]
     write_json(folder / EVAL_RESULTS_NAME, payload)
     write_file_atomic(folder / EVAL_TABLE_NAME, redact(test.table()) + "\n")
-    if search is not None:
-        write_json(folder / ALPHA_SEARCH_NAME, search.to_dict())
+    if sweep is not None:
+        write_json(folder / ALPHA_SEARCH_NAME, sweep)

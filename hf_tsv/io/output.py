@@ -7,8 +7,9 @@ Guarantees (and how they are kept):
   is refused, comparing paths after resolving symbolic links, before any heavy work.
 * **Nothing is replaced unless asked and safe.** An existing output folder is replaced only with
   ``--overwrite`` (``overwrite=True``), and only when it is empty or an earlier hf-tsv output: it holds a
-  ``merge_report.json`` (a JSON object with a string ``method`` and a ``versions`` object naming ``hf-tsv``) or a
-  ``tsv_c.json`` (``"format": "hf-tsv/tsv-c"``), and nothing but files hf-tsv writes (:mod:`hf_tsv.files`). An
+  ``merge_report.json`` (a JSON object with a string ``method`` and a ``versions`` object naming ``hf-tsv``), a
+  ``tsv_c.json`` (``"format": "hf-tsv/tsv-c"``) or a ``compare.json`` (``"schema": "hf-tsv/compare"``), and
+  nothing but files hf-tsv writes (:mod:`hf_tsv.files`). An
   empty existing folder is also used without ``--overwrite``: it holds nothing to lose.
 * **Outputs appear whole or not at all.** A folder is written into a hidden temporary folder beside the target,
   flushed to disk, then renamed into place; a file is written to a hidden temporary file and renamed. On
@@ -49,7 +50,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HFTSVError, OutputExistsError, OutputPathError, OutputWriteError
-from ..files import REPORT_NAME, SIDE_FOLDERS, TSVC_FORMAT, TSVC_INDEX_NAME, is_output_file_name
+from ..files import (
+    COMPARE_JSON_NAME,
+    COMPARE_SCHEMA,
+    REPORT_NAME,
+    SIDE_FOLDERS,
+    TSVC_FORMAT,
+    TSVC_INDEX_NAME,
+    is_output_file_name,
+)
 from ..json_io import dumps_json
 from ..secrets import redact_json
 
@@ -185,12 +194,17 @@ def _is_tsvc_index(data) -> bool:
     return isinstance(data, dict) and data.get("format") == TSVC_FORMAT
 
 
+def _is_comparison(data) -> bool:
+    return isinstance(data, dict) and data.get("schema") == COMPARE_SCHEMA
+
+
 def is_hftsv_output(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` was written by hf-tsv: it holds a ``merge_report.json`` or ``tsv_c.json`` of the schema
-    hf-tsv writes (see the module docstring)."""
+    """Whether ``folder`` was written by hf-tsv: it holds a ``merge_report.json``, ``tsv_c.json`` or
+    ``compare.json`` (``hf-tsv compare``) of the schema hf-tsv writes (see the module docstring)."""
     folder = Path(folder)
     return (_is_hftsv_marker(folder / REPORT_NAME, _is_merge_report)
-            or _is_hftsv_marker(folder / TSVC_INDEX_NAME, _is_tsvc_index))
+            or _is_hftsv_marker(folder / TSVC_INDEX_NAME, _is_tsvc_index)
+            or _is_hftsv_marker(folder / COMPARE_JSON_NAME, _is_comparison))
 
 
 def replace_refusal(folder: Path) -> str | None:
