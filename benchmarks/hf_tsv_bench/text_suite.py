@@ -314,3 +314,30 @@ def _versions() -> dict:
     except Exception:  # noqa: BLE001 - the version is informative only
         pass
     return versions
+
+
+# ------------------------------------------------------------------------------------------------------- run
+
+
+def run_text_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = False,
+                       out_dir: str | os.PathLike | None = None, methods: tuple[str, ...] | None = None,
+                       progress: bool = True) -> dict:
+    """Score zero-shot, fine-tuned, every merge method (α on validation) and TSV-C on a text build: the image
+    suite's run (:func:`hf_tsv_bench.run.compare_results`, i.e. :func:`hf_tsv.compare`) with a
+    :class:`~hf_tsv_bench.text_eval.TextEvaluator`. Writes ``results.json``, ``results.md``, plots and
+    ``compare.json``/``compare.md`` into ``out_dir`` (default ``<build>/results``) and returns the results dict.
+
+    Example:
+        >>> run_text_benchmark(quick=True)["methods"]["tsv-m"]["normalized"]  # doctest: +SKIP
+    """
+    from .run import compare_results
+    from .text_eval import TextEvaluator
+
+    started = time.perf_counter()
+    build = load_build(text_build_dir(cache_dir, quick))
+    evaluator = TextEvaluator(build.tasks, build.heads, build.base, max_length=build.settings.max_length)
+    models = [str(build.finetuned(name)) for name in build.tasks]
+    out = Path(out_dir) if out_dir is not None else build.folder / "results"
+    payload = compare_results(str(build.base), models, evaluator, info={"suite": SUITE, **build.info}, quick=quick,
+                              out=out, methods=methods, progress=progress, started=started)
+    return payload
