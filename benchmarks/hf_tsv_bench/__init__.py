@@ -1,4 +1,5 @@
-"""Offline benchmark for model merging: real image data, a small CLIP model, training and evaluation.
+"""Offline benchmark for model merging, in two suites (:mod:`.suites`): ``image`` (real image data, a small CLIP
+model pretrained here) and ``text`` (the real pretrained all-MiniLM-L6-v2 on real-text tasks, :mod:`.text_suite`).
 
 Example:
     >>> from hf_tsv_bench import build_benchmark, run_benchmark
@@ -8,5 +9,7 @@ Example:
 
 from .build import BenchError, BenchSettings, build_benchmark, default_cache_dir
 from .run import run_benchmark
+from .suites import SUITES, build_suite, run_suite, suite_build_dir
 
-__all__ = ["BenchError", "BenchSettings", "build_benchmark", "default_cache_dir", "run_benchmark"]
+__all__ = ["SUITES", "BenchError", "BenchSettings", "build_benchmark", "build_suite", "default_cache_dir",
+           "run_benchmark", "run_suite", "suite_build_dir"]
