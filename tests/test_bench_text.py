@@ -25,7 +25,6 @@ from hf_tsv_bench.text_suite import TextBenchSettings, build_text_benchmark, loa
 from hf_tsv_bench.text_train import (  # noqa: E402
     collate,
     finetune_text,
-    save_text_model,
     sentence_embeddings,
     tokenize,
     zero_shot_heads,
