@@ -230,13 +230,12 @@ def test_text_build_without_the_debian_data_is_one_line(_row, tmp_path, capsys, 
     assert_nothing_left(tmp_path, "cache")
 
 
-def test_text_build_reuses_an_identical_build(tmp_path, monkeypatch):
-    folder = build_text_benchmark(tmp_path, settings=TINY, tasks=fake_text_tasks(), log=lambda _: None)
-    stamp = (folder / "build_info.json").stat().st_mtime_ns
+def test_text_build_reuses_an_identical_build(fake_build, monkeypatch):
+    stamp = (fake_build / "build_info.json").stat().st_mtime_ns
     monkeypatch.setattr(text_suite, "_choose_tasks", lambda *a: pytest.fail("an identical build was rebuilt"))
     said = []
-    assert build_text_benchmark(tmp_path, settings=TINY, log=said.append) == folder
-    assert "already built" in said[0] and (folder / "build_info.json").stat().st_mtime_ns == stamp
+    assert build_text_benchmark(fake_build.parent, settings=TINY, log=said.append) == fake_build
+    assert "already built" in said[0] and (fake_build / "build_info.json").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.slow
