@@ -255,3 +255,13 @@ def test_quick_text_suite_end_to_end_through_the_cli(tmp_path, capsys):
     info = payload["benchmark"]["build"]
     assert info["sources"] and info["settings"]["quick"] is True
     assert "| TSV-M |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("_row", [pytest.param(None, id="TXT-04")])
+def test_an_unknown_suite_is_refused_before_any_work(_row, tmp_path):
+    from hf_tsv_bench import BenchError, build_suite, run_suite
+
+    for call in (build_suite, run_suite):
+        with pytest.raises(BenchError, match="unknown benchmark suite 'audio'; choose one of image, text"):
+            call("audio", tmp_path / "cache", quick=True)
+    assert not (tmp_path / "cache").exists()

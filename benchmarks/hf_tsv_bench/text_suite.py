@@ -62,8 +62,8 @@ class TextBenchSettings:
     def preset(cls, quick: bool, seed: int = 0) -> TextBenchSettings:
         """The full text benchmark, or the reduced one CI runs (3 tasks, small splits, a few steps)."""
         if quick:
-            return cls(quick=True, seed=seed, tasks=None, max_validation=40, max_test=60, max_length=32,
-                       finetune_steps=25, finetune_batch=16, finetune_lr=1e-4)
+            return cls(quick=True, seed=seed, max_validation=30, max_test=48, max_length=32, finetune_steps=20,
+                       finetune_batch=16, finetune_lr=1e-4)
         return cls(quick=False, seed=seed)
 
     def digest(self) -> str:
