@@ -31,6 +31,7 @@ import torch
 from hf_tsv.io.output import atomic_output_dir, write_json
 
 from .build import BenchError
+from .text_sources import TextSplit, TextTask
 from .text_train import TEXT_TEMPLATES
 
 BUILD_INFO = "build_info.json"
@@ -86,27 +87,9 @@ def text_build_dir(cache_dir: str | os.PathLike | None, quick: bool) -> Path:
 # ---------------------------------------------------------------------------------------------- data on disk
 
 
-@dataclass(frozen=True)
-class SavedSplit:
-    texts: tuple[str, ...]
-    labels: np.ndarray
-
-
-@dataclass(frozen=True)
-class SavedTask:
-    """A task as the build stores it (the fields of ``text_sources.TextTask`` the suite uses)."""
-
-    name: str
-    class_names: tuple[str, ...]
-    class_descriptions: tuple[str, ...]
-    train: SavedSplit
-    validation: SavedSplit
-    test: SavedSplit
-    source: str = ""
-
-
 def _split_dict(split) -> dict:
-    return {"texts": list(split.texts), "labels": [int(v) for v in np.asarray(split.labels)]}
+    return {"texts": list(split.texts), "labels": [int(v) for v in np.asarray(split.labels)],
+            "keys": list(getattr(split, "keys", ()))}
 
 
 def save_task(path: Path, task) -> None:
@@ -122,21 +105,30 @@ def save_task(path: Path, task) -> None:
     write_file_atomic(path, dumps_json(data, path.name))
 
 
-def load_task(path: Path) -> SavedTask:
+def load_task(path: Path) -> TextTask:
+    """A task saved by :func:`save_task`."""
     data = json.loads(Path(path).read_text())
-    splits = {s: SavedSplit(tuple(data[s]["texts"]), np.asarray(data[s]["labels"], dtype=np.int64))
+    splits = {s: TextSplit(tuple(data[s]["texts"]), np.asarray(data[s]["labels"], dtype=np.int64),
+                           tuple(data[s].get("keys", ())))
               for s in ("train", "validation", "test")}
-    return SavedTask(data["name"], tuple(data["class_names"]), tuple(data["class_descriptions"]),
-                     source=data.get("source", ""), **splits)
+    return TextTask(data["name"], tuple(data["class_names"]), tuple(data["class_descriptions"]),
+                    source=data.get("source", ""), **splits)
 
 
-def subsample(split, cap: int | None, seed: int) -> SavedSplit:
-    """At most ``cap`` examples of ``split``, drawn without replacement by a seeded generator, in their order."""
+def subsample(split, cap: int | None, seed: int) -> TextSplit:
+    """At most ``cap`` examples of ``split``, drawn without replacement by a seeded generator, in their order.
+
+    Example:
+        >>> split = TextSplit(("a", "b", "c"), np.array([0, 1, 0]))
+        >>> len(subsample(split, 2, seed=0)), subsample(split, None, seed=0).texts
+        (2, ('a', 'b', 'c'))
+    """
     labels = np.asarray(split.labels, dtype=np.int64)
+    keys = tuple(getattr(split, "keys", ()))
     if cap is None or len(labels) <= cap:
-        return SavedSplit(tuple(split.texts), labels)
+        return TextSplit(tuple(split.texts), labels, keys)
     keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:cap])
-    return SavedSplit(tuple(split.texts[i] for i in keep), labels[keep])
+    return TextSplit(tuple(split.texts[i] for i in keep), labels[keep], tuple(keys[i] for i in keep) if keys else ())
 
 
 @dataclass
@@ -146,7 +138,7 @@ class TextBuild:
     folder: Path
     info: dict
     settings: TextBenchSettings
-    tasks: dict[str, SavedTask] = field(default_factory=dict)
+    tasks: dict[str, TextTask] = field(default_factory=dict)
     heads: dict = field(default_factory=dict)
 
     @property
@@ -235,9 +227,9 @@ def build_text_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: b
         sources_info = text_sources.text_sources_info()
     if len(tasks) < 2:
         raise BenchError(f"merging needs at least 2 text tasks, got {len(tasks)}")
-    tasks = {name: SavedTask(name, tuple(t.class_names), tuple(t.class_descriptions), subsample(t.train, None, 0),
-                             subsample(t.validation, settings.max_validation, settings.seed + 1),
-                             subsample(t.test, settings.max_test, settings.seed + 2), getattr(t, "source", ""))
+    tasks = {name: TextTask(name, tuple(t.class_names), tuple(t.class_descriptions), subsample(t.train, None, 0),
+                            subsample(t.validation, settings.max_validation, settings.seed + 1),
+                            subsample(t.test, settings.max_test, settings.seed + 2), getattr(t, "source", ""))
              for name, t in tasks.items()}
     timings["data_s"] = time.perf_counter() - t0
 
