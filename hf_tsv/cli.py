@@ -546,6 +546,8 @@ def _add_compare_parser(sub) -> None:
     p.add_argument("--keep-best", action="store_true", help="write the best method's merge (at its α) into -o as "
                    "`hf-tsv merge -o` would, its model card with the comparison table")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier hf-tsv output in -o")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="evaluation batch size")
+    p.add_argument("--max-examples", type=_positive_int, help="evaluate at most N examples per task and split")
     _add_method_parameters(p)
     _add_compute(p)
 
@@ -566,7 +568,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     result = hf_tsv.compare(args.base, args.models, methods=args.methods, evaluator=args.eval, alpha=args.alpha,
                             alpha_grid=args.alpha_grid, output_dir=args.output, keep_best=args.keep_best,
-                            overwrite=args.overwrite, tsvc=args.tsvc, on_result=show, revision=args.revision,
+                            overwrite=args.overwrite, tsvc=args.tsvc, batch_size=args.batch_size,
+                            max_examples=args.max_examples, on_result=show, revision=args.revision,
                             token=args.token, command=args.recorded_command, **options)
     print(result.table())
     kept = f"; the best merge ({result.best}) is there too, ready for `hf-tsv push`" if result.kept else ""

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -78,8 +79,10 @@ def parse_methods(methods: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def check_compare_options(methods, alpha: str, alpha_grid, *, searching_possible: bool, tsvc: bool = False,
-                          default_alpha_rows: bool = True, **merge_options) -> CompareOptions:
-    """Every option of a comparison checked (:class:`MergeOptions` per method) before any work."""
+                          default_alpha_rows: bool = True, batch_size: int = 256, max_examples: int | None = None,
+                          keep_best: bool = False, output_dir=None, **merge_options) -> CompareOptions:
+    """Every option of a comparison checked, in one place, before any work: the comparison's own here, and each
+    method's merge options by :class:`MergeOptions` (``searching_possible``: an evaluator was given)."""
     names = parse_methods(methods)
     if not isinstance(alpha, str) or alpha not in ALPHA_MODES:
         raise MergeInputError(f"alpha (--alpha) must be 'search' (on the validation splits) or 'default' (each "
@@ -87,9 +90,18 @@ def check_compare_options(methods, alpha: str, alpha_grid, *, searching_possible
     if alpha_grid is not None and (alpha != "search" or not searching_possible):
         raise MergeInputError(f"{option_label('alpha_grid')} only applies to an α search, which needs an evaluator "
                               "(--eval TASKS_SPEC) and --alpha search; drop it")
-    for flag, value in (("tsvc", tsvc), ("default_alpha_rows", default_alpha_rows)):
+    for flag, value in (("tsvc (--tsvc)", tsvc), ("default_alpha_rows", default_alpha_rows),
+                        ("keep_best (--keep-best)", keep_best)):
         if not isinstance(value, bool):
             raise MergeInputError(f"{flag} must be True or False, got {value!r}")
+    if tsvc and not searching_possible:
+        raise MergeInputError("tsvc=True scores TSV-C retention and needs an evaluator (--eval TASKS_SPEC)")
+    if keep_best and (output_dir is None or not searching_possible or alpha != "search"):
+        raise MergeInputError("keep_best (--keep-best) keeps the method with the best validation score: it needs "
+                              "an evaluator (--eval TASKS_SPEC), --alpha search and an output folder (-o DIR)")
+    _check_positive(batch_size, "batch_size (--batch-size)")
+    if max_examples is not None:
+        _check_positive(max_examples, "max_examples (--max-examples)")
     checked = {}
     for name in names:
         grid = get_method(name).alpha_grid(quick=True) if alpha_grid == QUICK_GRID else alpha_grid
@@ -97,7 +109,8 @@ def check_compare_options(methods, alpha: str, alpha_grid, *, searching_possible
     return CompareOptions(names, checked, alpha if searching_possible else "default", tsvc, default_alpha_rows)
 
 
-def as_evaluator(evaluator, base, *, splits: tuple[str, ...], progress: bool):
+def as_evaluator(evaluator, base, *, splits: tuple[str, ...], progress: bool, batch_size: int = 256,
+                 max_examples: int | None = None):
     """An :class:`~hf_tsv.evaluation.evaluator.Evaluator` from what :func:`compare` accepts: one already, a
     :class:`~hf_tsv.evaluation.TasksConfig` or the path of a task spec (→ the CLIP evaluator, its image processor
     from ``base`` unless the spec names one), or None."""
@@ -107,7 +120,8 @@ def as_evaluator(evaluator, base, *, splits: tuple[str, ...], progress: bool):
     from .evaluation.evaluator import Evaluator, TasksEvaluator
 
     if isinstance(evaluator, (TasksConfig, str, os.PathLike)):
-        return TasksEvaluator.from_spec(evaluator, processor_from=base, splits=splits, progress=progress)
+        return TasksEvaluator.from_spec(evaluator, processor_from=base, splits=splits, progress=progress,
+                                        batch_size=batch_size, max_examples=max_examples)
     if not isinstance(evaluator, Evaluator):
         raise MergeInputError(f"evaluator must be an Evaluator (task_names, load_model, predictions), a TasksConfig "
                               f"or the path of a task spec, got {type(evaluator).__name__}")
@@ -210,6 +224,17 @@ def _own_task_scores(scorer: _Scorer, models: dict[str, object], splits: tuple[s
     return {split: EvalReport(split, tasks[split], ids) for split in splits}
 
 
+def _merge_reports(reports: list):
+    """One report of the tasks of several single-split reports (in order)."""
+    from .evaluation import EvalReport
+
+    tasks, ids = {}, {}
+    for report in reports:
+        tasks.update(report.tasks)
+        ids.update(report.dataset_ids)
+    return EvalReport(reports[0].split, tasks, ids)
+
+
 def _reference_rows(scorer: _Scorer, base, paired: dict[str, object], splits: tuple[str, ...],
                     on_step) -> Iterator[MethodComparison]:
     """Fine-tuned (each task by its own model; its accuracy becomes the task's reference) and zero-shot rows."""
@@ -220,13 +245,14 @@ def _reference_rows(scorer: _Scorer, base, paired: dict[str, object], splits: tu
             own = _own_task_scores(scorer, paired, splits)
             for split, report in own.items():
                 for task, scores in report.tasks.items():
-                    scorer.references.setdefault(split, {})[task] = scores["accuracy"]
-                    scores["normalized_accuracy"] = 100.0 if scores["accuracy"] > 0 else None  # its own reference
+                    if scores["accuracy"] > 0:  # a 0% reference normalises nothing: that task stays absolute
+                        scorer.references.setdefault(split, {})[task] = scores["accuracy"]
+                    # its own reference, exactly (100·a/a is not always 100.0 in floating point)
+                    scores["normalized_accuracy"] = 100.0 if scores["accuracy"] > 0 else None
             test = Scores.from_report(own["test"])
             test.normalized = 100.0
             seconds = time.perf_counter() - started
         yield MethodComparison("finetuned", REFERENCE_TITLES["finetuned"], kind="reference", test=test,
-                               validation=own["validation"].mean_accuracy if "validation" in own else None,
                                seconds=seconds, peak_memory_bytes=peak.bytes)
     on_step("zero-shot", "evaluate")
     with PeakMemory() as peak:
@@ -304,14 +330,18 @@ def _tsvc_row(scorer: _Scorer, base, models: list, tasks: Sequence[str], merge_k
 
     on_step("tsv-c", "compress")
     compress_kwargs = {k: v for k, v in merge_kwargs.items() if k in ("device", "compute_dtype", "svd", "fuse_qkv",
-                                                                     "exclude", "allow_duplicates")}
+                                                                     "exclude", "allow_duplicates", "token",
+                                                                     "architecture", "drop_heads")}
     with PeakMemory() as peak, tempfile.TemporaryDirectory(prefix="hf-tsv-compare-tsvc-") as tmp:
         started = time.perf_counter()
         packed = compress(base, models, Path(tmp) / "tsvc", **compress_kwargs)
-        rebuilt = {task: str(expand(Path(tmp) / "tsvc", i, Path(tmp) / f"task-{i}", base=base))
-                   for i, task in enumerate(tasks)}
         on_step("tsv-c", "evaluate")
-        test = Scores.from_report(_own_task_scores(scorer, rebuilt, ("test",))["test"])
+        reports = []
+        for i, task in enumerate(tasks):  # one rebuilt task on disk at a time
+            rebuilt = expand(Path(tmp) / "tsvc", i, Path(tmp) / f"task-{i}", base=base)
+            reports.append(_own_task_scores(scorer, {task: str(rebuilt)}, ("test",))["test"])
+            shutil.rmtree(rebuilt)
+        test = Scores.from_report(_merge_reports(reports))
         seconds = time.perf_counter() - started
     return MethodComparison("tsv-c", REFERENCE_TITLES["tsv-c"], kind="reference", test=test, seconds=seconds,
                             peak_memory_bytes=peak.bytes,
@@ -324,8 +354,10 @@ def _tsvc_row(scorer: _Scorer, base, models: list, tasks: Sequence[str], merge_k
 
 
 def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "search", alpha_grid=None,
-                 tsvc: bool = False, default_alpha_rows: bool = True, progress: bool = True,
-                 on_step: Callable[[str, str], None] | None = None, **merge_options) -> Iterator[MethodComparison]:
+                 tsvc: bool = False, default_alpha_rows: bool = True, batch_size: int = 256,
+                 max_examples: int | None = None, progress: bool = True,
+                 on_step: Callable[[str, str], None] | None = None, revision: str | None = None, token=None,
+                 **merge_options) -> Iterator[MethodComparison]:
     """Yield one :class:`MethodComparison` as each row finishes: the fine-tuned and zero-shot references (with an
     evaluator), then each method in the order given, then TSV-C retention (``tsvc=True``). Everything is checked
     before the first model is read.
@@ -342,6 +374,9 @@ def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "se
         tsvc: also score TSV-C retention (each task rebuilt from its factors; needs an evaluator).
         default_alpha_rows: after a search, also score SVD methods at their paper α (``at_default_alpha``).
         on_step: called with ``(row, step)`` as each step starts (``"merge"``, ``"alpha search"``, ``"test"``...).
+        batch_size, max_examples: of the evaluator made from a task spec (forward-pass batch; examples per task
+            and split).
+        revision, token: of the base on the Hub, and for private models (as :func:`hf_tsv.merge`).
         merge_options: :func:`hf_tsv.merge_linear`'s options (``device``, ``fuse_qkv``, ``ties_density``...).
 
     Raises:
@@ -349,14 +384,14 @@ def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "se
         EvalInputError: a bad task spec or dataset.
     """
     merge_options.setdefault("device", "cpu")
-    models = check_model_references(base, models)
+    models = check_model_references(base, models, revision=revision)
     options = check_compare_options(methods, alpha, alpha_grid, searching_possible=evaluator is not None,
-                                    tsvc=tsvc, default_alpha_rows=default_alpha_rows, **merge_options)
-    if tsvc and evaluator is None:
-        raise MergeInputError("tsvc=True scores TSV-C retention and needs an evaluator (--eval TASKS_SPEC)")
+                                    tsvc=tsvc, default_alpha_rows=default_alpha_rows, batch_size=batch_size,
+                                    max_examples=max_examples, **merge_options)
     step = on_step or (lambda row, name: None)
     splits = ("validation", "test") if options.alpha == "search" else ("test",)
-    evaluator = as_evaluator(evaluator, base, splits=splits, progress=progress)
+    evaluator = as_evaluator(evaluator, base, splits=splits, progress=progress, batch_size=batch_size,
+                             max_examples=max_examples)
     scorer = _Scorer(evaluator) if evaluator is not None else None
     tasks = list(evaluator.task_names) if evaluator is not None else []
     if scorer is not None:
@@ -367,11 +402,17 @@ def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "se
             warnings.warn(f"{len(tasks)} tasks but {len(models)} fine-tuned models: normalised accuracy pairs task i "
                           "with model i, so only absolute accuracy is reported (and α is chosen on it)", stacklevel=2)
         yield from _reference_rows(scorer, base, paired, splits, step)
+    reading = {"revision": revision, "token": token} if revision or token else {}
     for name in options.methods:
         yield _method_row(name, base, models, options.merge_options[name], options.alpha, scorer,
-                          options.default_alpha_rows, merge_options, step, progress)
+                          options.default_alpha_rows, {**merge_options, **reading}, step, progress)
     if options.tsvc:
-        yield _tsvc_row(scorer, base, models, tasks, merge_options, step)
+        yield _tsvc_row(scorer, base, models, tasks, {**merge_options, **reading}, step)
+
+
+def _check_positive(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MergeInputError(f"{name} must be a positive integer, got {value!r}")
 
 
 def choose_best(entries: Sequence[MethodComparison]) -> str | None:
@@ -385,7 +426,8 @@ def choose_best(entries: Sequence[MethodComparison]) -> str | None:
 
 def compare(base, models, *, methods=None, evaluator=None, alpha: str = "search", alpha_grid=None,
             output_dir: str | os.PathLike | None = None, keep_best: bool = False, overwrite: bool = False,
-            tsvc: bool = False, default_alpha_rows: bool = True, progress: bool = True,
+            tsvc: bool = False, default_alpha_rows: bool = True, batch_size: int = 256,
+            max_examples: int | None = None, progress: bool = True,
             on_result: Callable[[MethodComparison], None] | None = None,
             on_step: Callable[[str, str], None] | None = None, revision: str | None = None, token=None,
             command: str | None = None, **merge_options) -> CompareResult:
@@ -411,22 +453,18 @@ def compare(base, models, *, methods=None, evaluator=None, alpha: str = "search"
     from .io.writer import atomic_output_dir, check_output_dir
 
     started = time.perf_counter()
-    if not isinstance(keep_best, bool):
-        raise MergeInputError(f"keep_best (--keep-best) must be True or False, got {keep_best!r}")
     check_output_options(overwrite, "5GB")
     models = check_model_references(base, models, revision=revision)
-    if keep_best and (output_dir is None or evaluator is None or alpha != "search"):
-        raise MergeInputError("keep_best (--keep-best) keeps the method with the best validation score: it needs "
-                              "an evaluator (--eval TASKS_SPEC), --alpha search and an output folder (-o DIR)")
     check_compare_options(methods, alpha, alpha_grid, searching_possible=evaluator is not None, tsvc=tsvc,
-                          default_alpha_rows=default_alpha_rows, **{"device": "cpu", **merge_options})
+                          default_alpha_rows=default_alpha_rows, batch_size=batch_size, max_examples=max_examples,
+                          keep_best=keep_best, output_dir=output_dir, **{"device": "cpu", **merge_options})
     if output_dir is not None:
         check_output_dir(output_dir, overwrite, inputs=[base, *models])
-    kwargs = dict(merge_options, revision=revision, token=token) if (revision or token) else dict(merge_options)
     entries = []
     for entry in iter_compare(base, models, methods=methods, evaluator=evaluator, alpha=alpha, alpha_grid=alpha_grid,
-                              tsvc=tsvc, default_alpha_rows=default_alpha_rows, progress=progress, on_step=on_step,
-                              **kwargs):
+                              tsvc=tsvc, default_alpha_rows=default_alpha_rows, batch_size=batch_size,
+                              max_examples=max_examples, progress=progress, on_step=on_step, revision=revision,
+                              token=token, **merge_options):
         entries.append(entry)
         if on_result is not None:
             on_result(entry)

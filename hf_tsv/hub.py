@@ -25,6 +25,8 @@ from .card import write_card
 from .errors import HFTSVError, PushError
 from .files import (
     CARD_NAME,
+    COMPARE_JSON_NAME,
+    COMPARE_TABLE_NAME,
     EVAL_RESULTS_NAME,
     HEATMAP_NAME,
     REPORT_NAME,
@@ -59,6 +61,8 @@ PUBLISHED_FILES = (
                    "(layers × layer types)"),
     PublishedGroup((EVAL_RESULTS_NAME, "eval_*.json", "eval_*.csv", "eval_*.md", "eval_*.png"),
                    "evaluation results, when present in the folder"),
+    PublishedGroup((COMPARE_JSON_NAME, COMPARE_TABLE_NAME, "compare_*.png"),
+                   "`hf-tsv compare --keep-best`: every method's scores side by side, when present in the folder"),
     PublishedGroup((TSVC_INDEX_NAME, "tsv_c.safetensors", "tsv_c-*-of-*.safetensors", "tsv_c.safetensors.index.json"),
                    "TSV-C folders (`hf-tsv compress`) instead of the weights and merge report"),
     PublishedGroup(SIDE_FILES, "the base's tokenizer and sentence-transformers files, which a merge keeps (BERT)"),

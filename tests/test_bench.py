@@ -87,6 +87,14 @@ def test_quick_results_schema_and_consistency(quick_bench):
     assert "| TSV-M |" in table and "| Zero-shot |" in table
     for png in ("normalized_accuracy.png", "per_task.png", "sti_per_layer.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # bench run is hf_tsv.compare: its comparison is written beside, and its rows are the results' rows
+    comparison = json.loads((out / "compare.json").read_text())
+    assert comparison["best"] == results["benchmark"]["best_method"]
+    rows = {row["method"]: row for row in comparison["entries"]}
+    assert set(rows) == SCHEMA_NAMES
+    for name, entry in methods.items():
+        assert rows[name]["test"]["absolute"] == entry["absolute"], name
+        assert rows[name]["alpha"] == entry["alpha"], name
 
 
 def test_bench_spec_works_with_hf_tsv_eval(quick_bench, tmp_path):

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import CardError, ReportError
 from ..files import HEATMAP_NAME
 from ..report import InputRecord, MergeReport, OutputRecord
 from ..sti_table import format_sti
@@ -194,6 +195,20 @@ def _evaluation_context(evals: EvalResults | None) -> tuple[dict | None, list]:
     return context, results
 
 
+def _comparison_context(comparison: dict | None) -> dict | None:
+    """The card's comparison section (``hf-tsv compare --keep-best``): the one comparison table
+    (:func:`hf_tsv.compare_result.compare_table`), rendered from the saved ``compare.json``."""
+    if not comparison:
+        return None
+    from ..compare_result import CompareResult
+
+    try:
+        result = CompareResult.from_dict(comparison)
+    except ReportError as exc:
+        raise CardError(str(exc)) from None
+    return {"table": result.table(), "best": result.best}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # One context per kind of folder
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,6 +272,7 @@ def merge_context(folder: OutputFolder, title: str, model_id: str, local: bool, 
         "notes": report.notes or [],
         "sti": sti_context,
         "evaluation": evaluation,
+        "comparison": _comparison_context(folder.comparison),
         "license_sentence": licensing.sentence,
         "usage": usage.snippet,
         "reproduce": reproduce,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CardError, MergeInputError
-from ..files import CONFIG_NAME, EVAL_RESULTS_NAME, REPORT_NAME, TSVC_INDEX_NAME
+from ..files import COMPARE_JSON_NAME, CONFIG_NAME, EVAL_RESULTS_NAME, REPORT_NAME, TSVC_INDEX_NAME
 from ..report import MergeReport
 from ..secrets import public_json
 
@@ -44,6 +44,7 @@ class OutputFolder:
     index: dict | None = None
     config: dict = field(default_factory=dict)
     evaluation: EvalResults | None = None
+    comparison: dict | None = None  # compare.json (hf-tsv compare --keep-best), public
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -107,7 +108,10 @@ def read_folder(folder: Path) -> OutputFolder:
     report = MergeReport.load(folder).public()
     if report.is_expand:
         return OutputFolder(folder, EXPAND, report=report, config=config)
-    return OutputFolder(folder, MERGE, report=report, config=config, evaluation=load_eval_results(folder))
+    compared = folder / COMPARE_JSON_NAME
+    comparison = read_json(compared, "a comparison") if compared.is_file() else None
+    return OutputFolder(folder, MERGE, report=report, config=config, evaluation=load_eval_results(folder),
+                        comparison=comparison)
 
 
 def folder_kind(folder: str | Path) -> str:

@@ -106,7 +106,7 @@ class TasksEvaluator:
         self.config = config
         self.batch_size = batch_size
         self.device = device
-        self._projections: dict[int, torch.Tensor | None] = {}
+        self._projections: dict[str, torch.Tensor | None] = {}  # the text model's projection, once
 
     @classmethod
     def from_spec(cls, spec: TasksConfig | str | os.PathLike, *, processor_from=None,

@@ -215,7 +215,8 @@ def replace_refusal(folder: Path) -> str | None:
     if not entries:
         return None
     if not is_hftsv_output(folder):
-        return f"it is not an hf-tsv output (it has no {REPORT_NAME} or {TSVC_INDEX_NAME} written by hf-tsv)"
+        return (f"it is not an hf-tsv output (it has no {REPORT_NAME}, {TSVC_INDEX_NAME} or {COMPARE_JSON_NAME} "
+                "written by hf-tsv)")
     for entry in entries:
         if entry.name in SIDE_FOLDERS and entry.is_dir(follow_symlinks=False):
             reason = _side_folder_refusal(Path(entry.path))
