@@ -195,7 +195,9 @@ def build_text_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: b
     """Build the text benchmark into ``<cache_dir>/{full,quick}`` (atomically) unless an identical build is there.
 
     ``tasks`` (name → ``TextTask``) replaces the Debian-data tasks of :mod:`.text_sources` (tests pass a few
-    made-up ones); ``sources_info`` then describes where they came from.
+    made-up ones; such a build is always made afresh); ``sources_info`` then describes where they came from.
+    A cached build is reused when its settings digest matches; the digest does not cover the installed Debian data,
+    so after an ``apt-get update`` that changed the index, rebuild with ``force=True`` (``--force``).
 
     Example:
         >>> folder = build_text_benchmark(quick=True)  # doctest: +SKIP
