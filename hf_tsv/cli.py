@@ -308,9 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("build", "prepare data, base model, heads and fine-tuned models (cached)"),
                        ("run", "evaluate zero-shot, fine-tuned, every merge method and TSV-C; write results")):
         b = bench.add_parser(name, help=text)
+        b.add_argument("--suite", choices=("image", "text"), default="image",
+                       help="image (default: a small CLIP vision encoder pretrained here) or text (the real "
+                       "pretrained all-MiniLM-L6-v2 on 8 real-text tasks)")
         b.add_argument("--quick", action="store_true", help="a reduced version that runs in a few minutes (CI)")
         b.add_argument("--cache", metavar="DIR", help="benchmark cache (default $HF_TSV_BENCH_CACHE or "
-                       "~/.cache/hf_tsv/bench)")
+                       "~/.cache/hf_tsv/bench; text: $HF_TSV_BENCH_TEXT_CACHE or ~/.cache/hf_tsv/bench-text)")
         b.add_argument("--threads", type=_positive_int, default=1,
                        help="torch CPU threads (default 1: results and timings do not depend on the machine)")
         seeds = b.add_mutually_exclusive_group()
@@ -695,10 +698,10 @@ def _bench(args: argparse.Namespace) -> int:
     if args.seeds is not None:
         return _bench_seeds(bench, args)
     if args.bench_command == "build":
-        bench.build_benchmark(args.cache, quick=args.quick, seed=args.seed, force=args.force)
+        bench.build_suite(args.suite, args.cache, quick=args.quick, seed=args.seed, force=args.force)
         return 0
-    payload = bench.run_benchmark(args.cache, quick=args.quick, out_dir=args.out)
-    out = Path(args.out) if args.out else bench.build.build_dir(args.cache, args.quick) / "results"
+    payload = bench.run_suite(args.suite, args.cache, quick=args.quick, out_dir=args.out)
+    out = Path(args.out) if args.out else bench.suite_build_dir(args.suite, args.cache, args.quick) / "results"
     print((out / "results.md").read_text())  # the table run_benchmark wrote
     print(f"results.json, results.md and plots in {out} ({payload['timings']['total_s']:.0f} s)")
     return 0
@@ -707,11 +710,12 @@ def _bench(args: argparse.Namespace) -> int:
 def _bench_seeds(bench: ModuleType, args: argparse.Namespace) -> int:
     """``bench build|run --seeds LIST``: every seed in its own cache folder; run prints the mean ± std table."""
     seeds = bench.seeds.parse_seeds(args.seeds)
-    suite = bench.seeds.image_suite(quick=args.quick, force=getattr(args, "force", False))
+    suite, cache = bench.seeds.suite_for_seeds(args.suite, args.cache, quick=args.quick,
+                                               force=getattr(args, "force", False))
     if args.bench_command == "build":
-        bench.seeds.build_seeds(suite, seeds, args.cache)
+        bench.seeds.build_seeds(suite, seeds, cache)
         return 0
-    result, out = bench.seeds.run_suite(suite, seeds, args.cache, args.out)
+    result, out = bench.seeds.run_suite(suite, seeds, cache, args.out)
     print((out / "results.md").read_text())
     print(f"results.json, results.md and normalized_accuracy.png in {out}, each seed in {out}/seed<s> "
           f"({result['timings']['total_s']:.0f} s)")

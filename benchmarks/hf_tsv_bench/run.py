@@ -46,7 +46,6 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
     It is :func:`hf_tsv.compare` with the build's task spec (α searched on validation, each method's quick grid
     with ``quick``, TSV-C retention), its rows written in the benchmark's format; ``compare.json``/``compare.md``
     and the comparison plots are written beside them."""
-    from hf_tsv import METHODS, compare
     from hf_tsv.evaluation import TasksEvaluator, load_tasks_spec
 
     folder = build_dir(cache_dir, quick)
@@ -56,13 +55,27 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
                          "first")
     info = json.loads(info_path.read_text())
     out = Path(out_dir) if out_dir is not None else folder / "results"
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     config = load_tasks_spec(folder / SPEC_NAME)
     base = str(folder / "models" / "base")
     models = [str(folder / "models" / t.name) for t in config.tasks]
     evaluator = TasksEvaluator.from_spec(config, processor_from=base, splits=("validation", "test"),
                                          progress=progress)
+    return compare_results(base, models, evaluator, info=info, quick=quick, out=out, methods=methods,
+                           progress=progress, started=started)
+
+
+def compare_results(base: str, models: list[str], evaluator, *, info: dict, quick: bool, out: Path,
+                    methods: tuple[str, ...] | None = None, progress: bool = True,
+                    started: float | None = None) -> dict:
+    """A suite's run: :func:`hf_tsv.compare` of ``models`` (one per task of ``evaluator``, in order) on ``base``
+    with α searched on validation (each method's quick grid with ``quick``) and TSV-C retention; writes
+    ``results.json``/``results.md``/plots in the benchmark's format and ``compare.json``/``compare.md`` beside
+    them into ``out``, and returns the results dict. ``info`` is the build's record, kept in the results."""
+    from hf_tsv import METHODS, compare
+
+    started = time.perf_counter() if started is None else started
+    out.mkdir(parents=True, exist_ok=True)
     result = compare(base, models, methods=methods or tuple(METHODS), evaluator=evaluator, alpha="search",
                      alpha_grid="quick" if quick else None, tsvc=True, device="cpu", progress=progress)
     order = ["finetuned", "zero-shot", *[e.method for e in result.methods], "tsv-c"]
@@ -73,7 +86,7 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
     sti_keys = next((row.sti["keys"] for row in reversed(result.methods) if row.sti), None)
 
     payload = {
-        "benchmark": {"quick": quick, "tasks": config.task_names(), "build": info,
+        "benchmark": {"quick": quick, "tasks": list(evaluator.task_names), "build": info,
                       "split": "test", "alpha_selection": "best mean normalised validation accuracy",
                       "best_method": result.best, "best_criterion": result.best_criterion,
                       "memory_measure": result.memory_measure},

@@ -321,3 +321,39 @@ def image_suite(quick: bool = False, force: bool = False) -> SeedSuite:
         built_seed=built_seed,
         default_out=lambda cache: build_dir(cache, quick) / "results-seeds",
         build_command="hf-tsv bench build" + (" --quick" if quick else ""))
+
+
+def text_suite(quick: bool = False, force: bool = False) -> SeedSuite:
+    """The text benchmark (:func:`~hf_tsv_bench.text_suite.build_text_benchmark`, its run); its default cache is
+    :func:`~hf_tsv_bench.text_suite.default_text_cache_dir` (see :func:`suite_for_seeds`)."""
+    from .text_suite import build_text_benchmark, run_text_benchmark, text_build_dir
+
+    def built_seed(cache: Path) -> int | None:
+        info = text_build_dir(cache, quick) / BUILD_INFO
+        return json.loads(info.read_text())["settings"]["seed"] if info.is_file() else None
+
+    return SeedSuite(
+        build_one=lambda seed, cache: build_text_benchmark(cache, quick=quick, seed=seed, force=force),
+        run_one=lambda seed, cache, out: run_text_benchmark(cache, quick=quick, out_dir=out),
+        built_seed=built_seed,
+        default_out=lambda cache: text_build_dir(cache, quick) / "results-seeds",
+        build_command="hf-tsv bench build --suite text" + (" --quick" if quick else ""))
+
+
+def suite_for_seeds(name: str, cache: str | os.PathLike | None, *, quick: bool = False,
+                    force: bool = False) -> tuple[SeedSuite, Path]:
+    """The suite ``name`` (``image`` or ``text``) for the seed loop, and seed 0's cache folder (``cache``, else
+    that suite's default cache).
+
+    Example:
+        >>> suite, cache = suite_for_seeds("text", "/c/bench-text")
+        >>> suite.build_command, cache.as_posix()
+        ('hf-tsv bench build --suite text', '/c/bench-text')
+    """
+    from .suites import _check
+
+    if _check(name) == "text":
+        from .text_suite import default_text_cache_dir
+
+        return text_suite(quick, force), Path(cache) if cache is not None else default_text_cache_dir()
+    return image_suite(quick, force), Path(cache) if cache is not None else default_cache_dir()

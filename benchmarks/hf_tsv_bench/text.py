@@ -32,6 +32,18 @@ def minilm_path() -> Path:
     return folder
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The sentence embedding of sentence-transformers' ``Pooling`` (mean mode): the average of the token vectors
+    ``hidden`` ``(N, L, D)`` over the real tokens of ``attention_mask`` ``(N, L)`` (padding left out).
+
+    Example:
+        >>> mean_pool(torch.tensor([[[1.0], [3.0], [9.0]]]), torch.tensor([[1, 1, 0]]))
+        tensor([[2.]])
+    """
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+
 class MiniLMTextEncoder:
     """Frozen sentence encoder: ``encode(texts) -> (N, 384)`` float32 (mean-pooled, not normalised).
 
@@ -68,9 +80,7 @@ class MiniLMTextEncoder:
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt").to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+            pooled = mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
             out.append(pooled.float().cpu())
         return torch.cat(out)
 

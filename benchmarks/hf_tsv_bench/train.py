@@ -187,6 +187,26 @@ def cosine_schedule(step: int, steps: int, warmup: int, min_ratio: float = 0.0) 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def adamw_cosine(model: torch.nn.Module, *, lr: float, weight_decay: float, steps: int, warmup: int):
+    """AdamW over ``model``'s trainable parameters (no weight decay on biases, norms and embeddings) and the
+    :func:`cosine_schedule` driving its learning rate; returns ``(optimiser, scheduler)``, stepped once per step.
+
+    Example:
+        >>> optimiser, scheduler = adamw_cosine(torch.nn.Linear(2, 2), lr=1e-3, weight_decay=0.1, steps=10, warmup=1)
+        >>> [group["weight_decay"] for group in optimiser.param_groups]
+        [0.1, 0.0]
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
+    optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: cosine_schedule(s, steps, warmup))
+    return optimiser, scheduler
+
+
 def head_matrix(head) -> torch.Tensor:
     """A head's ``(C, D)`` matrix: a tensor, or an object holding it as ``.weight`` (``TaskHead``)."""
     weight = getattr(head, "weight", head)
@@ -206,14 +226,7 @@ def _fit(model, head: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, 
     device = torch.device(device)
     model.to(device).train()
     head = head.to(device)
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
-    optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: cosine_schedule(s, steps, warmup))
+    optimiser, scheduler = adamw_cosine(model, lr=lr, weight_decay=weight_decay, steps=steps, warmup=warmup)
     gen = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     running = None
