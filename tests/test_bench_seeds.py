@@ -228,9 +228,9 @@ def test_two_quick_seeds_end_to_end(tmp_path, capsys):
 
 def test_one_seed_still_builds_in_the_cache_itself(monkeypatch, tmp_path):
     """`bench build --seed N` (without --seeds) is one build of seed N in --cache, as before --seeds existed."""
-    import hf_tsv_bench
+    from hf_tsv_bench import build
 
-    calls = []
-    monkeypatch.setattr(hf_tsv_bench, "build_benchmark", lambda *a, **k: calls.append((a, k)))
+    calls = []  # the image suite's builder, as hf_tsv_bench.suites.build_suite calls it
+    monkeypatch.setattr(build, "build_benchmark", lambda *a, **k: calls.append((a, k)))
     assert main(["bench", "build", "--seed", "3", "--cache", str(tmp_path / "c")]) == 0
     assert calls == [((str(tmp_path / "c"),), {"quick": False, "seed": 3, "force": False})]
