@@ -213,7 +213,7 @@ SCALE = Parameter("toy_scale", 1.0, "scale", low=0.0)
     pytest.param(lambda: register(_toy(name="toy2", parameters=(replace(SCALE, name="device"),))), ValueError,
                  "parameter name 'device' must be a Python identifier and not the name of an option every merge has "
                  "(allow_duplicates, alpha, alpha_grid, architecture, compute_dtype, device, drop_heads, dtype, "
-                 "exclude, fuse_qkv, method,",
+                 "embeddings, exclude, fuse_qkv, method, method_options, output_format,",
                  id="MR-11"),
     pytest.param(lambda: register(_toy(name="toy2", parameters=(replace(SCALE, name="ties_density"),))),
                  ValueError, "parameter 'ties_density' is declared differently by ties", id="MR-08"),
