@@ -207,8 +207,30 @@ def shut_down() -> None:
     """Destroy the default process group if one is started (at the end of a torchrun command)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    # Process 0 tears its connections down last: gloo aborts a process ("terminate called without an active
+    # exception") whose peer closed them while it was still destroying its own group. So every process meets at a
+    # barrier, the others destroy theirs and say so through the store (kept alive for that), and process 0 waits
+    # for them before destroying its own.
+    from torch.distributed import distributed_c10d
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        store = distributed_c10d._get_default_store()
+        dist.barrier()
+    except Exception:  # a peer already failed (its error was reported): just tear down
         dist.destroy_process_group()
+        return
+    if rank != 0:
+        dist.destroy_process_group()
+        store.set(f"hf_tsv/shut_down/{rank}", "1")
+        return
+    try:
+        store.wait([f"hf_tsv/shut_down/{r}" for r in range(1, world)], timedelta(seconds=30))
+    except Exception:  # a peer died after the barrier: nothing left to wait for
+        pass
+    dist.destroy_process_group()
 
 
 def write_sharded(shards: Shards, output_dir, overwrite: bool, inputs, layout: dict, max_shard_size,

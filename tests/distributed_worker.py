@@ -81,8 +81,9 @@ def worker(rank: int, world_size: int, port: int, scenarios: list[dict], out: st
                     restore()
             Path(out, f"{scenario['name']}.rank{rank}.json").write_text(json.dumps(record))
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        from hf_tsv.distributed import shut_down
+
+        shut_down()
 
 
 def run_group(scenarios: list[dict], out: Path, world_size: int = 2, timeout_s: float = 60.0,
