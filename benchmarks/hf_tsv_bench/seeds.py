@@ -30,7 +30,7 @@ from pathlib import Path
 
 from hf_tsv.io.output import write_file_atomic, write_json
 
-from .build import BUILD_INFO, BenchError, build_dir, default_cache_dir
+from .build import BUILD_INFO, BenchError, default_cache_dir
 
 SEED_SUFFIX = "-seed"
 STD_NOTE = "sample standard deviation (n - 1) over seeds"
@@ -306,38 +306,32 @@ def run_suite(suite: SeedSuite, seeds: Sequence[int], cache: str | os.PathLike |
     return result, out
 
 
-def image_suite(quick: bool = False, force: bool = False) -> SeedSuite:
-    """The image benchmark (:func:`~hf_tsv_bench.build_benchmark`, :func:`~hf_tsv_bench.run_benchmark`)."""
-    from .build import build_benchmark
-    from .run import run_benchmark
+def _named_suite(name: str, quick: bool, force: bool) -> SeedSuite:
+    """A suite of :mod:`hf_tsv_bench.suites` (its build, run and build folder) as the seed loop sees it."""
+    from . import suites
 
     def built_seed(cache: Path) -> int | None:
-        info = build_dir(cache, quick) / BUILD_INFO
+        info = suites.suite_build_dir(name, cache, quick) / BUILD_INFO
         return json.loads(info.read_text())["settings"]["seed"] if info.is_file() else None
 
     return SeedSuite(
-        build_one=lambda seed, cache: build_benchmark(cache, quick=quick, seed=seed, force=force),
-        run_one=lambda seed, cache, out: run_benchmark(cache, quick=quick, out_dir=out),
+        build_one=lambda seed, cache: suites.build_suite(name, cache, quick=quick, seed=seed, force=force),
+        run_one=lambda seed, cache, out: suites.run_suite(name, cache, quick=quick, out_dir=out),
         built_seed=built_seed,
-        default_out=lambda cache: build_dir(cache, quick) / "results-seeds",
-        build_command="hf-tsv bench build" + (" --quick" if quick else ""))
+        default_out=lambda cache: suites.suite_build_dir(name, cache, quick) / "results-seeds",
+        build_command="hf-tsv bench build" + ("" if name == suites.DEFAULT_SUITE else f" --suite {name}")
+        + (" --quick" if quick else ""))
+
+
+def image_suite(quick: bool = False, force: bool = False) -> SeedSuite:
+    """The image benchmark (:func:`~hf_tsv_bench.build_benchmark`, :func:`~hf_tsv_bench.run_benchmark`)."""
+    return _named_suite("image", quick, force)
 
 
 def text_suite(quick: bool = False, force: bool = False) -> SeedSuite:
     """The text benchmark (:func:`~hf_tsv_bench.text_suite.build_text_benchmark`, its run); its default cache is
     :func:`~hf_tsv_bench.text_suite.default_text_cache_dir` (see :func:`suite_for_seeds`)."""
-    from .text_suite import build_text_benchmark, run_text_benchmark, text_build_dir
-
-    def built_seed(cache: Path) -> int | None:
-        info = text_build_dir(cache, quick) / BUILD_INFO
-        return json.loads(info.read_text())["settings"]["seed"] if info.is_file() else None
-
-    return SeedSuite(
-        build_one=lambda seed, cache: build_text_benchmark(cache, quick=quick, seed=seed, force=force),
-        run_one=lambda seed, cache, out: run_text_benchmark(cache, quick=quick, out_dir=out),
-        built_seed=built_seed,
-        default_out=lambda cache: text_build_dir(cache, quick) / "results-seeds",
-        build_command="hf-tsv bench build --suite text" + (" --quick" if quick else ""))
+    return _named_suite("text", quick, force)
 
 
 def suite_for_seeds(name: str, cache: str | os.PathLike | None, *, quick: bool = False,
