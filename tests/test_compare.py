@@ -28,9 +28,12 @@ from hf_tsv.synthetic import make_checkpoints  # noqa: E402
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
+    return make_compare_inputs(tmp_path_factory.mktemp("compare"))
+
+
+def make_compare_inputs(root: Path) -> dict:
     """Two tiny CLIPVisionModels whose fine-tunes move the features a lot, and a task spec on disk whose labels
-    each fine-tune gets right by construction (so α and the method matter)."""
-    root = tmp_path_factory.mktemp("compare")
+    each fine-tune gets right by construction (so α and the method matter): ``{"base", "tasks", "spec"}``."""
     paths = make_checkpoints(root / "models", preset="tiny", num_tasks=2, relative_size=0.3, seed=5)
     for folder in [paths["base"], *paths["tasks"]]:
         _save_processor(Path(folder))

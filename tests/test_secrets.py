@@ -6,6 +6,7 @@ Bad-input rows: the pytest ids SEC-01... (docs/bad-input.md)."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -34,21 +35,37 @@ INSIDE = "has whitespace, control or non-ASCII characters inside"
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _with_members(name: str, data: bytes) -> dict[str, bytes]:
+    """``{name: data}``, and each member of ``data`` as ``name!member`` when it is a zip (a wheel, a Space zip)."""
+    found = {name: data}
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            found.update({f"{name}!{member}": archive.read(member) for member in archive.namelist()})
+    return found
+
+
 def _file_texts(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (a zip's members too), by path."""
     found = {}
     for path in sorted(root.rglob("*")):
         if path.is_file() and not path.is_symlink():
-            data = path.read_bytes()
-            found[str(path)] = data
-            if zipfile.is_zipfile(path):
-                with zipfile.ZipFile(path) as archive:
-                    found.update({f"{path}!{name}": archive.read(name) for name in archive.namelist()})
+            found.update(_with_members(str(path), path.read_bytes()))
     return found
 
 
-def assert_token_nowhere(token: str, roots: list[Path], texts: list[str]) -> None:
-    """No file under ``roots`` (zip members included) and none of ``texts`` holds ``token``."""
+def _pushed_files(hub: HubServer, repo_id: str, repo_type: str = "model") -> dict[str, bytes]:
+    """Every file of the latest commit of ``repo_id`` as the Hub serves it (a zip's members too), by path."""
+    key = repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
+    found = {}
+    for path in hub.repos[key].commits[-1].files:
+        found.update(_with_members(path, hub.read_file(repo_id, path, repo_type=repo_type)))
+    return found
+
+
+def assert_token_nowhere(token: str, roots: list[Path], texts: list[str],
+                         pushed: dict[str, bytes] | None = None) -> None:
+    """No file under ``roots`` (zip members included), none of ``texts`` and none of the ``pushed`` files (by
+    name, as :func:`_pushed_files` reads them from the Hub) holds ``token``."""
     needle = token.strip()
     for i, text in enumerate(texts):
         assert needle not in text, f"text {i} shows the token: {text[:300]!r}"
@@ -57,6 +74,10 @@ def assert_token_nowhere(token: str, roots: list[Path], texts: list[str]) -> Non
         assert files, f"nothing was written under {root}"
         leaks = [name for name, data in files.items() if needle.encode() in data]
         assert not leaks, f"the token is in {leaks}"
+    if pushed is not None:
+        assert pushed, "nothing was pushed"
+        leaks = [name for name, data in pushed.items() if needle.encode() in data]
+        assert not leaks, f"the token is in the pushed {leaks}"
 
 
 def _exception_texts(exc: BaseException) -> list[str]:
@@ -318,6 +339,149 @@ def test_space_zip_and_messages_hold_no_token(tmp_path):
     outcome = space_worker.outcome_of(job)
     assert outcome["ok"] and zipfile.is_zipfile(tmp_path / "jobs" / "m.zip")
     assert_token_nowhere(TOKEN, [tmp_path / "jobs"], [json.dumps(outcome)])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs added since: compare (and the merge it keeps), PEFT adapters, the Space deploy
+# ----------------------------------------------------------------------------------------------------------------
+
+# Each way a token reaches hf-tsv: --token on the command line, HF_TOKEN in the environment (the CLI, with a
+# newline around it as pasted) and token= of the Python API (with a newline too; the API also gets a command that
+# holds the token, as a caller could record it).
+ROUTES = [pytest.param("--token", id="cli-token"), pytest.param("HF_TOKEN", id="cli-HF_TOKEN"),
+          pytest.param("token=", id="python-token")]
+
+
+def _given(how: str, monkeypatch) -> tuple[list[str], dict]:
+    """The CLI arguments (``--token``, ``HF_TOKEN``: set here) or the Python keyword arguments (``token=``) that
+    give TOKEN by route ``how``."""
+    if how == "HF_TOKEN":
+        monkeypatch.setenv("HF_TOKEN", f" {TOKEN}\n")
+        return [], {}
+    if how == "--token":
+        return ["--token", TOKEN], {}
+    return [], {"token": f"{TOKEN}\n", "command": f"hf-tsv x --token {TOKEN} --tok={TOKEN}"}
+
+
+def _seen(captured, caplog, hub: HubServer) -> list[str]:
+    """What a user or a server operator sees: stdout, stderr, the log records, the Hub's log and requests, and
+    what the Hub keeps of Spaces (their SDK, hardware and variables)."""
+    return [captured.out, captured.err, caplog.text, *_hub_texts(hub), repr(hub.spaces)]
+
+
+def _assert_recorded_and_redacted(folder: Path, how: str) -> None:
+    """The token given on the command line or in the API's command did reach the recorded command (so the scan
+    that follows looks where it would show), as ``***``."""
+    recorded = json.loads((folder / "merge_report.json").read_text())["command"]
+    assert ("--token '***'" in recorded) == (how != "HF_TOKEN"), recorded
+
+
+@pytest.fixture(scope="module")
+def compare_inputs(tmp_path_factory) -> dict:
+    """test_compare's tiny CLIP base, two fine-tunes and a task spec with validation splits (α is searched)."""
+    pytest.importorskip("datasets")
+    pytest.importorskip("evaluate")
+    from test_compare import make_compare_inputs
+
+    return make_compare_inputs(tmp_path_factory.mktemp("secrets-compare"))
+
+
+@pytest.mark.parametrize("how", ROUTES)
+def test_compare_keep_best_and_its_push_write_the_token_nowhere(how, compare_inputs, hub, tmp_path, capfd, caplog,
+                                                                 monkeypatch):
+    """compare.json, compare.md, the plots, the kept merge folder (its report and card) and a push of it: in the
+    folder, in the Hub's storage and in what the Hub serves back."""
+    caplog.set_level(logging.DEBUG)
+    flags, kwargs = _given(how, monkeypatch)
+    inputs = [str(compare_inputs["base"]), *map(str, compare_inputs["tasks"])]
+    out, repo = tmp_path / "compared", "hf-tsv-tester/best"
+    if how == "token=":
+        hf_tsv.compare(inputs[0], inputs[1:], methods=["ta", "tsv-m"], evaluator=compare_inputs["spec"],
+                       alpha_grid="0.5,1", output_dir=out, keep_best=True, progress=False, device="cpu", **kwargs)
+        hf_tsv.push_to_hub(out, repo, token=kwargs["token"])
+    else:
+        assert main(["compare", *inputs, "-o", str(out), "--methods", "ta,tsv-m", "--eval",
+                     str(compare_inputs["spec"]), "--alpha-grid", "0.5,1", "--keep-best", "--device", "cpu",
+                     *flags]) == 0
+        assert main(["push", str(out), "--repo-id", repo, *flags]) == 0
+    captured = capfd.readouterr()
+    kept = {"compare.json", "compare.md", "compare_normalized.png", "compare_sti_per_layer.png", "README.md",
+            "merge_report.json", "model.safetensors"}
+    assert kept <= {p.name for p in out.iterdir()}
+    _assert_recorded_and_redacted(out, how)
+    pushed = _pushed_files(hub, repo)
+    assert {"compare.json", "compare.md", "README.md", "merge_report.json"} <= set(pushed)
+    assert_token_nowhere(TOKEN, [out, hub.root, tmp_path], _seen(captured, caplog, hub), pushed)
+
+
+@pytest.fixture(scope="module")
+def lora_adapters(tiny, tmp_path_factory) -> list[str]:
+    """Two PEFT LoRA adapters of the tiny base (the first two of test_lora's)."""
+    pytest.importorskip("peft")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from test_lora import ADAPTERS, _clip
+
+    folders = []
+    for i, spec in enumerate(ADAPTERS[:2]):
+        torch.manual_seed(100 + i)
+        folder = tmp_path_factory.mktemp("secrets-lora") / f"lora_{i}"
+        get_peft_model(_clip(tiny["base"]), LoraConfig(init_lora_weights=False, **spec)).save_pretrained(folder)
+        folders.append(str(folder))
+    return folders
+
+
+@pytest.mark.parametrize("how", ROUTES)
+def test_peft_adapter_output_and_its_push_write_the_token_nowhere(how, tiny, lora_adapters, hub, tmp_path, capfd,
+                                                                   caplog, monkeypatch):
+    """``--output-format peft``: the adapter folder (weights, adapter_config.json, its card, merge_report.json)
+    and its push (``--push-to-hub`` / ``push_to_hub``)."""
+    caplog.set_level(logging.DEBUG)
+    flags, kwargs = _given(how, monkeypatch)
+    out, repo = tmp_path / "adapter", "hf-tsv-tester/merged-lora"
+    if how == "token=":
+        result = hf_tsv.merge(tiny["base"], lora_adapters, output_dir=out, output_format="peft", device="cpu",
+                              **kwargs)
+        result.push_to_hub(repo, token=kwargs["token"])
+    else:
+        assert main(["merge", str(tiny["base"]), *lora_adapters, "-o", str(out), "--output-format", "peft",
+                     "--device", "cpu", "--push-to-hub", repo, *flags]) == 0
+    captured = capfd.readouterr()
+    written = {"adapter_model.safetensors", "adapter_config.json", "README.md", "merge_report.json"}
+    assert written <= {p.name for p in out.iterdir()}
+    _assert_recorded_and_redacted(out, how)
+    pushed = _pushed_files(hub, repo)
+    assert written <= set(pushed)
+    assert_token_nowhere(TOKEN, [out, hub.root, tmp_path], _seen(captured, caplog, hub), pushed)
+
+
+@pytest.mark.parametrize("how", ROUTES)
+def test_space_deploy_writes_the_token_nowhere(how, tiny, hub, tmp_path, capfd, caplog, monkeypatch):
+    """``hf-tsv space deploy`` / ``deploy_space``: every file of the deployed commit (the wheel's members too),
+    the Space's variables, the Hub's storage, stdout, stderr and the logs."""
+    pytest.importorskip("gradio")
+    pytest.importorskip("datasets")
+    from space_helpers import make_eval_tasks
+
+    caplog.set_level(logging.DEBUG)
+    flags, kwargs = _given(how, monkeypatch)
+    library = tmp_path / "library"
+    shutil.copytree(tiny["base"], library / "base")
+    shutil.copytree(tiny["tasks"][0], library / "cars")
+    spec = make_eval_tasks(tmp_path / "eval", ["cars"], examples=4)
+    space = "hf-tsv-tester/merge-space"
+    if how == "token=":
+        hf_tsv.deploy_space(space, private=True, model_library=library, tasks=spec, token=kwargs["token"])
+    else:
+        assert main(["space", "deploy", space, "--private", "--model-library", str(library), "--tasks", str(spec),
+                     *flags]) == 0
+    captured = capfd.readouterr()
+    assert hub.spaces[space]["variables"] == {"HF_TSV_MODEL_LIBRARY": "model_library",
+                                              "HF_TSV_SPACE_TASKS": "tasks.json"}
+    pushed = _pushed_files(hub, space, repo_type="space")
+    assert {"README.md", "app.py", "requirements.txt", "tasks.json", "model_library/cars/config.json"} <= set(pushed)
+    assert any(name.startswith("wheels/") and "!hf_tsv/space_deploy.py" in name for name in pushed)
+    assert_token_nowhere(TOKEN, [hub.root, tmp_path], _seen(captured, caplog, hub), pushed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
