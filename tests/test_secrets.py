@@ -398,19 +398,23 @@ def test_compare_keep_best_and_its_push_write_the_token_nowhere(how, compare_inp
     if how == "token=":
         hf_tsv.compare(inputs[0], inputs[1:], methods=["ta", "tsv-m"], evaluator=compare_inputs["spec"],
                        alpha_grid="0.5,1", output_dir=out, keep_best=True, progress=False, device="cpu", **kwargs)
-        hf_tsv.push_to_hub(out, repo, token=kwargs["token"])
     else:
         assert main(["compare", *inputs, "-o", str(out), "--methods", "ta,tsv-m", "--eval",
                      str(compare_inputs["spec"]), "--alpha-grid", "0.5,1", "--keep-best", "--device", "cpu",
                      *flags]) == 0
-        assert main(["push", str(out), "--repo-id", repo, *flags]) == 0
-    captured = capfd.readouterr()
-    kept = {"compare.json", "compare.md", "compare_normalized.png", "compare_sti_per_layer.png", "README.md",
+    kept = {"compare.json", "compare.md", "compare_normalized.png", "compare_sti_per_layer.png", "eval_results.json",
             "merge_report.json", "model.safetensors"}
     assert kept <= {p.name for p in out.iterdir()}
     _assert_recorded_and_redacted(out, how)
+    assert_token_nowhere(TOKEN, [out], [])  # as compare left it: the push below writes the card there too
+    if how == "token=":
+        hf_tsv.push_to_hub(out, repo, token=kwargs["token"])
+    else:
+        assert main(["push", str(out), "--repo-id", repo, *flags]) == 0
+    captured = capfd.readouterr()
     pushed = _pushed_files(hub, repo)
     assert {"compare.json", "compare.md", "README.md", "merge_report.json"} <= set(pushed)
+    assert "## Comparison of merge methods" in (out / "README.md").read_text()
     assert_token_nowhere(TOKEN, [out, hub.root, tmp_path], _seen(captured, caplog, hub), pushed)
 
 
@@ -435,19 +439,25 @@ def lora_adapters(tiny, tmp_path_factory) -> list[str]:
 def test_peft_adapter_output_and_its_push_write_the_token_nowhere(how, tiny, lora_adapters, hub, tmp_path, capfd,
                                                                    caplog, monkeypatch):
     """``--output-format peft``: the adapter folder (weights, adapter_config.json, its card, merge_report.json)
-    and its push (``--push-to-hub`` / ``push_to_hub``)."""
+    and its push (``hf-tsv push``, ``merge --push-to-hub``, ``MergeResult.push_to_hub``)."""
     caplog.set_level(logging.DEBUG)
     flags, kwargs = _given(how, monkeypatch)
     out, repo = tmp_path / "adapter", "hf-tsv-tester/merged-lora"
+    written = {"adapter_model.safetensors", "adapter_config.json", "README.md", "merge_report.json"}
     if how == "token=":
         result = hf_tsv.merge(tiny["base"], lora_adapters, output_dir=out, output_format="peft", device="cpu",
                               **kwargs)
+        assert_token_nowhere(TOKEN, [out], [])  # as the merge left it: the push below rewrites the card
         result.push_to_hub(repo, token=kwargs["token"])
     else:
         assert main(["merge", str(tiny["base"]), *lora_adapters, "-o", str(out), "--output-format", "peft",
-                     "--device", "cpu", "--push-to-hub", repo, *flags]) == 0
+                     "--device", "cpu", *flags]) == 0
+        assert_token_nowhere(TOKEN, [out], [])
+        assert main(["push", str(out), "--repo-id", repo, *flags]) == 0
+        assert main(["merge", str(tiny["base"]), *lora_adapters, "-o", str(tmp_path / "pushed"), "--output-format",
+                     "peft", "--device", "cpu", "--push-to-hub", f"{repo}-too", *flags]) == 0
+        assert_token_nowhere(TOKEN, [], [], _pushed_files(hub, f"{repo}-too"))
     captured = capfd.readouterr()
-    written = {"adapter_model.safetensors", "adapter_config.json", "README.md", "merge_report.json"}
     assert written <= {p.name for p in out.iterdir()}
     _assert_recorded_and_redacted(out, how)
     pushed = _pushed_files(hub, repo)
@@ -476,12 +486,12 @@ def test_space_deploy_writes_the_token_nowhere(how, tiny, hub, tmp_path, capfd, 
         assert main(["space", "deploy", space, "--private", "--model-library", str(library), "--tasks", str(spec),
                      *flags]) == 0
     captured = capfd.readouterr()
-    assert hub.spaces[space]["variables"] == {"HF_TSV_MODEL_LIBRARY": "model_library",
-                                              "HF_TSV_SPACE_TASKS": "tasks.json"}
     pushed = _pushed_files(hub, space, repo_type="space")
+    assert_token_nowhere(TOKEN, [hub.root, tmp_path], _seen(captured, caplog, hub), pushed)
     assert {"README.md", "app.py", "requirements.txt", "tasks.json", "model_library/cars/config.json"} <= set(pushed)
     assert any(name.startswith("wheels/") and "!hf_tsv/space_deploy.py" in name for name in pushed)
-    assert_token_nowhere(TOKEN, [hub.root, tmp_path], _seen(captured, caplog, hub), pushed)
+    assert hub.spaces[space]["variables"] == {"HF_TSV_MODEL_LIBRARY": "model_library",
+                                              "HF_TSV_SPACE_TASKS": "tasks.json"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
