@@ -6,8 +6,9 @@ encoder per task with that task's head frozen (the TSV paper's protocol, on text
   by a fixed logit scale (:func:`hf_tsv.evaluation.heads.text_head`, the CLIP recipe). The heads are made before
   any fine-tuning and shared by every method.
 * :func:`finetune_text` trains a copy of the whole ``BertModel`` (embeddings included) with cross-entropy on
-  ``normalize(mean_pool(hidden)) @ head.T``: AdamW and the warm-up + cosine schedule of :mod:`.train`, batches from
-  a seeded generator. The head never moves, so the task vector is the encoder's weight difference alone.
+  ``normalize(mean_pool(hidden)) @ head.T`` through the image suite's loop (:func:`.train.optimise`: AdamW, the
+  warm-up + cosine schedule, batches from a seeded generator). The head never moves, so the task vector is the
+  encoder's weight difference alone.
 * :func:`save_text_model` writes a fine-tune as a sentence-transformers folder (the base's tokenizer and pipeline
   files copied beside the weights), which ``hf-tsv merge`` reads with the BERT adapter.
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from hf_tsv.evaluation.heads import TaskHead, text_head
 from hf_tsv.files import SIDE_FILES
 
 from .text import mean_pool
-from .train import _batches, adamw_cosine, head_matrix
+from .train import head_matrix, optimise
 
 # Prompts a class description is embedded in; the head averages them (CLIP's recipe, worded for text).
 TEXT_TEMPLATES = ("{}.", "This text is about {}.", "A description of {}.", "Category: {}.")
@@ -97,27 +97,16 @@ def finetune_text(model: torch.nn.Module, tokenizer, head, split, *, steps: int 
     tuned = copy.deepcopy(model).train()
     tuned.requires_grad_(True)
     warmup = max(1, steps // 10) if warmup is None else warmup
-    optimiser, scheduler = adamw_cosine(tuned, lr=lr, weight_decay=weight_decay, steps=steps, warmup=warmup)
-    gen = torch.Generator().manual_seed(seed)
+
+    def batch_loss(index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        batch = collate(tokenizer, [ids[i] for i in index.tolist()])
+        return F.cross_entropy(sentence_embeddings(tuned, batch) @ head.T, labels[index])
+
     with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator: seed it, then restore it
         torch.manual_seed(seed)
-        started, running = time.perf_counter(), None
-        for step, index in enumerate(_batches(len(labels), batch_size, steps, gen)):
-            batch = collate(tokenizer, [ids[i] for i in index.tolist()])
-            loss = F.cross_entropy(sentence_embeddings(tuned, batch) @ head.T, labels[index])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(tuned.parameters(), grad_clip)
-            optimiser.step()
-            scheduler.step()
-            value = float(loss.detach())
-            running = value if running is None else 0.9 * running + 0.1 * value
-            if history is not None:
-                history.append(value)
-            if log is not None and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
-                log(f"finetune step {step + 1}/{steps}  loss {running:.4f}  lr {scheduler.get_last_lr()[0]:.2e}  "
-                    f"{time.perf_counter() - started:.1f}s")
+        optimise(tuned, batch_loss, len(labels), steps=steps, batch_size=batch_size, lr=lr,
+                 weight_decay=weight_decay, warmup=warmup, seed=seed, grad_clip=grad_clip, history=history,
+                 log_every=log_every, log=log, what="finetune")
     return tuned.eval()
 
 

@@ -220,22 +220,30 @@ def _unit_head(head, logit_scale: float | None) -> torch.Tensor:
     return head if logit_scale is None else F.normalize(head, dim=-1) * logit_scale
 
 
-def _fit(model, head: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, *, steps: int, batch_size: int,
-         lr: float, weight_decay: float, warmup: int, seed: int, augment: Augment, device, grad_clip: float | None,
-         history: list | None, log_every: int, log: Callable[[str], None] | None, what: str):
-    device = torch.device(device)
-    model.to(device).train()
-    head = head.to(device)
+def optimise(model: torch.nn.Module, batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor], n: int, *,
+             steps: int, batch_size: int, lr: float, weight_decay: float, warmup: int, seed: int,
+             grad_clip: float | None, history: list | None = None, log_every: int = 0,
+             log: Callable[[str], None] | None = None, what: str = "train") -> torch.nn.Module:
+    """The benchmark's one optimisation loop (image pretraining and fine-tuning, text fine-tuning): ``steps``
+    steps of :func:`adamw_cosine` on ``model``; step ``i`` draws its example indices from ``n`` examples with
+    :func:`_batches` and a generator seeded with ``seed``, and minimises ``batch_loss(indices, generator)`` (the
+    same generator, for augmentation), gradients clipped to norm ``grad_clip`` if set. Per-step losses are
+    appended to ``history``; every ``log_every`` steps ``log`` gets a line (``what``, the smoothed loss, the
+    learning rate). Returns ``model``, trained in place.
+
+    Example:
+        >>> layer, x, y = torch.nn.Linear(2, 1), torch.randn(8, 2), torch.randn(8, 1)
+        >>> loss = lambda index, gen: F.mse_loss(layer(x[index]), y[index])
+        >>> optimise(layer, loss, 8, steps=3, batch_size=4, lr=0.1, weight_decay=0.0, warmup=1, seed=0,
+        ...          grad_clip=1.0) is layer
+        True
+    """
     optimiser, scheduler = adamw_cosine(model, lr=lr, weight_decay=weight_decay, steps=steps, warmup=warmup)
     gen = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     running = None
-    for step, index in enumerate(_batches(len(labels), batch_size, steps, gen)):
-        x = augment(images[index], gen).to(device)
-        y = labels[index].to(device)
-        embeds = model(pixel_values=x).image_embeds
-        logits = F.normalize(embeds, dim=-1) @ head.T
-        loss = F.cross_entropy(logits, y)
+    for step, index in enumerate(_batches(n, batch_size, steps, gen)):
+        loss = batch_loss(index, gen)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
@@ -249,7 +257,24 @@ def _fit(model, head: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, 
         if log is not None and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
             log(f"{what} step {step + 1}/{steps}  loss {running:.4f}  lr {scheduler.get_last_lr()[0]:.2e}  "
                 f"{time.perf_counter() - started:.1f}s")
-    return model.eval()
+    return model
+
+
+def _fit(model, head: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, *, augment: Augment, device,
+         **loop):
+    """:func:`optimise` on ``model`` (moved to ``device``) with the cross-entropy of ``normalize(image_embeds) @
+    head.T`` on augmented images; ``loop``: :func:`optimise`'s keyword arguments. Returns the model in eval mode."""
+    device = torch.device(device)
+    model.to(device).train()
+    head = head.to(device)
+
+    def batch_loss(index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = augment(images[index], gen).to(device)
+        y = labels[index].to(device)
+        embeds = model(pixel_values=x).image_embeds
+        return F.cross_entropy(F.normalize(embeds, dim=-1) @ head.T, y)
+
+    return optimise(model, batch_loss, len(labels), **loop).eval()
 
 
 def pretrain(pool, class_embeddings: torch.Tensor, *, steps: int = 1500, batch_size: int = 128, lr: float = 1e-3,
