@@ -108,6 +108,8 @@ def sharded(tiny, eval_set, tmp_path_factory):
              kwargs=dict(_search_kwargs(eval_set), output_dir=str(two / "search"))),
         dict(name="search-fails", kind="alpha_search", fail_evaluation=1,
              kwargs=dict(_search_kwargs(eval_set), output_dir=str(fail / "search"))),
+        dict(name="search-mismatch", kind="alpha_search", rank1_kwargs=dict(grid="0.1,0.2"),
+             kwargs=dict(_search_kwargs(eval_set), output_dir=str(fail / "search-mismatch"))),
         dict(name="cli-search", kind="cli", argv=_search_argv(eval_set, two / "cli-search")),  # last: it ends the group
     ]
     (root / "results").mkdir()
@@ -306,3 +308,12 @@ def test_a_process_failing_in_the_alpha_search_leaves_no_output(sharded):
                                 "failure; no output was written")
     assert not second["ok"] and second["message"] == "injected evaluation failure"
     assert _leftovers(sharded["fail"]) == [] and not (sharded["fail"] / "search").exists()
+
+
+@pytest.mark.parametrize("rank", [pytest.param(0, id="DST-06"), 1])
+def test_processes_given_different_search_arguments_are_refused(sharded, rank):
+    """Process 1 searches another α grid: every process refuses after preparing the tasks, before any merging."""
+    record = _result(sharded["results"], "search-mismatch", rank)
+    assert not record["ok"] and record["type"] == "MergeInputError"
+    assert record["message"].startswith("process 1 of 2 planned a different α search than process 0")
+    assert not (sharded["fail"] / "search-mismatch").exists()

@@ -55,6 +55,9 @@ def merge_with_alpha_search(base, models: list, config: TasksConfig, *, method: 
             check_output_dir(output_dir, overwrite, inputs=[base, *models])
         prepared = prepare_tasks(config, base, splits=splits, max_examples=max_examples, device=device,
                                  progress=progress)
+    if shards is not None:  # the shares of the grid and of the tasks fit together only if every process has them
+        shards.check_same((grid, alpha, batch_size, [(t.name, t.dataset_id, {s: len(d) for s, d in t.splits.items()},
+                                                      t.finetuned_accuracy) for t in prepared]), "α search")
     if len(models) == len(prepared):
         _fill_references(models, prepared, shards, batch_size=batch_size, device=device, config=config,
                          progress=progress)
