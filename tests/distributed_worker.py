@@ -58,7 +58,7 @@ def _alpha_search(kwargs: dict) -> dict:
 
     config = load_tasks_spec(kwargs.pop("spec"))
     result, search, test = merge_with_alpha_search(kwargs.pop("base"), kwargs.pop("models"), config, **kwargs)
-    return {"alpha": result.report.alpha, "search": search.to_dict(), "test": test.to_dict()}
+    return {"alpha": result.report.alpha, "search": search and search.to_dict(), "test": test.to_dict()}
 
 
 def _run(scenario: dict) -> dict:

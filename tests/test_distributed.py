@@ -106,6 +106,8 @@ def sharded(tiny, eval_set, tmp_path_factory):
              kwargs=dict(common, method="ta", output_format="peft", output_dir=str(fail / "peft"))),
         dict(name="search", kind="alpha_search",
              kwargs=dict(_search_kwargs(eval_set), output_dir=str(two / "search"))),
+        dict(name="fixed-alpha", kind="alpha_search",
+             kwargs=dict(_search_kwargs(eval_set), grid=None, alpha=0.9, output_dir=str(two / "fixed-alpha"))),
         dict(name="search-fails", kind="alpha_search", fail_evaluation=1,
              kwargs=dict(_search_kwargs(eval_set), output_dir=str(fail / "search"))),
         dict(name="search-mismatch", kind="alpha_search", rank1_kwargs=dict(grid="0.1,0.2"),
@@ -261,10 +263,13 @@ def single_search(eval_set, tmp_path_factory):
         config = load_tasks_spec(kwargs.pop("spec"))
         result, search, test = merge_with_alpha_search(kwargs.pop("base"), kwargs.pop("models"), config,
                                                        output_dir=root / "search", **kwargs)
+        fixed = merge_with_alpha_search(eval_set["base"], eval_set["tasks"], config, alpha=0.9, progress=False,
+                                        output_dir=root / "fixed-alpha")[2]
         assert main([*_search_argv(eval_set, root / "cli-search"), "--threads", "1"]) == 0
     finally:
         torch.set_num_threads(threads)
-    return {"root": root, "alpha": result.report.alpha, "search": search.to_dict(), "test": test.to_dict()}
+    return {"root": root, "alpha": result.report.alpha, "search": search.to_dict(), "test": test.to_dict(),
+            "fixed": fixed.to_dict()}
 
 
 def test_alpha_search_sharded_equals_one_process(sharded, single_search):
@@ -285,6 +290,16 @@ def test_alpha_search_sharded_equals_one_process(sharded, single_search):
     assert {"model.safetensors", "eval_results.json", "eval_alpha_search.json"} <= set(_files(two))
     assert _files(two) == _files(one)
     assert _report(two) == _report(one)
+
+
+def test_eval_at_a_fixed_alpha_sharded_equals_one_process(sharded, single_search):
+    """`--eval` with a fixed α: no sweep, the test evaluation shared by task; the scores and files of one process."""
+    for rank in (0, 1):
+        record = _result(sharded["results"], "fixed-alpha", rank)
+        assert record["ok"], record.get("traceback")
+        assert record["alpha"] == 0.9 and record["search"] is None and record["test"] == single_search["fixed"]
+    two, one = sharded["two"] / "fixed-alpha", single_search["root"] / "fixed-alpha"
+    assert _files(two) == _files(one) and "eval_alpha_search.json" not in _files(two)
 
 
 def test_cli_alpha_search_under_two_processes_equals_one_process(sharded, single_search):
