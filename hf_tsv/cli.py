@@ -139,11 +139,7 @@ def _process_group(args: argparse.Namespace) -> Iterator[bool]:
         yield False
         return
     from .distributed import DEFAULT_TIMEOUT_S, init_from_environment, shut_down
-    from .errors import MergeInputError
 
-    if args.command == "merge" and (args.alpha == "search" or args.eval):
-        raise MergeInputError("--alpha search and --eval do not run under torchrun with several processes yet; run "
-                              "them in one process (hf-tsv merge ...), or shard the merge and evaluate after")
     device = init_from_environment(args.device, args.dist_timeout or DEFAULT_TIMEOUT_S)
     if device is not None:
         args.device = device

@@ -179,6 +179,34 @@ def shard_units(units: list, shards: Shards | None, num_tasks: int, uses_svd: bo
     return [u for u, rank in zip(units, owner) if rank == shards.rank]
 
 
+def my_share(costs: Sequence[float], shards: Shards | None) -> list[int]:
+    """The indices of the items (of cost ``costs``) this process handles, in order: split as units are
+    (:func:`assign_units`); every index in a single process. Items of equal cost go round robin.
+
+    Example:
+        >>> my_share([1.0, 1.0, 1.0], Shards(1, 2, "gloo"))
+        [1]
+        >>> my_share([1.0, 1.0], None)
+        [0, 1]
+    """
+    if shards is None:
+        return list(range(len(costs)))
+    owner = assign_units(costs, shards.world_size)
+    return [index for index, rank in enumerate(owner) if rank == shards.rank]
+
+
+def gather_in_order(shards: Shards | None, part: dict, order: Sequence) -> dict:
+    """Every process's ``part`` (a dict; together they hold every key of ``order``) merged, on every process,
+    with its keys in ``order`` (a collective in a sharded run; ``part`` reordered in a single process).
+
+    Example:
+        >>> gather_in_order(None, {"b": 2, "a": 1}, ["a", "b"])
+        {'a': 1, 'b': 2}
+    """
+    merged = part if shards is None else {k: v for piece in shards.gather(part) for k, v in piece.items()}
+    return {key: merged[key] for key in order}
+
+
 def init_from_environment(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
     """Start the default process group when this process was launched by ``torchrun`` with more than one process
     (``WORLD_SIZE`` > 1) and none is started yet: NCCL with one GPU per process (``LOCAL_RANK``) when ``device``

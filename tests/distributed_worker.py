@@ -1,6 +1,6 @@
 """The process side of tests/test_distributed.py: each spawned process joins a gloo group and runs the same list
-of scenarios (merges, STI, TSV-C, failures) through the public API, writing what it saw to a JSON file per
-scenario and rank for the test to compare with a single-process run."""
+of scenarios (merges, STI, TSV-C, α searches, the CLI, failures) through the public API, writing what it saw to a
+JSON file per scenario and rank for the test to compare with a single-process run."""
 
 from __future__ import annotations
 
@@ -38,11 +38,40 @@ def _fail_on_rank(rank: int, how: str):
     return lambda: setattr(merge_module, "iter_units", real)
 
 
+def _fail_evaluation_on_rank(rank: int):
+    """Make ``rank``'s validation scoring of the α search raise (the other processes score normally)."""
+    alpha_module = importlib.import_module("hf_tsv.evaluation.alpha")
+    real = alpha_module.evaluate_model
+
+    def failing(*args, **kwargs):
+        if int(os.environ["RANK"]) == rank:
+            raise RuntimeError("injected evaluation failure")
+        return real(*args, **kwargs)
+
+    alpha_module.evaluate_model = failing
+    return lambda: setattr(alpha_module, "evaluate_model", real)
+
+
+def _alpha_search(kwargs: dict) -> dict:
+    from hf_tsv.evaluation import load_tasks_spec
+    from hf_tsv.evaluation.select import merge_with_alpha_search
+
+    config = load_tasks_spec(kwargs.pop("spec"))
+    result, search, test = merge_with_alpha_search(kwargs.pop("base"), kwargs.pop("models"), config, **kwargs)
+    return {"alpha": result.report.alpha, "search": search and search.to_dict(), "test": test.to_dict()}
+
+
 def _run(scenario: dict) -> dict:
     import hf_tsv
 
     kind, kwargs = scenario["kind"], dict(scenario.get("kwargs", {}))
     kwargs.update(scenario.get("rank1_kwargs", {}) if os.environ["RANK"] == "1" else {})
+    if kind == "alpha_search":
+        return _alpha_search(kwargs)
+    if kind == "cli":  # hf_tsv.cli.main stops the process group when it returns: this scenario must come last
+        from hf_tsv.cli import main
+
+        return {"code": main(scenario["argv"])}
     if kind == "merge":
         result = hf_tsv.merge(**kwargs)
         return {"sti_total": result.report.sti.total if result.report.sti else None}
@@ -71,6 +100,8 @@ def worker(rank: int, world_size: int, port: int, scenarios: list[dict], out: st
     try:
         for scenario in scenarios:
             restore = _fail_on_rank(*scenario["fail"]) if scenario.get("fail") else None
+            if scenario.get("fail_evaluation") is not None:
+                restore = _fail_evaluation_on_rank(scenario["fail_evaluation"])
             try:
                 record = {"ok": True, **_run(scenario)}
             except Exception as exc:  # the test checks which error each process raised

@@ -1,6 +1,7 @@
 """Sharded merges on torch.distributed: 2 gloo processes on tiny checkpoints give the bytes of a 1-process run
-(TSV-M, task arithmetic, TIES over the whole model, Iso-C; STI; TSV-C), and a failing process leaves no output
-and one clear error. The processes run every scenario in one group (one start-up: importing torch takes seconds)."""
+(TSV-M, task arithmetic, TIES over the whole model, Iso-C; STI; TSV-C; the α search with its evaluation, from Python
+and from the CLI), and a failing process leaves no output and one clear error. The processes run every scenario in
+one group (one start-up: importing torch takes seconds)."""
 
 from __future__ import annotations
 
@@ -43,8 +44,45 @@ def _leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if "hf-tsv" in p.name)
 
 
+SEARCH_GRID = "0.1:1.3:0.2"  # 7 values (4 scored by process 0, 3 by process 1); the best score is a tie across both
+
+
 @pytest.fixture(scope="module")
-def sharded(tiny, tmp_path_factory):
+def eval_set(tmp_path_factory) -> dict:
+    """3 fine-tunes far from their base (so α matters) and a task spec on disk: task t's labels are fine-tune t's
+    predictions through a prototype head; 16 validation and 16 test images per task."""
+    import datasets
+    from test_evaluation import _dataset, _images, _labelled_by, _prototype_head, _save_processor
+
+    from hf_tsv.evaluation import load_vision_model, save_heads
+    from hf_tsv.synthetic import make_checkpoints
+
+    root = tmp_path_factory.mktemp("eval")
+    paths = make_checkpoints(root / "models", preset="tiny", num_tasks=3, relative_size=0.3, seed=5)
+    _save_processor(Path(paths["base"]))
+    heads, tasks = {}, []
+    for t, finetuned in enumerate(paths["tasks"]):
+        model = load_vision_model(finetuned)
+        head = heads[f"task{t}"] = _prototype_head(model, _images(4, seed=30 + t))
+        images = _images(32, seed=20 + t)
+        labels = _labelled_by(model, head, images)
+        datasets.DatasetDict({"validation": _dataset(images[:16], labels[:16], head.class_names),
+                              "test": _dataset(images[16:], labels[16:], head.class_names)}
+                             ).save_to_disk(str(root / f"data{t}"))
+        tasks.append({"name": f"task{t}", "dataset": f"disk:data{t}", "validation_split": "validation",
+                      "head": "heads.safetensors"})
+    save_heads(root / "heads.safetensors", heads)
+    (root / "tasks.json").write_text(json.dumps({"image_processor": paths["base"], "tasks": tasks}))
+    return {**paths, "spec": str(root / "tasks.json")}
+
+
+def _search_argv(eval_set: dict, output: Path) -> list[str]:
+    return ["merge", eval_set["base"], *eval_set["tasks"], "-o", str(output), "--alpha", "search", "--alpha-grid",
+            SEARCH_GRID, "--eval", eval_set["spec"]]
+
+
+@pytest.fixture(scope="module")
+def sharded(tiny, eval_set, tmp_path_factory):
     """One 2-process gloo group runs every scenario; returns the folders and the per-rank results."""
     root = tmp_path_factory.mktemp("dist")
     two, fail = root / "two", root / "fail"
@@ -66,10 +104,24 @@ def sharded(tiny, tmp_path_factory):
              kwargs=dict(common, method="ta", output_dir=str(fail / "mismatch"))),
         dict(name="peft", kind="merge",
              kwargs=dict(common, method="ta", output_format="peft", output_dir=str(fail / "peft"))),
+        dict(name="search", kind="alpha_search",
+             kwargs=dict(_search_kwargs(eval_set), output_dir=str(two / "search"))),
+        dict(name="fixed-alpha", kind="alpha_search",
+             kwargs=dict(_search_kwargs(eval_set), grid=None, alpha=0.9, output_dir=str(two / "fixed-alpha"))),
+        dict(name="search-fails", kind="alpha_search", fail_evaluation=1,
+             kwargs=dict(_search_kwargs(eval_set), output_dir=str(fail / "search"))),
+        dict(name="search-mismatch", kind="alpha_search", rank1_kwargs=dict(grid="0.1,0.2"),
+             kwargs=dict(_search_kwargs(eval_set), output_dir=str(fail / "search-mismatch"))),
+        dict(name="cli-search", kind="cli", argv=_search_argv(eval_set, two / "cli-search")),  # last: it ends the group
     ]
     (root / "results").mkdir()
     assert run_group(scenarios, root / "results", timeout_s=60) == [0, 0]
     return {"two": two, "fail": fail, "results": root / "results"}
+
+
+def _search_kwargs(eval_set: dict) -> dict:
+    return dict(base=eval_set["base"], models=eval_set["tasks"], spec=eval_set["spec"], grid=SEARCH_GRID,
+                progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -196,16 +248,87 @@ def test_bad_dist_timeout_is_refused_in_one_line(tiny, tmp_path, capsys, value):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("case", [pytest.param("search", id="DST-04")])
-def test_alpha_search_under_torchrun_is_refused_before_the_group_starts(case, tiny, tmp_path, capsys, monkeypatch):
-    """--alpha search / --eval would evaluate and write on every process: refused, in one line, before any work."""
+@pytest.fixture(scope="module")
+def single_search(eval_set, tmp_path_factory):
+    """The α search with its evaluation in this one process (one torch thread), from Python and from the CLI."""
     from hf_tsv.cli import main
+    from hf_tsv.evaluation import load_tasks_spec
+    from hf_tsv.evaluation.select import merge_with_alpha_search
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    spec = tmp_path / "tasks.json"
-    code = main(["merge", tiny["base"], *tiny["tasks"], "-o", str(tmp_path / "out"), "--alpha", "search",
-                 "--eval", str(spec)])
-    err = capsys.readouterr().err
-    assert code == 2 and "--alpha search and --eval do not run under torchrun" in err
-    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    root = tmp_path_factory.mktemp("single_search")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        kwargs = _search_kwargs(eval_set)
+        config = load_tasks_spec(kwargs.pop("spec"))
+        result, search, test = merge_with_alpha_search(kwargs.pop("base"), kwargs.pop("models"), config,
+                                                       output_dir=root / "search", **kwargs)
+        fixed = merge_with_alpha_search(eval_set["base"], eval_set["tasks"], config, alpha=0.9, progress=False,
+                                        output_dir=root / "fixed-alpha")[2]
+        assert main([*_search_argv(eval_set, root / "cli-search"), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return {"root": root, "alpha": result.report.alpha, "search": search.to_dict(), "test": test.to_dict(),
+            "fixed": fixed.to_dict()}
+
+
+def test_alpha_search_sharded_equals_one_process(sharded, single_search):
+    """Each process scores half the α grid and half the tasks: every process ends with the α, validation sweep
+    (same values, same order) and test scores of one process, and the files written are byte-identical."""
+    sweep = single_search["search"]["sweep"]
+    scores = [s["mean_normalized_accuracy"] for s in sweep]
+    assert len(set(scores)) > 2, "α must change the scores for this to test"
+    best = [s["alpha"] for s in sweep if s["mean_normalized_accuracy"] == max(scores)]
+    assert len(best) > 1 and single_search["alpha"] == min(best), "a tie at the best, broken to the smaller α"
+    for rank in (0, 1):
+        record = _result(sharded["results"], "search", rank)
+        assert record["ok"], record.get("traceback")
+        assert record["alpha"] == single_search["alpha"]
+        assert record["search"] == single_search["search"]
+        assert record["test"] == single_search["test"]
+    two, one = sharded["two"] / "search", single_search["root"] / "search"
+    assert {"model.safetensors", "eval_results.json", "eval_alpha_search.json"} <= set(_files(two))
+    assert _files(two) == _files(one)
+    assert _report(two) == _report(one)
+
+
+def test_eval_at_a_fixed_alpha_sharded_equals_one_process(sharded, single_search):
+    """`--eval` with a fixed α: no sweep, the test evaluation shared by task; the scores and files of one process."""
+    for rank in (0, 1):
+        record = _result(sharded["results"], "fixed-alpha", rank)
+        assert record["ok"], record.get("traceback")
+        assert record["alpha"] == 0.9 and record["search"] is None and record["test"] == single_search["fixed"]
+    two, one = sharded["two"] / "fixed-alpha", single_search["root"] / "fixed-alpha"
+    assert _files(two) == _files(one) and "eval_alpha_search.json" not in _files(two)
+
+
+def test_cli_alpha_search_under_two_processes_equals_one_process(sharded, single_search):
+    """`torchrun --nproc-per-node 2 -m hf_tsv merge … --alpha search --eval SPEC` (the CLI in a 2-process group):
+    exit 0 on both processes, the files of `hf-tsv merge … --threads 1`; the report differs in timings, device and
+    the recorded command (which has --threads 1) only."""
+    assert [_result(sharded["results"], "cli-search", rank)["code"] for rank in (0, 1)] == [0, 0]
+    two, one = sharded["two"] / "cli-search", single_search["root"] / "cli-search"
+    assert _files(two) == _files(one)
+    reports = [_report(two), _report(one)]
+    for report in reports:
+        report.pop("command")
+    assert reports[0] == reports[1] and reports[0]["alpha"] == single_search["alpha"]
+
+
+def test_a_process_failing_in_the_alpha_search_leaves_no_output(sharded):
+    """Process 1 raises while scoring its α values: process 0 raises DistributedMergeError naming it; no output."""
+    first, second = (_result(sharded["results"], "search-fails", rank) for rank in (0, 1))
+    assert not first["ok"] and first["type"] == "DistributedMergeError"
+    assert first["message"] == ("process 1 of 2 failed while searching α: RuntimeError: injected evaluation "
+                                "failure; no output was written")
+    assert not second["ok"] and second["message"] == "injected evaluation failure"
+    assert _leftovers(sharded["fail"]) == [] and not (sharded["fail"] / "search").exists()
+
+
+@pytest.mark.parametrize("rank", [pytest.param(0, id="DST-06"), 1])
+def test_processes_given_different_search_arguments_are_refused(sharded, rank):
+    """Process 1 searches another α grid: every process refuses after preparing the tasks, before any merging."""
+    record = _result(sharded["results"], "search-mismatch", rank)
+    assert not record["ok"] and record["type"] == "MergeInputError"
+    assert record["message"].startswith("process 1 of 2 planned a different α search than process 0")
+    assert not (sharded["fail"] / "search-mismatch").exists()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..distributed import Shards, gather_in_order, my_share, step
 from ..methods import METHODS, MethodOptions
 from ..options import parse_alpha_grid
 from .heads import EvalInputError
@@ -74,10 +75,12 @@ def pick_best(scores: dict[float, float]) -> float:
 
 def search_alpha(linear, tasks: list[PreparedTask], *, grid: list[float] | None = None,
                  split: str = "validation", batch_size: int = 256, device: str | torch.device = "cpu",
-                 projection: torch.Tensor | None = None, progress: bool = True) -> AlphaSearch:
+                 projection: torch.Tensor | None = None, progress: bool = True,
+                 shards: Shards | None = None) -> AlphaSearch:
     """Score ``linear`` (a :class:`hf_tsv.LinearMerge`) at every α of ``grid`` (default: the method's grid for the
     options it was merged with) on ``split`` and pick the best mean normalised accuracy (mean absolute accuracy
-    where a task lacks its fine-tuned reference).
+    where a task lacks its fine-tuned reference). With ``shards`` the grid is split over the processes
+    (:func:`sweep_alpha`); every process must call it.
 
     Example:
         >>> lin = hf_tsv.merge_linear("base", ["ft_a", "ft_b"], method="tsv-m")  # doctest: +SKIP
@@ -92,14 +95,19 @@ def search_alpha(linear, tasks: list[PreparedTask], *, grid: list[float] | None 
     metric = load_metric()
     return sweep_alpha(linear, lambda model: evaluate_model(model, tasks, split=split, batch_size=batch_size,
                                                             projection=projection, metric=metric, progress=False),
-                       grid, criterion, device=device, progress=progress)[0]
+                       grid, criterion, device=device, progress=progress, shards=shards)[0]
 
 
 def sweep_alpha(linear, score: Callable[[torch.nn.Module], EvalReport], grid: list[float], criterion: str, *,
-                device: str | torch.device = "cpu", progress: bool = True) -> tuple[AlphaSearch, torch.nn.Module]:
+                device: str | torch.device = "cpu", progress: bool = True,
+                shards: Shards | None = None) -> tuple[AlphaSearch, torch.nn.Module]:
     """The α sweep itself: one model, θ₀ + α·Δ loaded in place for each α of ``grid``, scored by ``score``;
     the best α by ``criterion`` (``"normalized"`` or ``"absolute"`` mean accuracy). Returns the search and
-    that model (holding the last α of the grid), for the caller to load the chosen α into.
+    that model (holding the last α it scored), for the caller to load the chosen α into.
+
+    With ``shards`` (every process of a sharded run calls it, each holding the whole θ₀ and Δ), each process
+    scores its share of the grid (round robin) and the scores are gathered in grid order on every process:
+    the same search as one process's, since each α's model is θ₀ + α·Δ whatever was loaded before it.
 
     Example:
         >>> search, model = sweep_alpha(lin, lambda m: evaluate_model(m, tasks, split="validation"),  # doctest: +SKIP
@@ -107,8 +115,12 @@ def sweep_alpha(linear, score: Callable[[torch.nn.Module], EvalReport], grid: li
     """
     result = AlphaSearch(linear.method, criterion, list(grid))
     model = linear.to_model(grid[0]).to(device)
-    for alpha in tqdm(grid, desc=f"α search ({linear.method})", unit="α", leave=False, disable=not progress):
-        linear.load_into(model, alpha)
-        result.validation[alpha] = score(model)
+    mine = [grid[i] for i in my_share([1.0] * len(grid), shards)]
+    scores: dict[float, EvalReport] = {}
+    with step(shards, "while searching α"):
+        for alpha in tqdm(mine, desc=f"α search ({linear.method})", unit="α", leave=False, disable=not progress):
+            linear.load_into(model, alpha)
+            scores[alpha] = score(model)
+    result.validation = gather_in_order(shards, scores, grid)
     result.best_alpha = pick_best({a: result.score(a) for a in grid})
     return result, model
