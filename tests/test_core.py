@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -154,6 +156,44 @@ def test_polar_factor_is_the_nearest_orthonormal_matrix():
     # and it stays finite with a zero column (rank deficiency)
     a[:, 2] = 0
     assert torch.isfinite(core.polar_factor(a)).all()
+
+
+@pytest.mark.parametrize("condition", [3.0, 1e3])
+def test_fast_polar_factor_of_a_tall_block_comes_from_its_exact_gram(condition):
+    """A tall float32 block's fast polar factor (Gram in float64, float64 eigendecomposition) equals the float64
+    SVD's polar factor of the block as stored, closer than a float32 SVD gets, up to κ ~ 1e3 (applied in float64
+    beyond κ = 10)."""
+    from hf_tsv.core.svd import polar_factor_from_gram
+
+    gen = torch.Generator().manual_seed(5)
+    left, _ = torch.linalg.qr(torch.randn(96, 24, generator=gen, dtype=F64))
+    right, _ = torch.linalg.qr(torch.randn(24, 24, generator=gen, dtype=F64))
+    sigma = torch.logspace(0, -math.log10(condition), 24, dtype=F64)
+    block = ((left * sigma) @ right.T).float()
+    truth = core.polar_factor(block.double())
+    fast = core.polar_factor(block, mode="fast")
+    assert fast.dtype == torch.float32
+    error = float((fast.double() - truth).abs().max())
+    float32_svd = float((core.polar_factor(block).double() - truth).abs().max())
+    assert error <= 1e-6 and error <= float32_svd, (error, float32_svd)
+    torch.testing.assert_close(polar_factor_from_gram(block).double(), fast.double(), rtol=0, atol=0)
+
+
+def test_fast_polar_factor_of_a_rank_deficient_tall_block_takes_the_svd():
+    """No Gram route where the block is numerically rank-deficient: σ_min² would be rounding noise (or 0)."""
+    from hf_tsv.core.svd import polar_factor_from_gram
+
+    block = torch.randn(60, 12)
+    block[:, 5] = block[:, 4]
+    assert polar_factor_from_gram(block) is None
+    fast = core.polar_factor(block, mode="fast")
+    # a polar factor still (not unique here: the null direction's vectors are free): orthonormal columns P with
+    # Pᵀ·block symmetric positive semi-definite and P·(Pᵀ·block) = block
+    torch.testing.assert_close(fast.T @ fast, torch.eye(12), atol=1e-5, rtol=0)
+    h = fast.T @ block
+    torch.testing.assert_close(h, h.T, atol=1e-4, rtol=0)
+    assert float(torch.linalg.eigvalsh((h + h.T) / 2).min()) > -1e-4
+    torch.testing.assert_close(fast @ h, block, atol=1e-4, rtol=0)
 
 
 def test_weight_average_and_task_arithmetic():
