@@ -459,7 +459,7 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
     ``dtype`` is the output dtype (default: the base's); SVDs run in ``compute_dtype`` (float32, or float64).
     ``svd`` chooses how each task's top-k triplets are computed: ``"fast"`` (default: Gram matrix + float32
     eigendecomposition + Rayleigh-Ritz, on CPU through SciPy's LAPACK), ``"exact"`` (a float64
-    eigendecomposition; the mode before 0.2) or ``"lapack"`` (a full SVD per task, as the paper's code does).
+    eigendecomposition; the previous default) or ``"lapack"`` (a full SVD per task, as the paper's code does).
 
     The inputs are read by the adapter (:mod:`hf_tsv.adapters`) that reads every one's ``config.json``: CLIP
     (the vision tower, or whole ``CLIPModel``s when every input is one), SigLIP, ViT or DINOv2; the keyword

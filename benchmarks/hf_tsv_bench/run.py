@@ -65,7 +65,7 @@ def run_benchmark(cache_dir: str | os.PathLike | None = None, *, quick: bool = F
                            progress=progress, started=started)
 
 
-# The SVD mode of every benchmark run: the one all published tables were measured in (the default before 0.2),
+# The SVD mode of every benchmark run: the one all published tables were measured in (the previous default),
 # so that they stay reproducible number for number; docs/benchmark.md gives the default mode's difference.
 BENCHMARK_SVD_MODE = "exact"
 
