@@ -193,7 +193,7 @@ def top_k_svd(
     * ``"exact"`` — the r×r Gram matrix (r = min(m, n)) in float32, its top-k eigenvectors in float64, then a
       Rayleigh-Ritz step on the matrix itself (a thin SVD of the m×k product ``A V``), so singular values come
       from the matrix, not squared ones. Measured closer to a float64 SVD than a float32 SVD is, and 2-4x
-      faster on CPU for rectangular matrices. The previous default, kept number for number.
+      faster on CPU for rectangular matrices. The previous default; its merged weights are bit-identical to before.
     * ``"fast"`` (default, :data:`DEFAULT_SVD_MODE`) — as ``"exact"`` with a float32 eigensolver and the Gram
       matrices by BLAS ``syrk`` (:mod:`~hf_tsv.core.cpu_lapack`): faster again; as accurate as ``"exact"`` where
       the spectrum has a gap after k, less so where k falls in a flat part, and there still closer to float64
