@@ -184,9 +184,9 @@ def _add_compute(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     p.add_argument("--svd-dtype", default="float32", choices=["float32", "float64"],
                    help="precision of the SVDs, whatever the checkpoint dtype")
-    _add_choice_option(p, "--svd", SVD_CHOICES, default="exact",
-                       help="how each task's top-k singular triplets are computed: exact (default; Gram matrix, "
-                       "float64 eigendecomposition, Rayleigh-Ritz), fast (float32 eigendecomposition) or lapack "
+    _add_choice_option(p, "--svd", SVD_CHOICES,
+                       help="how each task's top-k singular triplets are computed: fast (default; Gram matrix, "
+                       "float32 eigendecomposition, Rayleigh-Ritz), exact (float64 eigendecomposition) or lapack "
                        "(a full SVD per task, as the paper's code)")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: half the CPUs, at least 1; "
                    "1 per process under torchrun)")
@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inputs(p)
     _add_embeddings(p)
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=_method_help())
-    _add_choice_option(p, "--svd", SVD_CHOICES, default="exact", help="as for merge")
+    _add_choice_option(p, "--svd", SVD_CHOICES, help="as for merge")
     p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads for the timing probe (default: half the CPUs)")
     p.add_argument("--json", metavar="FILE", help="also write the plan as JSON")

@@ -12,6 +12,7 @@ import torch
 
 from . import __version__
 from .adapters import get_adapter
+from .core.svd import DEFAULT_SVD_MODE
 from .distributed import Shards, current_shards, options_fixing_output, shard_units, step, write_sharded
 from .engine import (
     OUTPUT_OVERFLOW_HINT,
@@ -388,8 +389,9 @@ class LinearMerge:
 
 
 def merge_linear(base, models, method: str = DEFAULT_METHOD, *, fuse_qkv: bool = False, exclude: str | None = None,
-                 device: str | torch.device = "auto", dtype=None, compute_dtype=torch.float32, svd: str = "exact",
-                 allow_duplicates: bool = False, revision: str | None = None, token=None, command: str | None = None,
+                 device: str | torch.device = "auto", dtype=None, compute_dtype=torch.float32,
+                 svd: str = DEFAULT_SVD_MODE, allow_duplicates: bool = False, revision: str | None = None,
+                 token=None, command: str | None = None,
                  **method_params) -> LinearMerge:
     """Compute a method's merged delta Δ once and return a :class:`LinearMerge` (θ₀ and Δ, in memory), for
     choosing α on validation data. Arguments as in :func:`merge`.
@@ -435,7 +437,7 @@ def merge_linear(base, models, method: str = DEFAULT_METHOD, *, fuse_qkv: bool =
 
 def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None, *, fuse_qkv: bool = False,
           exclude: str | None = None, device: str | torch.device = "auto", dtype=None,
-          compute_dtype=torch.float32, svd: str = "exact", allow_duplicates: bool = False,
+          compute_dtype=torch.float32, svd: str = DEFAULT_SVD_MODE, allow_duplicates: bool = False,
           output_dir: str | os.PathLike | None = None, overwrite: bool = False,
           max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, revision: str | None = None, token=None,
           command: str | None = None, **method_params) -> MergeResult:
@@ -455,9 +457,9 @@ def merge(base, models, method: str = DEFAULT_METHOD, alpha: float | None = None
     definition is the docstring of its :mod:`hf_tsv.core` function. TIES over the whole model
     (``ties_scope="model"``, as its reference code) reads the inputs 3 more times, 5 with float64 compute.
     ``dtype`` is the output dtype (default: the base's); SVDs run in ``compute_dtype`` (float32, or float64).
-    ``svd`` chooses how each task's top-k triplets are computed: ``"exact"`` (default: Gram matrix + float64
-    eigendecomposition + Rayleigh-Ritz), ``"fast"`` (float32 eigendecomposition) or ``"lapack"`` (a full SVD
-    per task, as the paper's code does).
+    ``svd`` chooses how each task's top-k triplets are computed: ``"fast"`` (default: Gram matrix + float32
+    eigendecomposition + Rayleigh-Ritz, on CPU through SciPy's LAPACK), ``"exact"`` (a float64
+    eigendecomposition; the previous default) or ``"lapack"`` (a full SVD per task, as the paper's code does).
 
     The inputs are read by the adapter (:mod:`hf_tsv.adapters`) that reads every one's ``config.json``: CLIP
     (the vision tower, or whole ``CLIPModel``s when every input is one), SigLIP, ViT or DINOv2; the keyword
@@ -609,8 +611,8 @@ class STIReport:
 
 
 def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, device="auto",
-        compute_dtype=torch.float32, svd: str = "exact", allow_duplicates: bool = False, revision: str | None = None,
-        token=None, architecture: str | None = None, drop_heads: bool = False,
+        compute_dtype=torch.float32, svd: str = DEFAULT_SVD_MODE, allow_duplicates: bool = False,
+        revision: str | None = None, token=None, architecture: str | None = None, drop_heads: bool = False,
         embeddings: str = "average") -> STIReport:
     """Singular Task Interference of fine-tuned models, without merging. Options as in :func:`merge`.
 
@@ -649,7 +651,7 @@ def sti(base, models, *, fuse_qkv: bool = False, exclude: str | None = None, dev
     return STIReport(keys, sum(keys.values()), plan.num_tasks, options.fuse_qkv, plan.warnings, plan.adapter.name)
 
 
-def plan(base, models, *, method: str = DEFAULT_METHOD, alpha: float | None = None, svd: str = "exact",
+def plan(base, models, *, method: str = DEFAULT_METHOD, alpha: float | None = None, svd: str = DEFAULT_SVD_MODE,
          fuse_qkv: bool = False, exclude: str | None = None, device="auto", dtype=None, compute_dtype=torch.float32,
          allow_duplicates: bool = False, revision: str | None = None, token=None, **method_params) -> dict:
     """The preflight alone: checks every option and input as :func:`merge` does, and returns key counts and

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .core import truncated_task_factors
+from .core.svd import DEFAULT_SVD_MODE
 from .distributed import current_shards, options_fixing_output, shard_units, step, write_sharded
 from .engine import OUTPUT_OVERFLOW_HINT, Timer, build_plan, check_finite, iter_units, resolve_device
 from .errors import MergeInputError
@@ -63,9 +64,9 @@ def _rank(shape: tuple[int, int], num_tasks: int, rank_fraction: float | None) -
 
 def compress(base, models, output_dir: str | os.PathLike, *, rank_fraction: float | None = None,
              fuse_qkv: bool = False, exclude: str | None = None, device="auto", dtype=torch.float32,
-             compute_dtype=torch.float32, svd: str = "exact", allow_duplicates: bool = False, overwrite: bool = False,
-             max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, token=None, architecture: str | None = None,
-             drop_heads: bool = False) -> CompressResult:
+             compute_dtype=torch.float32, svd: str = DEFAULT_SVD_MODE, allow_duplicates: bool = False,
+             overwrite: bool = False, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, token=None,
+             architecture: str | None = None, drop_heads: bool = False) -> CompressResult:
     """TSV-C: keep each task's top k = ⌊r/T⌋ singular triplets per matrix key (or ⌊rank_fraction·r⌋).
 
     Factors are stored in ``dtype`` (float32 by default); other keys' task vectors are stored whole. Options

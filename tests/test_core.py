@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -156,6 +158,44 @@ def test_polar_factor_is_the_nearest_orthonormal_matrix():
     assert torch.isfinite(core.polar_factor(a)).all()
 
 
+@pytest.mark.parametrize("condition", [3.0, 1e3])
+def test_fast_polar_factor_of_a_tall_block_comes_from_its_exact_gram(condition):
+    """A tall float32 block's fast polar factor (Gram in float64, float64 eigendecomposition) equals the float64
+    SVD's polar factor of the block as stored, closer than a float32 SVD gets, up to κ ~ 1e3 (applied in float64
+    beyond κ = 10)."""
+    from hf_tsv.core.svd import polar_factor_from_gram
+
+    gen = torch.Generator().manual_seed(5)
+    left, _ = torch.linalg.qr(torch.randn(96, 24, generator=gen, dtype=F64))
+    right, _ = torch.linalg.qr(torch.randn(24, 24, generator=gen, dtype=F64))
+    sigma = torch.logspace(0, -math.log10(condition), 24, dtype=F64)
+    block = ((left * sigma) @ right.T).float()
+    truth = core.polar_factor(block.double())
+    fast = core.polar_factor(block, mode="fast")
+    assert fast.dtype == torch.float32
+    error = float((fast.double() - truth).abs().max())
+    float32_svd = float((core.polar_factor(block).double() - truth).abs().max())
+    assert error <= 1e-6 and error <= float32_svd, (error, float32_svd)
+    torch.testing.assert_close(polar_factor_from_gram(block).double(), fast.double(), rtol=0, atol=0)
+
+
+def test_fast_polar_factor_of_a_rank_deficient_tall_block_takes_the_svd():
+    """No Gram route where the block is numerically rank-deficient: σ_min² would be rounding noise (or 0)."""
+    from hf_tsv.core.svd import polar_factor_from_gram
+
+    block = torch.randn(60, 12)
+    block[:, 5] = block[:, 4]
+    assert polar_factor_from_gram(block) is None
+    fast = core.polar_factor(block, mode="fast")
+    # a polar factor still (not unique here: the null direction's vectors are free): orthonormal columns P with
+    # Pᵀ·block symmetric positive semi-definite and P·(Pᵀ·block) = block
+    torch.testing.assert_close(fast.T @ fast, torch.eye(12), atol=1e-5, rtol=0)
+    h = fast.T @ block
+    torch.testing.assert_close(h, h.T, atol=1e-4, rtol=0)
+    assert float(torch.linalg.eigvalsh((h + h.T) / 2).min()) > -1e-4
+    torch.testing.assert_close(fast @ h, block, atol=1e-4, rtol=0)
+
+
 def test_weight_average_and_task_arithmetic():
     tau = torch.randn(3, 5, 4)
     torch.testing.assert_close(core.weight_average(tau), tau.mean(0))
@@ -231,14 +271,9 @@ def test_gram_route_triplets_match_lapack(mode):
         core.top_k_svd(a, 2, mode="magic")
 
 
-def test_top_eigenvectors_without_scipy_gives_the_same_subspace(monkeypatch):
+def _without_scipy(monkeypatch):
     import builtins
 
-    from hf_tsv.core import svd as svd_module
-
-    g = torch.randn(30, 30, dtype=F64)
-    g = (g @ g.T).expand(2, 30, 30).contiguous()
-    with_scipy = svd_module._top_eigenvectors(g.clone(), 5)
     real_import = builtins.__import__
 
     def no_scipy(name, *args, **kwargs):
@@ -247,9 +282,36 @@ def test_top_eigenvectors_without_scipy_gives_the_same_subspace(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_scipy)
-    without = svd_module._top_eigenvectors(g.clone(), 5)
-    # same vectors up to sign
-    torch.testing.assert_close((with_scipy * without).sum(-2).abs(), torch.ones(2, 5, dtype=F64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_cpu_lapack_kernels_equal_torch_without_scipy(dtype, monkeypatch):
+    """The NumPy/SciPy kernels (the fast mode's Grams, SVDs and top eigenvectors) agree with the torch fallback
+    that runs without SciPy or off the CPU: same Gram, same factorisation, same eigenvectors up to sign."""
+    from hf_tsv.core import cpu_lapack
+
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(2, 40, 30, generator=gen, dtype=dtype)
+    wide = a.mT  # a transposed view: NumPy gets strides, not a copy
+    g = (a.mT @ a).contiguous()
+    results = []
+    for scipy_present in (True, False):
+        if not scipy_present:
+            _without_scipy(monkeypatch)
+        assert cpu_lapack.on_cpu_lapack(a) is scipy_present
+        u, s, vh = cpu_lapack.thin_svd(wide)
+        results.append((cpu_lapack.gram(a), cpu_lapack.gram(wide), u, s, vh, cpu_lapack.top_eigenvectors(g, 5)))
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}
+    (g1, gw1, u1, s1, vh1, e1), (g2, gw2, u2, s2, vh2, e2) = results
+    torch.testing.assert_close(g1, g2, **tol)
+    torch.testing.assert_close(gw1, gw2, **tol)
+    torch.testing.assert_close(g1, g1.mT)
+    torch.testing.assert_close(s1, s2, **tol)
+    torch.testing.assert_close((u1 * s1[..., None, :]) @ vh1, wide, **tol)
+    signs = (u1 * u2).sum(-2).sign()
+    torch.testing.assert_close(u1 * signs[..., None, :], u2, **tol)
+    torch.testing.assert_close((e1 * e2).sum(-2).abs(), torch.ones(2, 5, dtype=dtype), **tol)
+    assert g1.dtype == u1.dtype == e1.dtype == dtype
 
 
 def test_rank_deficient_tasks_in_every_mode():

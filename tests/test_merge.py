@@ -278,7 +278,7 @@ def test_streaming_peak_memory_stays_below_holding_all_models(tiny, tmp_path):
 
 @pytest.mark.parametrize("svd", ["fast", "lapack"])
 def test_svd_modes_through_the_api(tiny_gapped, svd):
-    exact = hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"]).state_dict()
+    exact = hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"], svd="exact").state_dict()
     other = hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"], svd=svd)
     assert other.report.options.svd == svd
     base = load_state(tiny_gapped["base"])
@@ -336,3 +336,29 @@ def test_vit_b32_eight_tasks_stay_within_the_plan_estimate(tmp_path):
     estimate, peak = map(int, out.stdout.split())
     assert peak <= estimate, (peak, estimate)
     assert peak < inputs_bytes / 3, (peak, inputs_bytes)
+
+
+def test_the_default_svd_mode_is_the_one_named_in_core(tiny_gapped, tmp_path, capsys):
+    """API and CLI without an SVD mode merge in DEFAULT_SVD_MODE (fast) and record it; the card's Python call names
+    the mode only when it is not the default."""
+    from hf_tsv.core.svd import DEFAULT_SVD_MODE
+
+    assert DEFAULT_SVD_MODE == "fast"
+    default = hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"])
+    named = hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"], svd=DEFAULT_SVD_MODE)
+    assert default.report.options.svd == DEFAULT_SVD_MODE
+    for key, value in named.state_dict().items():
+        assert torch.equal(default.state_dict()[key], value), key
+    from hf_tsv.cli import main
+
+    assert main(["merge", tiny_gapped["base"], *tiny_gapped["tasks"], "-o", str(tmp_path / "cli")]) == 0
+    assert hf_tsv.MergeReport.load(tmp_path / "cli").options.svd == DEFAULT_SVD_MODE
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["merge", "--help"])
+    assert f"{DEFAULT_SVD_MODE} (default" in " ".join(capsys.readouterr().out.split())
+    from hf_tsv.card import build_card
+
+    for svd, shown in ((DEFAULT_SVD_MODE, False), ("exact", True)):
+        hf_tsv.merge(tiny_gapped["base"], tiny_gapped["tasks"], svd=svd, output_dir=tmp_path / svd)
+        assert ('svd="exact"' in build_card(tmp_path / svd)[0].text) is shown, svd

@@ -539,3 +539,21 @@ def test_a_method_parameter_another_method_ignores_is_noted(tiny, capsys):
     code, err = run_cli(["merge", tiny["base"], *tiny["tasks"], "--dry-run", "--method", "ties", "--ties-density",
                          "0.3"], capsys)
     assert code == 0 and "note:" not in err
+
+
+@pytest.mark.parametrize("values, finite", [
+    ([3e38] * 1000, True),  # finite, but the float32 sum overflows: the elementwise test decides
+    ([1.0, float("nan"), 2.0], False),
+    ([float("inf"), 1.0], False),
+    ([float("inf"), -float("inf")], False),
+    ([1e300, 1e300], True),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_finiteness_check_is_exact_whatever_the_sum_does(values, finite, dtype):
+    from hf_tsv.engine import all_finite
+
+    tensor = torch.tensor(values, dtype=torch.float64).to(dtype)
+    expected = bool(torch.isfinite(tensor).all())
+    assert all_finite(tensor) is expected
+    if dtype == torch.float64:
+        assert expected is finite

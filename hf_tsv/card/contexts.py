@@ -161,7 +161,9 @@ def _python_call(report: MergeReport) -> str:
         args.append("fuse_qkv=True")
     if options and options.embeddings not in (None, DEFAULT_EMBEDDINGS):
         args.append(f"embeddings={json.dumps(options.embeddings)}")
-    if options and options.svd not in (None, "exact"):
+    from ..core.svd import DEFAULT_SVD_MODE
+
+    if options and options.svd not in (None, DEFAULT_SVD_MODE):
         args.append(f"svd={json.dumps(options.svd)}")
     if options and options.compute_dtype not in (None, "float32"):
         args.append(f"compute_dtype={json.dumps(options.compute_dtype)}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .svd import InputPrecision, check_compute_dtype
+from .svd import DEFAULT_SVD_MODE, InputPrecision, check_compute_dtype
 from .tsv import TaskFactors, tasks_rank, truncated_task_factors
 
 
@@ -115,7 +115,7 @@ def low_rank_top_k(delta: LowRankDelta, k: int, *, compute_dtype: torch.dtype = 
 
 
 def task_factors(task_matrices: torch.Tensor, factored: Sequence[LowRankDelta | None] | None = None,
-                 k: int | None = None, *, compute_dtype: torch.dtype = torch.float32, svd: str = "exact",
+                 k: int | None = None, *, compute_dtype: torch.dtype = torch.float32, svd: str = DEFAULT_SVD_MODE,
                  precision: InputPrecision | None = None) -> TaskFactors:
     """TSV's per-task top-k triplets (:func:`~hf_tsv.core.truncated_task_factors`) where some tasks are given as
     factors: task t is ``factored[t]`` when that is not None (its slot of ``task_matrices`` is then ignored), else

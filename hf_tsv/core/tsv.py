@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .svd import InputPrecision, polar_factor, top_k_svd
+from . import cpu_lapack
+from .svd import DEFAULT_SVD_MODE, InputPrecision, polar_factor, top_k_svd
 
 
 def tasks_rank(shape: tuple[int, int] | torch.Size, num_tasks: int) -> int:
@@ -55,7 +56,7 @@ def truncated_task_factors(
     k: int | None = None,
     *,
     compute_dtype: torch.dtype = torch.float32,
-    svd: str = "exact",
+    svd: str = DEFAULT_SVD_MODE,
     precision: InputPrecision | None = None,
 ) -> TaskFactors:
     """TSV-C: each task's top-k singular triplets (default k = ⌊r/T⌋), computed in one batched SVD.
@@ -90,7 +91,7 @@ def truncated_task_factors(
     return TaskFactors(u.contiguous(), s.contiguous(), v.contiguous())
 
 
-def tsv_merge_factors(factors: TaskFactors, *, compact: bool = False) -> torch.Tensor:
+def tsv_merge_factors(factors: TaskFactors, *, compact: bool = False, svd: str = DEFAULT_SVD_MODE) -> torch.Tensor:
     """TSV-M from truncated factors: Δ = U⊥ diag(σ̂) V⊥ᵀ with U⊥, V⊥ the polar factors of Û and V̂.
 
     The polar factor is taken of the compact (m, T·k) block. It equals the first T·k columns of the polar
@@ -98,12 +99,13 @@ def tsv_merge_factors(factors: TaskFactors, *, compact: bool = False) -> torch.T
     carry σ = 0 and add nothing to Δ. With ``compact`` the null triplets (σ = 0: a task of rank below k, such as a
     LoRA adapter of rank r_t ≪ k) are dropped before the polar steps, by the same argument: the polar factors
     are then of an (m, Σ_t min(r_t, k)) block, not (m, T·k); the result is the same whenever the kept block has
-    full column rank (used for tasks given as factors, where it is most of the cost).
+    full column rank (used for tasks given as factors, where it is most of the cost). ``svd`` is the mode the
+    factors were computed in; it picks the polar factors' SVD routine (:func:`~hf_tsv.core.svd.polar_factor`).
     """
     u_hat, s_hat, v_hat = _kept_columns(factors, compact)
     if u_hat.shape[1] == 0:
         return factors.u.new_zeros((factors.u.shape[1], factors.v.shape[1]))
-    return (polar_factor(u_hat) * s_hat) @ polar_factor(v_hat).T
+    return (polar_factor(u_hat, mode=svd) * s_hat) @ polar_factor(v_hat, mode=svd).T
 
 
 def _kept_columns(factors: TaskFactors, compact: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,7 +117,7 @@ def _kept_columns(factors: TaskFactors, compact: bool) -> tuple[torch.Tensor, to
     return u_hat, s_hat, v_hat
 
 
-def tsv_merge_low_rank(factors: TaskFactors):
+def tsv_merge_low_rank(factors: TaskFactors, *, svd: str = DEFAULT_SVD_MODE):
     """TSV-M's Δ = U⊥ diag(σ̂) V⊥ᵀ as factors B = U⊥ diag(σ̂) (m×T·k at most), A = V⊥ᵀ: a
     :class:`~hf_tsv.core.lora.LowRankDelta` whose product is :func:`tsv_merge_factors` (what a LoRA adapter of the
     merge holds). Null triplets are dropped first (``compact`` of :func:`tsv_merge_factors`).
@@ -130,7 +132,7 @@ def tsv_merge_low_rank(factors: TaskFactors):
     u_hat, s_hat, v_hat = _kept_columns(factors, compact=True)
     if u_hat.shape[1] == 0:
         return LowRankDelta.zeros((factors.u.shape[1], factors.v.shape[1]), factors.u.dtype, factors.u.device)
-    return LowRankDelta(polar_factor(u_hat) * s_hat, polar_factor(v_hat).T)
+    return LowRankDelta(polar_factor(u_hat, mode=svd) * s_hat, polar_factor(v_hat, mode=svd).T)
 
 
 def tsv_merge(
@@ -138,7 +140,7 @@ def tsv_merge(
     k: int | None = None,
     *,
     compute_dtype: torch.dtype = torch.float32,
-    svd: str = "exact",
+    svd: str = DEFAULT_SVD_MODE,
     precision: InputPrecision | None = None,
 ) -> torch.Tensor:
     """TSV-M merged delta of one matrix key (before α): returns Δ in ``compute_dtype``, shape (m, n).
@@ -149,7 +151,7 @@ def tsv_merge(
         True
     """
     factors = truncated_task_factors(task_matrices, k, compute_dtype=compute_dtype, svd=svd, precision=precision)
-    return tsv_merge_factors(factors)
+    return tsv_merge_factors(factors, svd=svd)
 
 
 def singular_task_interference(factors: TaskFactors) -> float:
@@ -169,6 +171,6 @@ def singular_task_interference(factors: TaskFactors) -> float:
     # V̂ᵀV̂ − I are exactly zero; setting them so drops the rounding noise of the SVD.
     same_task = torch.block_diag(*[torch.ones(factors.k, factors.k, dtype=torch.bool)] * num_tasks)
     same_task = same_task.to(u_hat.device)
-    left = (u_hat.T @ u_hat).masked_fill(same_task, 0.0)
-    right = (v_hat.T @ v_hat).masked_fill(same_task, 0.0)
+    left = cpu_lapack.gram(u_hat).masked_fill(same_task, 0.0)
+    right = cpu_lapack.gram(v_hat).masked_fill(same_task, 0.0)
     return float(((left * s_hat) @ right).abs().sum())

@@ -382,20 +382,24 @@ def resolve_alpha(method: MergeMethod, alpha: float | None, opts: MethodOptions 
 # ----------------------------------------------------------------------------------------------------------------
 
 
+_UNSET: Any = object()  # an option not given (MethodOptions reads its default when needed)
+
+
 class MethodOptions:
-    """What a method reads besides α: the SVDs' ``compute_dtype`` and ``svd`` mode, and every registered method
+    """What a method reads besides α: the SVDs' ``compute_dtype`` and ``svd`` mode (not given: the default,
+    :data:`hf_tsv.core.svd.DEFAULT_SVD_MODE`), and every registered method
     parameter, as an attribute of its name (``opts.ties_density``); a parameter not given has its declared
     default. Immutable. Values are checked where every option is: in :class:`hf_tsv.options.MergeOptions`.
 
     Example:
         >>> opts = MethodOptions(ties_density=0.5)
         >>> opts.ties_density, opts.ties_merge, opts.svd
-        (0.5, 'mean', 'exact')
+        (0.5, 'mean', 'fast')
     """
 
     __slots__ = ("compute_dtype", "svd", "_given")
 
-    def __init__(self, compute_dtype: torch.dtype | str | None = None, svd: str = "exact", **parameters: Any):
+    def __init__(self, compute_dtype: torch.dtype | str | None = None, svd: str = _UNSET, **parameters: Any):
         unknown = sorted(set(parameters) - set(PARAMETERS))
         if unknown:
             raise MergeInputError(f"unknown method parameter {unknown[0]!r}; the method parameters are "
@@ -404,6 +408,10 @@ class MethodOptions:
             import torch
 
             compute_dtype = torch.float32
+        if svd is _UNSET:
+            from ..core.svd import DEFAULT_SVD_MODE
+
+            svd = DEFAULT_SVD_MODE
         object.__setattr__(self, "compute_dtype", compute_dtype)
         object.__setattr__(self, "svd", svd)
         object.__setattr__(self, "_given", dict(parameters))

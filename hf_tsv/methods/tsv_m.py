@@ -20,7 +20,7 @@ def _delta(task_vectors, opts: MethodOptions, key: KeyContext):
 
     factors = _factors(task_vectors, opts, key)
     # adapters (rank r_t ≪ k): polar factors of their Σ r_t kept columns only (same Δ, see tsv_merge_factors)
-    return (core.tsv_merge_factors(factors, compact=bool(key.factored)),
+    return (core.tsv_merge_factors(factors, compact=bool(key.factored), svd=opts.svd),
             core.singular_task_interference(factors))
 
 
@@ -29,7 +29,7 @@ def _low_rank_delta(task_vectors, opts: MethodOptions, key: KeyContext):
     from .. import core
 
     factors = _factors(task_vectors, opts, key)
-    return core.tsv_merge_low_rank(factors), core.singular_task_interference(factors)
+    return core.tsv_merge_low_rank(factors, svd=opts.svd), core.singular_task_interference(factors)
 
 
 METHOD = MergeMethod(
