@@ -1,6 +1,7 @@
-"""A rough time estimate for a plan: one merge of random task matrices of the most common matrix shape is
-timed on this machine, and every key's cost is scaled from it by m·n·min(m, n); reading the inputs is
-added at disk speed."""
+"""Rough estimates for a plan. Time: one merge of random task matrices of the most common matrix shape is timed
+on this machine, and every key's cost is scaled from it by m·n·min(m, n); reading the inputs is added at disk
+speed. Memory: :func:`factored_matrix_bytes`, the working set of a matrix key whose tasks are all LoRA adapters
+merged from their factors (the rest of the memory model is :meth:`hf_tsv.engine.MergePlan.unit_peak_bytes`)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,26 @@ def unit_cost(shape, is_matrix: bool, num_tasks: int, uses_svd: bool) -> float:
         numel *= d
     work = num_tasks * _cost(shape) if uses_svd and is_matrix and len(shape) == 2 else 0.0
     return work + READ_COST_PER_ENTRY * numel * (num_tasks + 1)
+
+
+FLOAT32_BYTES = 4
+
+
+def factored_matrix_bytes(shape, num_tasks: int, itemsize: int) -> int:
+    """The working set of one m×n matrix key whose T tasks are all LoRA adapters, merged from their factors
+    (a method with ``factored_tasks``, TSV-M; :func:`hf_tsv.core.task_factors`): the base as read and in float32,
+    each task's top-k triplets U (T, m, k) and V (T, n, k) and their concatenation Û (m, T·k), V̂ (n, T·k), the
+    Gram matrices of STI (T·k × T·k), Δ and the merged tensor. The adapters' factors (rank r ≪ k) and the polar
+    step on their Σ r_t kept columns are small beside these; no T×m×n task matrix is ever formed.
+
+    Example:
+        >>> dense = 1024 * 1024 * ((8 + 1) * 4 + 4 * (3 * 8 + 6))  # the dense model for T = 8, float32
+        >>> factored_matrix_bytes((1024, 1024), 8, 4) < dense / 2
+        True
+    """
+    m, n = (int(d) for d in shape)
+    kept = num_tasks * (min(m, n) // num_tasks)  # T·k columns of Û and V̂
+    numel = m * n
+    return (numel * (itemsize + FLOAT32_BYTES * 3)  # base (as read, float32), Δ, merged
+            + 2 * 2 * (m + n) * kept * FLOAT32_BYTES  # U, V and Û, V̂
+            + 4 * kept * kept * FLOAT32_BYTES)  # STI: ÛᵀÛ, V̂ᵀV̂ and their product
