@@ -115,21 +115,35 @@ class MergePlan:
         """The base, then the fine-tuned models (the order of :attr:`raw_keys`)."""
         return [self.base, *self.models]
 
-    def estimate_peak_bytes(self) -> int:
-        """Peak RSS estimate: process baseline + the costliest unit's working set (:meth:`unit_peak_bytes`)."""
-        return PROCESS_BASELINE_BYTES + max((self.unit_peak_bytes(u) for u in self.units), default=0)
+    def estimate_peak_bytes(self, factored_tasks: bool = False) -> int:
+        """Peak RSS estimate: process baseline + the costliest unit's working set (:meth:`unit_peak_bytes`).
+        ``factored_tasks``: the method merges LoRA adapters from their factors (its
+        :attr:`~hf_tsv.methods.MergeMethod.factored_tasks`, TSV-M)."""
+        return PROCESS_BASELINE_BYTES + max((self.unit_peak_bytes(u, factored_tasks) for u in self.units),
+                                            default=0)
 
-    def unit_peak_bytes(self, unit: Unit) -> int:
+    def unit_peak_bytes(self, unit: Unit, factored_tasks: bool = False) -> int:
         """One unit's working set: a matrix unit's T+1 tensors as read, their fp32 copies, the task vectors and
         the batched SVD's factors and workspace; an averaged key's tensors as read, its task vectors, the base,
-        the mean and the merged tensor; a key kept from the base, the base as read, in fp32 and merged."""
+        the mean and the merged tensor; a key kept from the base, the base as read, in fp32 and merged.
+
+        A LoRA adapter's tensors are its factors, never read at the key's size: its task vector is formed in place
+        (no copy as read, none in fp32). A matrix unit whose tasks are all adapters, merged by a method with
+        ``factored_tasks``, never forms them: :func:`hf_tsv.estimate.factored_matrix_bytes`.
+        """
+        from .estimate import factored_matrix_bytes
+
         t = self.num_tasks
+        adapters = sum(is_lora(m) for m in self.models)
         itemsize = max(self.base_infos[k].nbytes // max(1, _numel(self.base_infos[k].shape)) for k in unit.keys)
         if unit.from_base:
             return unit.numel * (itemsize + 4 * 2)
+        read = unit.numel * (t + 1 - adapters) * itemsize
         if not unit.is_matrix:
-            return unit.numel * ((t + 1) * itemsize + 4 * (t + 4))
-        return unit.numel * ((t + 1) * itemsize + 4 * (3 * t + 6))
+            return read + unit.numel * 4 * (t + 4)
+        if factored_tasks and adapters == t and len(unit.shape) == 2:
+            return factored_matrix_bytes(unit.shape, t, itemsize)
+        return read + unit.numel * 4 * (3 * t + 6 - adapters)
 
 
 def _numel(shape) -> int:

@@ -38,7 +38,15 @@ from .files import (
     TSVC_INDEX_NAME,
 )
 from .json_io import dumps_json
-from .secrets import describe_exception, known_secrets, public_json, public_text, resolve_token, safe_cause
+from .secrets import (
+    describe_exception,
+    known_secrets,
+    public_json,
+    public_text,
+    redact,
+    resolve_token,
+    safe_cause,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -248,8 +256,8 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         step = f"commit {len(operations)} files"
-        info = api.create_commit(repo_id, operations, commit_message=commit_message or _default_message(folder),
-                                 commit_description=commit_description, revision=revision, create_pr=create_pr)
+        info = create_public_commit(api, repo_id, operations, commit_message or _default_message(folder), secrets,
+                                    commit_description=commit_description, revision=revision, create_pr=create_pr)
     except BaseException as exc:
         cleanup = rollback_created_repo(api, repo_id, created, secrets)
         if not isinstance(exc, Exception):
@@ -270,6 +278,22 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
     return PushResult(url, commit_url=info.commit_url, pr_url=info.pr_url, oid=info.oid, repo_id=repo_id,
                       revision=info.pr_revision or revision or "main", created_repo=created, files=names,
                       warnings=warnings, unchanged=unchanged)
+
+
+def create_public_commit(api, repo_id: str, operations: list, commit_message: str, secrets: list[str], *,
+                         commit_description: str | None = None, **options):
+    """``api.create_commit`` with the commit message and description redacted (:func:`hf_tsv.secrets.redact`):
+    they are typed by the user and kept on the Hub (a pull request's title too), so a token in them (the one
+    given, ``HF_TOKEN``, the stored login, or anything shaped like a token) is committed as ``***``. Every hf-tsv
+    commit goes through here; ``options`` go to ``create_commit`` as they are.
+
+    Example:
+        >>> create_public_commit(api, "me/m", ops, "merged with hf_AbCdEf...", secrets)  # doctest: +SKIP
+        CommitInfo(...)  # committed as "merged with ***"
+    """
+    description = redact(commit_description, secrets) if commit_description else commit_description
+    return api.create_commit(repo_id, operations, commit_message=redact(commit_message, secrets),
+                             commit_description=description, **options)
 
 
 def full_repo_id(api, repo_id: str, secrets: list[str], what: str = "repository") -> str:

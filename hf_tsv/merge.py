@@ -679,7 +679,7 @@ def plan(base, models, *, method: str = DEFAULT_METHOD, alpha: float | None = No
         "keys": p.counts(),
         "notes": p.notes,
         "model_bytes": weights_bytes,
-        "estimated_peak_memory_bytes": p.estimate_peak_bytes(),
+        "estimated_peak_memory_bytes": p.estimate_peak_bytes(options.merge_method.factored_tasks),
         "estimated_seconds": estimate_seconds(p, options.merge_method, options.method_options),
     }
     if p.mixed_precision:

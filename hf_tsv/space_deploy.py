@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import PushError
-from .hub import PushResult, create_repo_if_missing, full_repo_id, rollback_created_repo
+from .hub import PushResult, create_public_commit, create_repo_if_missing, full_repo_id, rollback_created_repo
 from .secrets import describe_exception, known_secrets, public_text, resolve_token
 
 logger = logging.getLogger(__name__)
@@ -206,8 +206,9 @@ def deploy_space(space_id: str, *, private: bool | None = None, hardware: str = 
             space_sdk="gradio", space_hardware=hardware,
             space_variables=[{"key": key, "value": value} for key, value in variables.items()] or None)
         try:
-            info = api.create_commit(space_id, operations, repo_type="space",
-                                     commit_message=commit_message or f"Deploy the hf-tsv Space (hf-tsv {__version__})")
+            info = create_public_commit(api, space_id, operations,
+                                        commit_message or f"Deploy the hf-tsv Space (hf-tsv {__version__})", secrets,
+                                        repo_type="space")
         except BaseException as exc:
             cleanup = rollback_created_repo(api, space_id, created, secrets, repo_type="space")
             if not isinstance(exc, Exception):

@@ -403,10 +403,10 @@ def test_compare_keep_best_and_its_push_write_the_token_nowhere(how, compare_inp
                      str(compare_inputs["spec"]), "--alpha-grid", "0.5,1", "--keep-best", "--device", "cpu",
                      *flags]) == 0
     kept = {"compare.json", "compare.md", "compare_normalized.png", "compare_sti_per_layer.png", "eval_results.json",
-            "merge_report.json", "model.safetensors"}
+            "merge_report.json", "model.safetensors", "README.md"}
     assert kept <= {p.name for p in out.iterdir()}
     _assert_recorded_and_redacted(out, how)
-    assert_token_nowhere(TOKEN, [out], [])  # as compare left it: the push below writes the card there too
+    assert_token_nowhere(TOKEN, [out], [])  # as compare left it (its card too): the push below rewrites the card
     if how == "token=":
         hf_tsv.push_to_hub(out, repo, token=kwargs["token"])
     else:
@@ -468,7 +468,7 @@ def test_peft_adapter_output_and_its_push_write_the_token_nowhere(how, tiny, lor
 @pytest.mark.parametrize("how", ROUTES)
 def test_space_deploy_writes_the_token_nowhere(how, tiny, hub, tmp_path, capfd, caplog, monkeypatch):
     """``hf-tsv space deploy`` / ``deploy_space``: every file of the deployed commit (the wheel's members too),
-    the Space's variables, the Hub's storage, stdout, stderr and the logs."""
+    its commit message, the Space's variables, the Hub's storage, stdout, stderr and the logs."""
     pytest.importorskip("gradio")
     pytest.importorskip("datasets")
     from space_helpers import make_eval_tasks
@@ -480,12 +480,15 @@ def test_space_deploy_writes_the_token_nowhere(how, tiny, hub, tmp_path, capfd, 
     shutil.copytree(tiny["tasks"][0], library / "cars")
     spec = make_eval_tasks(tmp_path / "eval", ["cars"], examples=4)
     space = "hf-tsv-tester/merge-space"
+    message = f"Deploy with {TOKEN}"  # the token given, typed into the commit message too
     if how == "token=":
-        hf_tsv.deploy_space(space, private=True, model_library=library, tasks=spec, token=kwargs["token"])
+        hf_tsv.deploy_space(space, private=True, model_library=library, tasks=spec, token=kwargs["token"],
+                            commit_message=message)
     else:
         assert main(["space", "deploy", space, "--private", "--model-library", str(library), "--tasks", str(spec),
-                     *flags]) == 0
+                     "--commit-message", message, *flags]) == 0
     captured = capfd.readouterr()
+    assert [c.message for c in hub.repos[f"spaces/{space}"].commits] == ["Deploy with ***"]
     pushed = _pushed_files(hub, space, repo_type="space")
     assert_token_nowhere(TOKEN, [hub.root, tmp_path], _seen(captured, caplog, hub), pushed)
     assert {"README.md", "app.py", "requirements.txt", "tasks.json", "model_library/cars/config.json"} <= set(pushed)
@@ -550,6 +553,36 @@ def test_push_refuses_a_folder_whose_only_weights_are_not_published(weights, fol
     with pytest.raises(hf_tsv.PushError, match="has no config.json and safetensors weights"):
         hf_tsv.push_to_hub(folder, "hf-tsv-tester/none", token=TOKEN)
     assert hub.repos == {}
+
+
+# A commit message typed by the user, holding the token given (by shape and, with HF_TOKEN, by value only)
+MESSAGE = f"merged with --token {TOKEN} (HF_TOKEN={LOWERCASE_TOKEN})"
+MESSAGE_AS_COMMITTED = "merged with --token *** (HF_TOKEN=***)"
+
+
+@pytest.mark.parametrize("how", ["cli-push", "push_to_hub", "MergeResult.push_to_hub"])
+def test_a_token_in_the_commit_message_is_not_committed(how, tiny, folder, hub, capfd, caplog, monkeypatch):
+    """``hf-tsv push --commit-message``, ``hf_tsv.push_to_hub(commit_message=, commit_description=)`` and
+    ``MergeResult.push_to_hub`` (what ``merge --push-to-hub`` calls): the Hub keeps the message with the token
+    redacted, also as the title of a pull request."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("HF_TOKEN", LOWERCASE_TOKEN)
+    repo = "hf-tsv-tester/message"
+    if how == "cli-push":
+        assert main(["push", str(folder), "--repo-id", repo, "--create-pr", "--commit-message", MESSAGE,
+                     "--token", TOKEN]) == 0
+    elif how == "push_to_hub":
+        hf_tsv.push_to_hub(folder, repo, create_pr=True, commit_message=MESSAGE, commit_description=MESSAGE,
+                           token=TOKEN)
+    else:
+        result = hf_tsv.merge(tiny["base"], tiny["tasks"][:2], device="cpu")  # in memory: saved to a temporary folder
+        result.push_to_hub(repo, create_pr=True, commit_message=MESSAGE, token=TOKEN)
+    (commit,) = hub.repos[repo].commits
+    assert commit.is_pr and commit.message == MESSAGE_AS_COMMITTED
+    assert commit.description in ("", MESSAGE_AS_COMMITTED)
+    captured = capfd.readouterr()
+    for token in (TOKEN, LOWERCASE_TOKEN):
+        assert_token_nowhere(token, [hub.root], [*_seen(captured, caplog, hub), repr(hub.repos)])
 
 
 def test_every_pushed_json_and_text_file_is_scrubbed(folder, hub, tmp_path):

@@ -211,6 +211,13 @@ class LoraAdapterReader:
         """module → its rank."""
         return {module: self.tensors[pair["A"]].shape[0] for module, pair in self.modules.items()}
 
+    def factor_bytes(self, key: str) -> int:
+        """Bytes of the factors (A and B) that reading base key ``key`` reads: 0 where the adapter has no module."""
+        module = self._by_base_key.get(key)
+        if module is None:
+            return 0
+        return sum(self.tensors[self.modules[module][name]].nbytes for name in ("A", "B"))
+
     def low_rank(self, key: str) -> LowRankDelta | None:
         """ΔW of base key ``key`` as factors, or None where the adapter leaves the base as it is."""
         module = self._by_base_key.get(key)
