@@ -436,9 +436,8 @@ def compare(base, models, *, methods=None, evaluator=None, alpha: str = "search"
 
     With ``keep_best``, ``output_dir`` becomes an ordinary merge output folder (as ``hf-tsv merge -o`` writes) of
     the best method (:func:`choose_best`: by validation score) at its α, with its ``eval_*`` files and the
-    comparison files beside it, and its model card (``README.md``, as ``hf-tsv card`` writes it), which shows the
-    comparison table; ready for ``hf-tsv push``. The best merge is computed once more at the end (one merge in
-    memory at a time, never two).
+    comparison files beside it, ready for ``hf-tsv push``: its model card shows the comparison table. The best
+    merge is computed once more at the end (one merge in memory at a time, never two).
 
     Raises:
         MergeInputError: as :func:`iter_compare`; ``keep_best`` without ``output_dir``, or without an evaluator
@@ -480,10 +479,6 @@ def compare(base, models, *, methods=None, evaluator=None, alpha: str = "search"
             result.kept = Path(output_dir).name
             _write_best(tmp, base, models, result, merge_options, revision, token, command)
         result.save(tmp)
-        if result.kept is not None:  # the card `hf-tsv card DIR` renders, comparison included (needs compare.json)
-            from .card import write_card
-
-            write_card(tmp, token=token, name=Path(output_dir).resolve().name)
     return result
 
 

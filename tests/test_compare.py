@@ -107,21 +107,6 @@ def test_best_is_chosen_on_validation_never_on_test():
     assert choose_best([row("ta", 90.0, 1.0), row("tsv-m", 90.0, 2.0)]) == "ta"  # a tie keeps the first listed
 
 
-def test_keep_best_writes_the_card_with_the_comparison_straight_away(compared):
-    """The kept folder has its model card as compare leaves it (written in the temporary folder, renamed with the
-    rest): the comparison table in it, and exactly what ``hf-tsv card DIR`` renders for that folder (its title
-    the folder's final name, not the temporary one)."""
-    from hf_tsv.card import build_card
-
-    result, out = compared
-    written = (out / "README.md").read_text()
-    assert "## Comparison of merge methods" in written and result.table().splitlines()[0] in written
-    card, side_files = build_card(out)
-    assert written == card.text
-    assert set(side_files) <= {p.name for p in out.iterdir()}
-    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temporary folder left
-
-
 def test_keep_best_is_an_ordinary_merge_folder_with_the_table_in_its_card(setup, compared, tmp_path):
     from hub_server import running_hub
 

@@ -403,10 +403,10 @@ def test_compare_keep_best_and_its_push_write_the_token_nowhere(how, compare_inp
                      str(compare_inputs["spec"]), "--alpha-grid", "0.5,1", "--keep-best", "--device", "cpu",
                      *flags]) == 0
     kept = {"compare.json", "compare.md", "compare_normalized.png", "compare_sti_per_layer.png", "eval_results.json",
-            "merge_report.json", "model.safetensors", "README.md"}
+            "merge_report.json", "model.safetensors"}
     assert kept <= {p.name for p in out.iterdir()}
     _assert_recorded_and_redacted(out, how)
-    assert_token_nowhere(TOKEN, [out], [])  # as compare left it (its card too): the push below rewrites the card
+    assert_token_nowhere(TOKEN, [out], [])  # as compare left it: the push below writes the card there too
     if how == "token=":
         hf_tsv.push_to_hub(out, repo, token=kwargs["token"])
     else:

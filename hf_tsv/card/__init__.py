@@ -80,14 +80,13 @@ def _adapter_card(output) -> CardResult:
 
 
 def build_card(folder: str | os.PathLike, *, repo_id: str | None = None, license: str | None = None,
-               token: str | bool | None = None, name: str | None = None) -> tuple[CardResult, dict[str, bytes]]:
+               token: str | bool | None = None) -> tuple[CardResult, dict[str, bytes]]:
     """Render the card of an hf-tsv output folder without writing anything.
 
     Returns the :class:`CardResult` and the side files to write beside it (``{name: bytes}``: the heatmap
     and ``sti_stats.json`` for a TSV-M merge). ``repo_id`` names the model in the title and the usage snippet
-    (default: the folder's name, or ``name``: the final name of a folder still being written under a temporary
-    one); ``license`` overrides the license inherited from the parents; ``token`` reads private parents' cards
-    (default: ``HF_TOKEN`` or the stored login).
+    (default: the folder's name); ``license`` overrides the license inherited from the parents; ``token``
+    reads private parents' cards (default: ``HF_TOKEN`` or the stored login).
 
     Raises:
         CardError: not an hf-tsv output folder, or one of its files cannot be read (naming it).
@@ -97,7 +96,7 @@ def build_card(folder: str | os.PathLike, *, repo_id: str | None = None, license
     folder = Path(folder)
     token = normalize_token(token)
     output = read_folder(folder)
-    folder_name = name or folder.resolve().name
+    folder_name = folder.resolve().name
     title = repo_id.split("/")[-1] if repo_id else folder_name
     model_id = repo_id or folder_name
     local = repo_id is None
@@ -123,10 +122,10 @@ def build_card(folder: str | os.PathLike, *, repo_id: str | None = None, license
 
 
 def write_card(folder: str | os.PathLike, *, repo_id: str | None = None, license: str | None = None,
-               token: str | bool | None = None, name: str | None = None) -> CardResult:
+               token: str | bool | None = None) -> CardResult:
     """Write (or refresh) ``README.md`` in an hf-tsv output folder, with ``sti_heatmap.png`` and
     ``sti_stats.json`` beside it for a TSV-M merge. See :func:`build_card` for the arguments."""
-    result, side_files = build_card(folder, repo_id=repo_id, license=license, token=token, name=name)
+    result, side_files = build_card(folder, repo_id=repo_id, license=license, token=token)
     for name, data in side_files.items():
         write_file_atomic(result.folder / name, data)
     write_file_atomic(result.folder / CARD_NAME, result.text)
