@@ -25,7 +25,15 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from hf_tsv.core import InputPrecision, LowRankDelta, task_factors, truncated_task_factors, tsv_merge_factors  # noqa: E402
+from hf_tsv.core import (  # noqa: E402
+    InputPrecision,
+    LowRankDelta,
+    singular_task_interference,
+    task_factors,
+    truncated_task_factors,
+    tsv_merge_factors,
+)
+from hf_tsv.core.svd import DEFAULT_SVD_MODE  # noqa: E402
 
 
 def _load() -> float:
@@ -51,18 +59,23 @@ def adapters(dim: int, rank: int, tasks: int, seed: int) -> list[LowRankDelta]:
 
 
 def factored_merge(deltas: list[LowRankDelta], dim: int) -> torch.Tensor:
-    """What hf-tsv runs for a key whose tasks are all adapters (no T×m×n storage)."""
+    """What hf-tsv runs for a key whose tasks are all adapters (no T×m×n storage): the merge and its STI."""
     shape = torch.zeros(()).expand(len(deltas), dim, dim)
     factors = task_factors(shape, deltas, precision=InputPrecision(torch.float32))
+    singular_task_interference(factors)
     return tsv_merge_factors(factors, compact=True)
 
 
-def dense_merge(deltas: list[LowRankDelta], compute_dtype=torch.float32, svd: str = "exact") -> torch.Tensor:
-    """Form every ΔW, then the dense TSV-M path (what merging the adapters' merge_and_unload checkpoints runs)."""
+def dense_merge(deltas: list[LowRankDelta], compute_dtype=torch.float32, svd: str = DEFAULT_SVD_MODE,
+                sti: bool = True) -> torch.Tensor:
+    """Form every ΔW, then the dense TSV-M path with its STI (what merging the adapters' merge_and_unload
+    checkpoints runs)."""
     stack = torch.stack([d.dense() for d in deltas])
     factors = truncated_task_factors(stack.to(compute_dtype), compute_dtype=compute_dtype, svd=svd,
                                      precision=InputPrecision(torch.float32))
-    return tsv_merge_factors(factors)
+    if sti:
+        singular_task_interference(factors)
+    return tsv_merge_factors(factors, svd=svd)
 
 
 def main() -> None:
@@ -93,7 +106,7 @@ def main() -> None:
                 entry = {"wall_s": round(d.wall, 3), "cpu_s": round(d.cpu, 3),
                          "max_rel_diff_vs_factored": float((dense - merged).abs().max()) / size}
                 if args.float64_check:
-                    ref = dense_merge([x.to(torch.float64) for x in deltas], torch.float64, "lapack")
+                    ref = dense_merge([x.to(torch.float64) for x in deltas], torch.float64, "lapack", sti=False)
                     entry["factored_max_rel_err_vs_float64"] = float((merged.double() - ref).abs().max()) / size
                     entry["dense_max_rel_err_vs_float64"] = float((dense.double() - ref).abs().max()) / size
                 result["dense"][key] = entry

@@ -455,3 +455,27 @@ def test_peft_output_pushes_with_its_card(loras, tmp_path, monkeypatch):
         card = Path(HfApi().hf_hub_download("ns/merged-lora", "README.md")).read_text()
         assert "library_name: peft" in card
 
+
+
+def test_sti_of_adapters_is_computed_on_their_kept_columns_only(monkeypatch):
+    """Null triplets contribute nothing to STI; leaving them out (Grams of Σ r_t columns, not T·k) gives the value of
+    the full T·k formula, and the Grams really are of the kept columns."""
+    from hf_tsv.core import cpu_lapack, singular_task_interference
+    from hf_tsv.core.tsv import TaskFactors
+
+    gen = torch.Generator().manual_seed(4)
+    factors = task_factors(torch.zeros(3, 40, 30, dtype=torch.float64),
+                           [LowRankDelta(torch.randn(40, 2, generator=gen, dtype=torch.float64),
+                                         torch.randn(2, 30, generator=gen, dtype=torch.float64)) for _ in range(3)],
+                           compute_dtype=torch.float64)
+    assert factors.k == 10 and int((factors.s != 0).sum()) == 6
+    u_hat, s_hat, v_hat = factors.concatenated()
+    same = torch.block_diag(*[torch.ones(10, 10, dtype=torch.bool)] * 3)
+    left, right = (u_hat.T @ u_hat).masked_fill(same, 0), (v_hat.T @ v_hat).masked_fill(same, 0)
+    full = float(((left * s_hat) @ right).abs().sum())
+    shapes = []
+    real_gram = cpu_lapack.gram
+    monkeypatch.setattr(cpu_lapack, "gram", lambda a: shapes.append(tuple(a.shape)) or real_gram(a))
+    compact = singular_task_interference(TaskFactors(factors.u, factors.s, factors.v))
+    assert full > 0 and compact == pytest.approx(full, rel=1e-12)
+    assert shapes == [(40, 6), (30, 6)]

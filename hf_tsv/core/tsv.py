@@ -157,7 +157,9 @@ def tsv_merge(
 def singular_task_interference(factors: TaskFactors) -> float:
     """STI = Σ |(ÛᵀÛ − I) Σ̂ (V̂ᵀV̂ − I)| (entrywise L1) on the truncated, concatenated factors.
 
-    Only cross-task blocks contribute: within a task the singular vectors are orthonormal.
+    Only cross-task blocks contribute: within a task the singular vectors are orthonormal. Null triplets (σ = 0,
+    zeroed by :func:`truncated_task_factors`: a task of rank below k, such as a LoRA adapter) contribute nothing
+    and are left out first, so adapters of rank r_t ≪ k cost Grams of Σ_t r_t columns, not T·k.
 
     Example:
         >>> singular_task_interference(truncated_task_factors(torch.randn(1, 8, 8)))  # one task: none
@@ -166,11 +168,13 @@ def singular_task_interference(factors: TaskFactors) -> float:
     if factors.k == 0:
         return 0.0
     u_hat, s_hat, v_hat = factors.concatenated()
-    num_tasks = factors.s.shape[0]
+    task = torch.arange(factors.s.shape[0], device=s_hat.device).repeat_interleave(factors.k)
+    kept = s_hat != 0
+    if not bool(kept.all()):
+        u_hat, s_hat, v_hat, task = u_hat[:, kept], s_hat[kept], v_hat[:, kept], task[kept]
     # Within a task the vectors are orthonormal by construction, so the diagonal blocks of ÛᵀÛ − I and
     # V̂ᵀV̂ − I are exactly zero; setting them so drops the rounding noise of the SVD.
-    same_task = torch.block_diag(*[torch.ones(factors.k, factors.k, dtype=torch.bool)] * num_tasks)
-    same_task = same_task.to(u_hat.device)
+    same_task = task[:, None] == task[None, :]
     left = cpu_lapack.gram(u_hat).masked_fill(same_task, 0.0)
     right = cpu_lapack.gram(v_hat).masked_fill(same_task, 0.0)
     return float(((left * s_hat) @ right).abs().sum())
