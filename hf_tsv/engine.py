@@ -142,7 +142,8 @@ class MergePlan:
         if not unit.is_matrix:
             return read + unit.numel * 4 * (t + 4)
         if factored_tasks and adapters == t and len(unit.shape) == 2:
-            return factored_matrix_bytes(unit.shape, t, itemsize)
+            rank = max(max(m.reader.rank_of.values(), default=1) for m in self.models)
+            return factored_matrix_bytes(unit.shape, t, itemsize, rank)
         return read + unit.numel * 4 * (3 * t + 6 - adapters)
 
 

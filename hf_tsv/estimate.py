@@ -33,13 +33,12 @@ def _read_bytes(plan, unit) -> int:
 
 
 def _factored_cost(shape, num_tasks: int, rank: int) -> float:
-    """The cost of a matrix key whose tasks are all rank-``rank`` adapters, merged from their factors: STI's Gram
-    matrices of the T·k concatenated triplets ((m + n + T·k)·(T·k)², the bulk), forming Δ from the Σ r_t kept
-    columns (m·n·T·r) and their polar factors ((m + n)·(T·r)²)."""
+    """The cost of a matrix key whose tasks are all rank-``rank`` adapters, merged from their factors: forming Δ
+    from the Σ r_t kept columns (m·n·T·r, the bulk), their polar factors and STI's Gram matrices, all on those
+    columns ((m + n + T·r)·(T·r)²)."""
     m, n = shape
-    kept = num_tasks * (min(m, n) // num_tasks)
-    used = num_tasks * rank
-    return float(m + n + kept) * kept * kept + float(m) * n * used + float(m + n) * used * used
+    used = num_tasks * min(rank, min(m, n) // max(1, num_tasks))
+    return float(m) * n * used + float(m + n + used) * used * used
 
 
 def _probe_seconds(method, options, shape, num_tasks: int, rank: int | None) -> float:
@@ -110,21 +109,23 @@ def unit_cost(shape, is_matrix: bool, num_tasks: int, uses_svd: bool) -> float:
 FLOAT32_BYTES = 4
 
 
-def factored_matrix_bytes(shape, num_tasks: int, itemsize: int) -> int:
+def factored_matrix_bytes(shape, num_tasks: int, itemsize: int, rank: int | None = None) -> int:
     """The working set of one m×n matrix key whose T tasks are all LoRA adapters, merged from their factors
     (a method with ``factored_tasks``, TSV-M; :func:`hf_tsv.core.task_factors`): the base as read and in float32,
-    each task's top-k triplets U (T, m, k) and V (T, n, k) and their concatenation Û (m, T·k), V̂ (n, T·k), the
-    Gram matrices of STI (T·k × T·k), Δ and the merged tensor. The adapters' factors (rank r ≪ k) and the polar
-    step on their Σ r_t kept columns are small beside these; no T×m×n task matrix is ever formed.
+    each task's top-k triplets U (T, m, k) and V (T, n, k) and their concatenation Û (m, T·k), V̂ (n, T·k), Δ and
+    the merged tensor, and STI's Gram matrices on the Σ r_t kept columns (the null triplets are left out; all T·k
+    when ``rank`` is not given). The adapters' factors and the polar step on the kept columns are small beside
+    these; no T×m×n task matrix is ever formed.
 
     Example:
         >>> dense = 1024 * 1024 * ((8 + 1) * 4 + 4 * (3 * 8 + 6))  # the dense model for T = 8, float32
-        >>> factored_matrix_bytes((1024, 1024), 8, 4) < dense / 2
+        >>> factored_matrix_bytes((1024, 1024), 8, 4, rank=16) < factored_matrix_bytes((1024, 1024), 8, 4) < dense / 2
         True
     """
     m, n = (int(d) for d in shape)
     kept = num_tasks * (min(m, n) // num_tasks)  # T·k columns of Û and V̂
+    used = kept if rank is None else num_tasks * min(int(rank), kept // max(1, num_tasks))
     numel = m * n
     return (numel * (itemsize + FLOAT32_BYTES * 3)  # base (as read, float32), Δ, merged
             + 2 * 2 * (m + n) * kept * FLOAT32_BYTES  # U, V and Û, V̂
-            + 4 * kept * kept * FLOAT32_BYTES)  # STI: ÛᵀÛ, V̂ᵀV̂ and their product
+            + 4 * used * used * FLOAT32_BYTES)  # STI: ÛᵀÛ, V̂ᵀV̂ and their product, on the kept columns

@@ -314,6 +314,16 @@ def test_cpu_lapack_kernels_equal_torch_without_scipy(dtype, monkeypatch):
     assert g1.dtype == u1.dtype == e1.dtype == dtype
 
 
+@pytest.mark.parametrize("shape", [(17, 0), (0, 5), (2, 0, 0), (0, 3, 4)])
+def test_cpu_lapack_kernels_take_empty_matrices(shape):
+    """Empty blocks (adapters whose every triplet is null leave no kept column) give empty results, as torch does."""
+    from hf_tsv.core import cpu_lapack
+
+    a = torch.zeros(shape)
+    assert cpu_lapack.gram(a).shape == (a.mT @ a).shape
+    assert [t.shape for t in cpu_lapack.thin_svd(a)] == [t.shape for t in torch.linalg.svd(a, full_matrices=False)]
+
+
 def test_rank_deficient_tasks_in_every_mode():
     """Null triplets are zeroed in every mode, so orthogonal low-rank tasks still give task arithmetic."""
     gen = torch.Generator().manual_seed(9)

@@ -54,7 +54,7 @@ def gram(a: torch.Tensor) -> torch.Tensor:
         >>> torch.allclose(gram(a), a.mT @ a)
         True
     """
-    if not on_cpu_lapack(a) or a.ndim < 2:
+    if not on_cpu_lapack(a) or a.ndim < 2 or a.numel() == 0:
         return a.mT @ a
     m, n = a.shape[-2:]
     flat = a.reshape(-1, m, n)
@@ -75,7 +75,7 @@ def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
         >>> torch.allclose((u * s) @ vh, a)
         True
     """
-    if not on_cpu_lapack(a):
+    if not on_cpu_lapack(a) or a.numel() == 0:
         return torch.linalg.svd(a, full_matrices=False)
     scipy_linalg, _ = _scipy_linalg()
     m, n = a.shape[-2:]
@@ -107,7 +107,7 @@ def top_eigenvectors(symmetric: torch.Tensor, k: int) -> torch.Tensor:
                 [0., 1.]], dtype=torch.float64)
     """
     n = symmetric.shape[-1]
-    if on_cpu_lapack(symmetric) and 0 < k < n:
+    if on_cpu_lapack(symmetric) and 0 < k < n and symmetric.numel() > 0:
         scipy_linalg, _ = _scipy_linalg()
         flat = symmetric.reshape(-1, n, n).numpy()
         out = torch.empty((flat.shape[0], n, k), dtype=symmetric.dtype)
