@@ -134,7 +134,8 @@ SHARDED_COMMANDS = ("merge", "sti", "compress")
 def _process_group(args: argparse.Namespace) -> Iterator[bool]:
     """Under ``torchrun`` with several processes, start the process group for a sharded command (a CUDA device
     becomes this process's own GPU) and yield whether this process is a secondary one, which prints nothing but
-    its failure's traceback (the main process prints the result and the one-line error); stop the group after."""
+    its failure's traceback (the main process prints the result and the one-line error); stop the group after
+    when this command started it (``main`` called inside a program's own process group leaves that group be)."""
     if args.command not in SHARDED_COMMANDS or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         yield False
         return
@@ -148,7 +149,8 @@ def _process_group(args: argparse.Namespace) -> Iterator[bool]:
         with contextlib.redirect_stdout(io.StringIO()) if secondary else contextlib.nullcontext():  # dropped
             yield secondary
     finally:
-        shut_down()
+        if device is not None:  # a group this command started; one a calling program started is left to it
+            shut_down()
 
 
 def _add_inputs(p: argparse.ArgumentParser, what: str = "fine-tuned models") -> None:

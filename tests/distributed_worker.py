@@ -68,13 +68,16 @@ def _run(scenario: dict) -> dict:
     kwargs.update(scenario.get("rank1_kwargs", {}) if os.environ["RANK"] == "1" else {})
     if kind == "alpha_search":
         return _alpha_search(kwargs)
-    if kind == "cli":  # hf_tsv.cli.main stops the process group when it returns: this scenario must come last
+    if kind == "cli":  # hf_tsv.cli.main leaves the group it did not start
         from hf_tsv.cli import main
 
         return {"code": main(scenario["argv"])}
     if kind == "merge":
         result = hf_tsv.merge(**kwargs)
         return {"sti_total": result.report.sti.total if result.report.sti else None}
+    if kind == "merge_push":  # every process pushes, as it merged: the main process alone reaches the Hub
+        url = hf_tsv.merge(**kwargs).push_to_hub(scenario["repo_id"])
+        return {"url": str(url), "files": list(url.files)}
     if kind == "merge_memory":
         result = hf_tsv.merge(**kwargs)
         state = result.state_dict()
@@ -88,10 +91,13 @@ def _run(scenario: dict) -> dict:
     raise AssertionError(kind)
 
 
-def worker(rank: int, world_size: int, port: int, scenarios: list[dict], out: str, timeout_s: float = 60.0) -> None:
-    """One process of the group: run every scenario, writing ``{name}.rank{rank}.json`` with its result or error."""
+def worker(rank: int, world_size: int, port: int, scenarios: list[dict], out: str, timeout_s: float = 60.0,
+           env: dict[str, str] | None = None) -> None:
+    """One process of the group: run every scenario, writing ``{name}.rank{rank}.json`` with its result or error.
+    ``env``: more environment variables (e.g. the loopback Hub's), set before anything is imported."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    os.environ.update(env or {})
     import torch
     import torch.distributed as dist
 
@@ -118,14 +124,14 @@ def worker(rank: int, world_size: int, port: int, scenarios: list[dict], out: st
 
 
 def run_group(scenarios: list[dict], out: Path, world_size: int = 2, timeout_s: float = 60.0,
-              join_s: float = 300.0) -> list[int | None]:
-    """Spawn ``world_size`` processes running :func:`worker`; return their exit codes (None: still running after
-    ``join_s``, then killed)."""
+              join_s: float = 300.0, env: dict[str, str] | None = None) -> list[int | None]:
+    """Spawn ``world_size`` processes running :func:`worker` (with ``env`` added to their environment); return their
+    exit codes (None: still running after ``join_s``, then killed)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     port = free_port()
-    processes = [context.Process(target=worker, args=(rank, world_size, port, scenarios, str(out), timeout_s))
+    processes = [context.Process(target=worker, args=(rank, world_size, port, scenarios, str(out), timeout_s, env))
                  for rank in range(world_size)]
     for p in processes:
         p.start()

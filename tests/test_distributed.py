@@ -81,9 +81,54 @@ def _search_argv(eval_set: dict, output: Path) -> list[str]:
             SEARCH_GRID, "--eval", eval_set["spec"]]
 
 
+HUB_ENV = ("HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_TOKEN",
+           "NO_PROXY", "no_proxy")
+
+
+def _hub_env() -> dict[str, str]:
+    """What :func:`running_hub` exported, for the spawned processes to reach the same loopback Hub."""
+    import os
+
+    return {name: os.environ[name] for name in HUB_ENV if name in os.environ}
+
+
+def _fail_first_commits(hub, count: int) -> None:
+    """The loopback Hub rejects the next ``count`` commits (500), whoever sends them."""
+    left = [count]
+
+    def take():
+        if left[0] == 0:
+            return None
+        left[0] -= 1
+        return hub.fail_commit_status, hub.fail_commit_message
+
+    hub.take_commit_failure = take
+
+
+def _pushed(hub, repo_id: str) -> dict:
+    """What the Hub saw of ``repo_id``: the commit requests sent, the commits made and every file of the last one
+    (none when the repository is gone)."""
+    requests = sum(1 for r in hub.requests if r.method == "POST" and f"/{repo_id}/commit/" in r.path)
+    repo = hub.repos.get(repo_id)
+    commits = repo.commits if repo is not None else ()
+    files = {name: hub.read_file(repo_id, name) for name in commits[-1].snapshot} if commits else {}
+    return {"commit_requests": requests, "commits": len(commits), "files": files}
+
+
+def _repo_requests(hub) -> dict[str, int]:
+    """How many repositories the clients asked to create and to delete (the paths do not name them)."""
+    return {kind: sum(1 for r in hub.requests if r.path.endswith(f"/repos/{kind}")) for kind in ("create", "delete")}
+
+
+PUSH_REPOS = ("ns/sharded-push", "ns/cli-sharded-push", "ns/sharded-push-fails", "ns/cli-sharded-push-fails")
+
+
 @pytest.fixture(scope="module")
 def sharded(tiny, eval_set, tmp_path_factory):
-    """One 2-process gloo group runs every scenario; returns the folders and the per-rank results."""
+    """One 2-process gloo group runs every scenario; returns the folders, the per-rank results and what the loopback
+    Hub received from the pushes."""
+    from hub_server import running_hub
+
     root = tmp_path_factory.mktemp("dist")
     two, fail = root / "two", root / "fail"
     two.mkdir()
@@ -112,11 +157,29 @@ def sharded(tiny, eval_set, tmp_path_factory):
              kwargs=dict(_search_kwargs(eval_set), output_dir=str(fail / "search"))),
         dict(name="search-mismatch", kind="alpha_search", rank1_kwargs=dict(grid="0.1,0.2"),
              kwargs=dict(_search_kwargs(eval_set), output_dir=str(fail / "search-mismatch"))),
-        dict(name="cli-search", kind="cli", argv=_search_argv(eval_set, two / "cli-search")),  # last: it ends the group
+        dict(name="cli-search", kind="cli", argv=_search_argv(eval_set, two / "cli-search")),
+        # the Hub rejects the first 2 commits: these two pushes fail, the next two succeed
+        dict(name="push-fails", kind="merge_push", repo_id="ns/sharded-push-fails",
+             kwargs=dict(common, method="tsv-m", output_dir=str(two / "push-fails"))),
+        dict(name="cli-push-fails", kind="cli",
+             argv=["merge", *_tiny_argv(tiny), "-o", str(two / "cli-push-fails"), "--push-to-hub",
+                   "ns/cli-sharded-push-fails"]),
+        dict(name="push", kind="merge_push", repo_id="ns/sharded-push",
+             kwargs=dict(common, method="tsv-m", output_dir=str(two / "push"))),
+        dict(name="cli-push", kind="cli",
+             argv=["merge", *_tiny_argv(tiny), "--push-to-hub", "ns/cli-sharded-push"]),  # in memory: no -o
     ]
     (root / "results").mkdir()
-    assert run_group(scenarios, root / "results", timeout_s=60) == [0, 0]
-    return {"two": two, "fail": fail, "results": root / "results"}
+    with running_hub(root / "hub") as hub:
+        _fail_first_commits(hub, 2)
+        assert run_group(scenarios, root / "results", timeout_s=60, env=_hub_env()) == [0, 0]
+        pushed = {repo_id: _pushed(hub, repo_id) for repo_id in PUSH_REPOS}
+        repo_requests = _repo_requests(hub)
+    return {"two": two, "fail": fail, "results": root / "results", "pushed": pushed, "repo_requests": repo_requests}
+
+
+def _tiny_argv(tiny) -> list[str]:
+    return [str(tiny["base"]), *map(str, tiny["tasks"])]
 
 
 def _search_kwargs(eval_set: dict) -> dict:
@@ -332,3 +395,73 @@ def test_processes_given_different_search_arguments_are_refused(sharded, rank):
     assert not record["ok"] and record["type"] == "MergeInputError"
     assert record["message"].startswith("process 1 of 2 planned a different α search than process 0")
     assert not (sharded["fail"] / "search-mismatch").exists()
+
+
+@pytest.fixture(scope="module")
+def single_push(tiny, tmp_path_factory) -> dict:
+    """The push scenario's merge and push in this one process (one torch thread), to the same repository id of
+    another loopback Hub: what the Hub holds after a 1-process push."""
+    from hub_server import running_hub
+
+    root = tmp_path_factory.mktemp("single_push")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with running_hub(root / "hub") as hub:
+            hf_tsv.merge(tiny["base"], tiny["tasks"], method="tsv-m", output_dir=root / "push").push_to_hub(
+                "ns/sharded-push")
+            return _pushed(hub, "ns/sharded-push")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _without_run_details(files: dict) -> dict:
+    """The pushed files, the report without its timings and device (as :func:`_report`), the card without them
+    either (its device and merge time lines)."""
+    files = dict(files)
+    report = json.loads(files.pop("merge_report.json"))
+    report.pop("timings")
+    report["options"].pop("device")
+    import re
+
+    card = files.pop("README.md").decode().replace(" × 2 processes (gloo) |", " |")
+    card = re.sub(r"\| merge time \| [0-9.]+ s \|", "| merge time | … |", card)
+    return {**files, "merge_report.json": report, "README.md": card}
+
+
+def test_a_sharded_merge_is_pushed_once_by_the_main_process(sharded, single_push):
+    """`result.push_to_hub` on both processes of a sharded merge: one repository creation, one commit, whose files
+    are a 1-process push's (the report but for timings and device); both processes return the same URL."""
+    pushed = sharded["pushed"]["ns/sharded-push"]
+    assert (pushed["commits"], pushed["commit_requests"]) == (1, 1)
+    assert sharded["repo_requests"] == {"create": len(PUSH_REPOS), "delete": 2}  # one per push; the failed removed
+    assert single_push["commits"] == 1
+    assert _without_run_details(pushed["files"]) == _without_run_details(single_push["files"])
+    records = [_result(sharded["results"], "push", rank) for rank in (0, 1)]
+    assert all(r["ok"] for r in records), records
+    assert records[0]["url"] == records[1]["url"]
+    assert records[0]["files"] == sorted(set(pushed["files"]) - {".gitattributes"})  # the Hub made that one
+
+
+def test_cli_push_under_two_processes_is_one_commit(sharded, single_push):
+    """`torchrun --nproc-per-node 2 -m hf_tsv merge … --push-to-hub` (no -o: the merge held in memory): exit 0 on
+    both processes, one commit with the weights of a 1-process push."""
+    assert [_result(sharded["results"], "cli-push", rank)["code"] for rank in (0, 1)] == [0, 0]
+    pushed = sharded["pushed"]["ns/cli-sharded-push"]
+    assert (pushed["commits"], pushed["commit_requests"]) == (1, 1)
+    assert set(pushed["files"]) == set(single_push["files"])
+    assert pushed["files"]["model.safetensors"] == single_push["files"]["model.safetensors"]
+
+
+def test_a_failed_sharded_push_leaves_no_repository_and_fails_every_process(sharded):
+    """The Hub rejects the commit: process 0 raises its PushError (the repository it created is removed), process 1
+    a DistributedMergeError quoting it; the CLI exits 2 on both processes. Nothing is left on the Hub."""
+    first, second = (_result(sharded["results"], "push-fails", rank) for rank in (0, 1))
+    assert not first["ok"] and first["type"] == "PushError"
+    assert first["message"].startswith("push to ns/sharded-push-fails failed: could not commit")
+    assert "created by this push, was removed" in first["message"]
+    assert not second["ok"] and second["type"] == "DistributedMergeError"
+    assert second["message"] == f"process 0 of 2 failed while pushing to the Hub: {first['message']}"
+    assert [_result(sharded["results"], "cli-push-fails", rank)["code"] for rank in (0, 1)] == [2, 2]
+    for repo_id in ("ns/sharded-push-fails", "ns/cli-sharded-push-fails"):
+        assert sharded["pushed"][repo_id] == {"commit_requests": 1, "commits": 0, "files": {}}
