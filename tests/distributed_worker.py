@@ -85,6 +85,9 @@ def _run(scenario: dict) -> dict:
     if kind == "sti":
         report = hf_tsv.sti(**kwargs)
         return {"keys": report.keys, "total": report.total}
+    if kind == "compare":
+        hf_tsv.compare(**kwargs)
+        return {}
     if kind == "compress":
         hf_tsv.compress(**kwargs)
         return {}

@@ -158,6 +158,7 @@ def sharded(tiny, eval_set, tmp_path_factory):
         dict(name="search-mismatch", kind="alpha_search", rank1_kwargs=dict(grid="0.1,0.2"),
              kwargs=dict(_search_kwargs(eval_set), output_dir=str(fail / "search-mismatch"))),
         dict(name="cli-search", kind="cli", argv=_search_argv(eval_set, two / "cli-search")),
+        dict(name="compare", kind="compare", kwargs=dict(common, methods="ta", output_dir=str(fail / "compare"))),
         # the Hub rejects the first 2 commits: these two pushes fail, the next two succeed
         dict(name="push-fails", kind="merge_push", repo_id="ns/sharded-push-fails",
              kwargs=dict(common, method="tsv-m", output_dir=str(two / "push-fails"))),
@@ -465,3 +466,74 @@ def test_a_failed_sharded_push_leaves_no_repository_and_fails_every_process(shar
     assert [_result(sharded["results"], "cli-push-fails", rank)["code"] for rank in (0, 1)] == [2, 2]
     for repo_id in ("ns/sharded-push-fails", "ns/cli-sharded-push-fails"):
         assert sharded["pushed"][repo_id] == {"commit_requests": 1, "commits": 0, "files": {}}
+
+
+BENCH = "the benchmark cache and results"
+UNSHARDED_WRITERS = [  # (argv, what it would write): every process would run it whole and write it at once
+    pytest.param(["compare", "BASE", "FT1", "FT2", "-o", "OUT"], "the -o folder", id="DST-07"),
+    pytest.param(["card", "OUT"], "the card files in OUT", id="DST-08"),
+    pytest.param(["push", "OUT", "--repo-id", "ns/x"], "the Hub repository", id="push"),
+    pytest.param(["space", "deploy", "ns/space"], "the Space", id="space-deploy"),
+    pytest.param(["bench", "run", "--quick", "--cache", "OUT/c"], BENCH, id="bench-run"),
+    pytest.param(["bench", "build", "--quick", "--cache", "OUT/c"], BENCH, id="bench-build"),
+    pytest.param(["expand", "TSVC", "--task", "0", "-o", "OUT"], "the -o folder", id="expand"),
+    pytest.param(["example", "-o", "OUT"], "the -o folder", id="example"),
+    pytest.param(["eval", "MODEL", "--tasks", "SPEC", "--json", "OUT/eval.json"], "the --json file", id="eval-json"),
+    pytest.param(["plan", "BASE", "FT1", "FT2", "--json", "OUT/plan.json"], "the --json file", id="plan-json"),
+]
+
+
+@pytest.fixture
+def under_torchrun(monkeypatch):
+    """The environment torchrun gives process ``rank`` of 2 (no process group is started: the commands refused here
+    do not start one); the torch thread count the CLI sets is restored after."""
+    threads = torch.get_num_threads()
+
+    def enter(rank: int) -> None:
+        for name, value in dict(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                                MASTER_PORT="1").items():
+            monkeypatch.setenv(name, value)
+
+    yield enter
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("argv", "target"), UNSHARDED_WRITERS)
+def test_unsharded_commands_that_write_are_refused_under_torchrun(tmp_path, capsys, under_torchrun, argv, target):
+    """`torchrun --nproc-per-node 2 -m hf_tsv compare …` (and card, push, space deploy, bench, expand, example, eval
+    and plan with --json): every process exits 2 before any work (its inputs need not exist), process 0 with one
+    line, the others silent; nothing is written."""
+    from hf_tsv.cli import main
+
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    for rank in (0, 1):
+        under_torchrun(rank)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        if rank == 0:
+            assert err == (f"hf-tsv {argv[0]}: error: {argv[0]} does not shard over processes: each of the 2 "
+                           f"processes torchrun started would run it whole and write {target} at once; run it in "
+                           "one process (without torchrun)\n")
+        else:
+            assert err == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_only_commands_still_run_under_torchrun(tiny, capsys, under_torchrun):
+    """`plan` without --json only reads and prints: each process may run it."""
+    from hf_tsv.cli import main
+
+    under_torchrun(0)
+    assert main(["plan", str(tiny["base"]), *map(str, tiny["tasks"])]) == 0
+    assert "plan: tsv-m over 3 models" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_compare_is_refused_in_a_process_group(sharded, rank):
+    """`hf_tsv.compare(..., output_dir=...)` on both processes of a group: refused on each before any work."""
+    record = _result(sharded["results"], "compare", rank)
+    assert not record["ok"] and record["type"] == "MergeInputError"
+    assert record["message"] == ("compare does not shard over processes: each of the 2 processes of this process "
+                                 "group would run it whole and write output_dir at once; run it in one process "
+                                 "(without torchrun or a process group)")
+    assert not (sharded["fail"] / "compare").exists()
