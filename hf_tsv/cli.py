@@ -843,8 +843,6 @@ def main(argv: list[str] | None = None) -> int:
 
     secrets = known_secrets(getattr(args, "token", None))
     secondary = _world_size() > 1 and os.environ.get("RANK", "0") != "0"  # the main process says what failed
-    if args.command in SHARDED_COMMANDS and os.environ.get("RANK", "0") != "0":
-        os.environ["TQDM_DISABLE"] = "1"  # one progress bar: the main process's
     try:
         _refuse_unsharded_writer(args)
         with _process_group(args) as secondary:

@@ -142,6 +142,20 @@ def current_shards() -> Shards | None:
     return Shards(dist.get_rank(), dist.get_world_size(), str(dist.get_backend()))
 
 
+def is_main_process() -> bool:
+    """Whether this process is the one that speaks for a sharded run (draws progress bars): rank 0 of the process
+    group, or of the processes torchrun started (``RANK``) before a group exists; True in a single process.
+
+    Example:
+        >>> is_main_process()  # not under torchrun  # doctest: +SKIP
+        True
+    """
+    shards = current_shards()
+    if shards is not None:
+        return shards.is_main
+    return int(os.environ.get("WORLD_SIZE", "1")) < 2 or os.environ.get("RANK", "0") == "0"
+
+
 @contextlib.contextmanager
 def step(shards: Shards | None, what: str) -> Iterator[None]:
     """:meth:`Shards.step`, or nothing in a single process."""

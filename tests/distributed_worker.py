@@ -96,11 +96,14 @@ def _run(scenario: dict) -> dict:
 
 def worker(rank: int, world_size: int, port: int, scenarios: list[dict], out: str, timeout_s: float = 60.0,
            env: dict[str, str] | None = None) -> None:
-    """One process of the group: run every scenario, writing ``{name}.rank{rank}.json`` with its result or error.
+    """One process of the group: run every scenario, writing ``{name}.rank{rank}.json`` with its result or error,
+    and everything it writes to stderr (file descriptor 2: Python's and C's) to ``stderr.rank{rank}.txt``.
     ``env``: more environment variables (e.g. the loopback Hub's), set before anything is imported."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+                      HF_HUB_OFFLINE="1")
     os.environ.update(env or {})
+    with open(Path(out, f"stderr.rank{rank}.txt"), "wb") as captured:
+        os.dup2(captured.fileno(), 2)
     import torch
     import torch.distributed as dist
 

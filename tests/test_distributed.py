@@ -537,3 +537,14 @@ def test_compare_is_refused_in_a_process_group(sharded, rank):
                                  "group would run it whole and write output_dir at once; run it in one process "
                                  "(without torchrun or a process group)")
     assert not (sharded["fail"] / "compare").exists()
+
+
+BAR_UNITS = ("key/s", "img/s", "α/s", "task/s", "it/s")  # what every tqdm bar of hf_tsv shows as it starts
+
+
+def test_only_the_main_process_draws_progress_bars(sharded):
+    """Every scenario (merges, STI, TSV-C, the α search and the CLI) runs with bars on: process 0's stderr has them,
+    process 1's has none (nor a bar's carriage returns)."""
+    first, second = ((sharded["results"] / f"stderr.rank{rank}.txt").read_text(errors="replace") for rank in (0, 1))
+    assert "merge:" in first and "key/s" in first, "process 0 draws its bars (the capture works)"
+    assert not [unit for unit in BAR_UNITS if unit in second] and "%|" not in second and "\r" not in second, second
