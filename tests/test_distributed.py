@@ -548,3 +548,66 @@ def test_only_the_main_process_draws_progress_bars(sharded):
     first, second = ((sharded["results"] / f"stderr.rank{rank}.txt").read_text(errors="replace") for rank in (0, 1))
     assert "merge:" in first and "key/s" in first, "process 0 draws its bars (the capture works)"
     assert not [unit for unit in BAR_UNITS if unit in second] and "%|" not in second and "\r" not in second, second
+
+
+class _Exited(Exception):
+    """``os._exit`` called (replaced in the test so that pytest's process goes on)."""
+
+
+@pytest.mark.parametrize("world_size", ["2", "1"])
+def test_the_program_ends_with_os_exit_under_torchrun(monkeypatch, capsys, tmp_path, world_size):
+    """`python -m hf_tsv` (and the hf-tsv script) under torchrun ends with os._exit(status) after flushing its
+    streams, so that no C++ static destructor runs after the process group is stopped (one aborted ~1 run in 35:
+    `terminate called without an active exception`); in one process it exits as usual (SystemExit)."""
+    from hf_tsv import cli
+
+    exits: list[int] = []
+
+    def fake_exit(status: int):
+        exits.append(status)
+        raise _Exited
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    monkeypatch.setenv("RANK", "0")
+    threads = torch.get_num_threads()
+    argv = ["compare", "BASE", "FT1", "-o", str(tmp_path / "out")]  # refused under torchrun, a missing input else
+    try:
+        with pytest.raises(_Exited if world_size == "2" else SystemExit) as ended:
+            cli.run_as_program(argv)
+    finally:
+        torch.set_num_threads(threads)
+    assert "error:" in capsys.readouterr().err  # the line was written before the process ended
+    assert exits == ([2] if world_size == "2" else []) and (world_size == "2" or ended.value.code == 2)
+
+
+@pytest.mark.slow
+def test_torchrun_ends_without_the_interpreter_exit(tiny, tmp_path):
+    """A real `torchrun --nproc-per-node 2 -m hf_tsv merge`: exit 0, the bytes of one process, and neither process
+    ran its exit handlers (an atexit probe installed by sitecustomize writes nothing): the processes ended with
+    os._exit, after which no static destructor can abort them."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(
+        "import atexit, os\n"
+        "if os.environ.get('RANK') is not None:\n"
+        "    atexit.register(lambda: open(os.path.join(os.environ['PROBE_DIR'], 'atexit.' + os.environ['RANK']), "
+        "'w').close())\n")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(probe), str(root), os.environ.get("PYTHONPATH", "")]),
+               PROBE_DIR=str(probe), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    argv = ["merge", str(tiny["base"]), *map(str, tiny["tasks"]), "-o"]
+    done = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "hf_tsv", *argv, str(tmp_path / "two")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in probe.iterdir()) == ["sitecustomize.py"], "an exit handler ran"
+    one = subprocess.run([sys.executable, "-m", "hf_tsv", *argv, str(tmp_path / "one"), "--threads", "1"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert _sha(tmp_path / "two" / "model.safetensors") == _sha(tmp_path / "one" / "model.safetensors")
