@@ -271,10 +271,12 @@ def shut_down() -> None:
 
     if not (dist.is_available() and dist.is_initialized()):
         return
-    # Process 0 tears its connections down last: gloo aborts a process ("terminate called without an active
-    # exception") whose peer closed them while it was still destroying its own group. So every process meets at a
-    # barrier, the others destroy theirs and say so through the store (kept alive for that), and process 0 waits
-    # for them before destroying its own.
+    # Every process meets at a barrier, the others destroy their group and say so through the store (kept alive
+    # for that), and process 0 waits for them before destroying its own, so that no process sees a peer's
+    # connections close while it still uses its own. This does not make the interpreter's exit safe: a gloo worker
+    # thread may still be freeing the last collective's tensors, which takes the GIL, while the main thread
+    # finalises Python; the thread is then ended inside a C++ destructor and the process aborts ("terminate called
+    # without an active exception"). The hf-tsv program therefore ends with os._exit (cli.run_as_program).
     from torch.distributed import distributed_c10d
 
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import socket
+import sys
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -127,6 +128,11 @@ def worker(rank: int, world_size: int, port: int, scenarios: list[dict], out: st
         from hf_tsv.distributed import shut_down
 
         shut_down()
+    # Every scenario ran and the group is stopped: end here, as `python -m hf_tsv` does under torchrun. Python's
+    # exit could abort the process (a gloo thread freeing the last collective's tensors while the interpreter is
+    # finalised: see hf_tsv.cli.run_as_program), which the test would take for a failure.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_group(scenarios: list[dict], out: Path, world_size: int = 2, timeout_s: float = 60.0,
