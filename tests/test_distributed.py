@@ -120,7 +120,8 @@ def _repo_requests(hub) -> dict[str, int]:
     return {kind: sum(1 for r in hub.requests if r.path.endswith(f"/repos/{kind}")) for kind in ("create", "delete")}
 
 
-PUSH_REPOS = ("ns/sharded-push", "ns/cli-sharded-push", "ns/sharded-push-fails", "ns/cli-sharded-push-fails")
+PUSH_REPOS = ("ns/sharded-push", "ns/cli-sharded-push", "ns/cli-search-push", "ns/sharded-push-fails",
+              "ns/cli-sharded-push-fails")
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +170,8 @@ def sharded(tiny, eval_set, tmp_path_factory):
              kwargs=dict(common, method="tsv-m", output_dir=str(two / "push"))),
         dict(name="cli-push", kind="cli",
              argv=["merge", *_tiny_argv(tiny), "--push-to-hub", "ns/cli-sharded-push"]),  # in memory: no -o
+        dict(name="cli-search-push", kind="cli",
+             argv=[*_search_argv(eval_set, two / "cli-search-push"), "--push-to-hub", "ns/cli-search-push"]),
     ]
     (root / "results").mkdir()
     with running_hub(root / "hub") as hub:
@@ -452,6 +455,17 @@ def test_cli_push_under_two_processes_is_one_commit(sharded, single_push):
     assert (pushed["commits"], pushed["commit_requests"]) == (1, 1)
     assert set(pushed["files"]) == set(single_push["files"])
     assert pushed["files"]["model.safetensors"] == single_push["files"]["model.safetensors"]
+
+
+def test_cli_alpha_search_push_under_two_processes_is_one_commit(sharded):
+    """`torchrun … -m hf_tsv merge … --alpha search --eval SPEC --push-to-hub`: one commit, with the folder's files
+    (weights and evaluation byte for byte)."""
+    assert [_result(sharded["results"], "cli-search-push", rank)["code"] for rank in (0, 1)] == [0, 0]
+    pushed = sharded["pushed"]["ns/cli-search-push"]
+    assert (pushed["commits"], pushed["commit_requests"]) == (1, 1)
+    folder = sharded["two"] / "cli-search-push"
+    for name in ("model.safetensors", "eval_results.json", "eval_alpha_search.json"):
+        assert pushed["files"][name] == (folder / name).read_bytes(), name
 
 
 def test_a_failed_sharded_push_leaves_no_repository_and_fails_every_process(sharded):
