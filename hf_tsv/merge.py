@@ -12,15 +12,7 @@ import torch
 
 from . import __version__
 from .adapters import get_adapter
-from .distributed import (
-    Shards,
-    current_shards,
-    on_main,
-    options_fixing_output,
-    shard_units,
-    step,
-    write_sharded,
-)
+from .distributed import Shards, current_shards, options_fixing_output, shard_units, step, write_sharded
 from .engine import (
     OUTPUT_OVERFLOW_HINT,
     MergePlan,
@@ -137,6 +129,7 @@ class MergeResult:
         """
         import tempfile
 
+        from .distributed import on_main
         from .hub import push_to_hub
 
         options = dict(private=private, revision=revision, create_pr=create_pr, commit_message=commit_message,
