@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 from .secrets import REDACTED, SECRET_OPTIONS, known_secrets, redact
 
@@ -130,12 +131,41 @@ def _configure_threads(threads: int | None) -> None:
 SHARDED_COMMANDS = ("merge", "sti", "compress")
 
 
+def _world_size() -> int:
+    """How many processes torchrun started for this command (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _unsharded_output(args: argparse.Namespace) -> str | None:
+    """What a command that does not shard writes (an output folder, a file, a Hub repository), which every process
+    of a torchrun would write at once; None for a sharded command, or one that only reads and prints."""
+    writes = {"compare": "the -o folder", "expand": "the -o folder", "example": "the -o folder",
+              "card": "the card files in OUT", "push": "the Hub repository", "space": "the Space",
+              "bench": "the benchmark cache and results"}
+    if args.command in ("eval", "plan") and getattr(args, "json", None):
+        return "the --json file"
+    return writes.get(args.command)
+
+
+def _refuse_unsharded_writer(args: argparse.Namespace) -> None:
+    """Refuse, before any work, a command that does not shard but writes, when torchrun started several processes:
+    each would run it whole and write the same output at the same time (docs/distributed.md)."""
+    from .errors import MergeInputError
+
+    target = _unsharded_output(args)
+    if _world_size() > 1 and target is not None:
+        raise MergeInputError(f"{args.command} does not shard over processes: each of the {_world_size()} processes "
+                              f"torchrun started would run it whole and write {target} at once; run it in one "
+                              "process (without torchrun)")
+
+
 @contextlib.contextmanager
 def _process_group(args: argparse.Namespace) -> Iterator[bool]:
     """Under ``torchrun`` with several processes, start the process group for a sharded command (a CUDA device
     becomes this process's own GPU) and yield whether this process is a secondary one, which prints nothing but
-    its failure's traceback (the main process prints the result and the one-line error); stop the group after."""
-    if args.command not in SHARDED_COMMANDS or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+    its failure's traceback (the main process prints the result and the one-line error); stop the group after
+    when this command started it (``main`` called inside a program's own process group leaves that group be)."""
+    if args.command not in SHARDED_COMMANDS or _world_size() < 2:
         yield False
         return
     from .distributed import DEFAULT_TIMEOUT_S, init_from_environment, shut_down
@@ -148,7 +178,8 @@ def _process_group(args: argparse.Namespace) -> Iterator[bool]:
         with contextlib.redirect_stdout(io.StringIO()) if secondary else contextlib.nullcontext():  # dropped
             yield secondary
     finally:
-        shut_down()
+        if device is not None:  # a group this command started; one a calling program started is left to it
+            shut_down()
 
 
 def _add_inputs(p: argparse.ArgumentParser, what: str = "fine-tuned models") -> None:
@@ -524,10 +555,13 @@ def _run(args: argparse.Namespace) -> int:
                                        commit_message=args.commit_message, token=args.token, license=args.license))
         return 0
     if args.command == "sti":
+        from .distributed import current_shards
+
         report = hf_tsv.sti(args.base, args.models, revision=args.revision, token=args.token, **options)
         print(report.table())
         _print_warnings(report.warnings)
-        if args.json:
+        shards = current_shards()
+        if args.json and (shards is None or shards.is_main):  # every process holds the same report: one writes
             report.to_json(args.json)
         return 0
     if args.command == "compress":
@@ -809,10 +843,9 @@ def main(argv: list[str] | None = None) -> int:
     from .io.output import Terminated
 
     secrets = known_secrets(getattr(args, "token", None))
-    secondary = False
-    if args.command in SHARDED_COMMANDS and os.environ.get("RANK", "0") != "0":
-        os.environ["TQDM_DISABLE"] = "1"  # one progress bar: the main process's
+    secondary = _world_size() > 1 and os.environ.get("RANK", "0") != "0"  # the main process says what failed
     try:
+        _refuse_unsharded_writer(args)
         with _process_group(args) as secondary:
             return _run(args)
     except HFTSVError as exc:
@@ -832,5 +865,28 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run_as_program(argv: list[str] | None = None) -> NoReturn:
+    """The ``hf-tsv`` program (the console script and ``python -m hf_tsv``): :func:`main`, then end the process with
+    its status. Under torchrun with several processes it ends with ``os._exit`` once the streams are flushed: by
+    then the command has stopped its process group (every process passed its last barrier, the output is complete
+    and closed). Python's own exit aborted process 0 in about 1 run in 35 to 1 in 6 (``terminate called without an
+    active exception``, exit -6): a core dump shows a gloo worker thread (``ProcessGroupGloo::runLoop``) freeing the
+    last barrier's work, whose earlier all-gather holds tensors owned by Python objects; their decref takes the GIL
+    while the main thread is in ``Py_FinalizeEx``, so Python ends that thread (``pthread_exit``) inside a
+    ``noexcept`` C++ destructor and ``std::terminate`` aborts. With ``os._exit`` Python is not finalised. A program
+    that calls :func:`main` keeps its process (and a process group it started).
+
+    Example:
+        >>> run_as_program(["--version"])  # doctest: +SKIP
+    """
+    status = main(argv)
+    if _world_size() > 1:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_program()

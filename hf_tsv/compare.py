@@ -410,6 +410,18 @@ def iter_compare(base, models, *, methods=None, evaluator=None, alpha: str = "se
         yield _tsvc_row(scorer, base, models, tasks, {**merge_options, **reading}, step)
 
 
+def _refuse_in_process_group() -> None:
+    """A comparison does not shard (only its merges would): in a process group of several processes every process
+    would write the same output folder at once. Refused before any work."""
+    from .distributed import current_shards
+
+    shards = current_shards()
+    if shards is not None:
+        raise MergeInputError(f"compare does not shard over processes: each of the {shards.world_size} processes of "
+                              "this process group would run it whole and write output_dir at once; run it in one "
+                              "process (without torchrun or a process group)")
+
+
 def _check_positive(value, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise MergeInputError(f"{name} must be a positive integer, got {value!r}")
@@ -459,6 +471,7 @@ def compare(base, models, *, methods=None, evaluator=None, alpha: str = "search"
                           default_alpha_rows=default_alpha_rows, batch_size=batch_size, max_examples=max_examples,
                           keep_best=keep_best, output_dir=output_dir, **{"device": "cpu", **merge_options})
     if output_dir is not None:
+        _refuse_in_process_group()
         check_output_dir(output_dir, overwrite, inputs=[base, *models])
     entries = []
     for entry in iter_compare(base, models, methods=methods, evaluator=evaluator, alpha=alpha, alpha_grid=alpha_grid,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .errors import DistributedMergeError, MergeInputError
 
+NO_OUTPUT = "no output was written"  # what a failed step of a sharded merge leaves, as its message ends
 DEFAULT_TIMEOUT_S = 1800.0  # of the process group the CLI starts: how long a process waits for a silent peer
 
 
@@ -75,22 +76,23 @@ class Shards:
 
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
-    def agree(self, error: BaseException | None, what: str) -> None:
+    def agree(self, error: BaseException | None, what: str, outcome: str | None = NO_OUTPUT) -> None:
         """Exchange every process's status after the step ``what``; raise on every process when one failed: this
-        process's own error, or :class:`DistributedMergeError` naming the first process that failed."""
+        process's own error, or :class:`DistributedMergeError` naming the first process that failed (its message
+        ends with ``outcome``, what the failure left, when given)."""
+        ending = f"; {outcome}" if outcome else ""
         try:
             statuses = self.gather(None if error is None else _one_line(error))
         except Exception as exc:  # a peer died (closed connection) or stayed silent past the timeout
             raise DistributedMergeError(
                 f"process {self.rank} of {self.world_size}: another process stopped or timed out {what} "
-                f"({_one_line(exc)}); no output was written") from (error or exc)
+                f"({_one_line(exc)}){ending}") from (error or exc)
         if error is not None:
             raise error
         failed = [(rank, message) for rank, message in enumerate(statuses) if message is not None]
         if failed:
             rank, message = failed[0]
-            raise DistributedMergeError(f"process {rank} of {self.world_size} failed {what}: {message}; no output "
-                                        "was written")
+            raise DistributedMergeError(f"process {rank} of {self.world_size} failed {what}: {message}{ending}")
 
     def check_same(self, plan: object, what: str = "merge") -> None:
         """Refuse, on every process, a sharded ``what`` whose processes planned differently (``plan``: what fixes
@@ -106,9 +108,9 @@ class Shards:
                                   "arguments")
 
     @contextlib.contextmanager
-    def step(self, what: str) -> Iterator[None]:
+    def step(self, what: str, outcome: str | None = NO_OUTPUT) -> Iterator[None]:
         """Run the block, then :meth:`agree`: an exception in the block (``Exception``, not Ctrl+C) waits for the
-        others and is raised on every process together.
+        others and is raised on every process together (``outcome``: what a failure leaves, as :meth:`agree`).
 
         Example:
             >>> with shards.step("merging"):  # doctest: +SKIP
@@ -119,7 +121,7 @@ class Shards:
             yield
         except Exception as exc:
             error = exc
-        self.agree(error, what)
+        self.agree(error, what, outcome)
 
 
 def options_fixing_output(options) -> dict:
@@ -140,6 +142,20 @@ def current_shards() -> Shards | None:
     return Shards(dist.get_rank(), dist.get_world_size(), str(dist.get_backend()))
 
 
+def is_main_process() -> bool:
+    """Whether this process is the one that speaks for a sharded run (draws progress bars): rank 0 of the process
+    group, or of the processes torchrun started (``RANK``) before a group exists; True in a single process.
+
+    Example:
+        >>> is_main_process()  # not under torchrun  # doctest: +SKIP
+        True
+    """
+    shards = current_shards()
+    if shards is not None:
+        return shards.is_main
+    return int(os.environ.get("WORLD_SIZE", "1")) < 2 or os.environ.get("RANK", "0") == "0"
+
+
 @contextlib.contextmanager
 def step(shards: Shards | None, what: str) -> Iterator[None]:
     """:meth:`Shards.step`, or nothing in a single process."""
@@ -148,6 +164,24 @@ def step(shards: Shards | None, what: str) -> Iterator[None]:
     else:
         with shards.step(what):
             yield
+
+
+def on_main(shards: Shards | None, what: str, action: Callable[[], object], outcome: str | None = None) -> object:
+    """``action()`` run by the main process alone, once every process got here (they wait for it), its result
+    given to every process; a failure raises on every process (:meth:`Shards.step`). For what must happen once,
+    such as a push to the Hub; in a single process, just ``action()``.
+
+    Example:
+        >>> on_main(None, "while pushing to the Hub", lambda: "pushed")
+        'pushed'
+    """
+    if shards is None:
+        return action()
+    result = None
+    with shards.step(what, outcome):
+        if shards.is_main:
+            result = action()
+    return shards.broadcast(result)
 
 
 def assign_units(costs: Sequence[float], world_size: int) -> list[int]:
@@ -237,10 +271,12 @@ def shut_down() -> None:
 
     if not (dist.is_available() and dist.is_initialized()):
         return
-    # Process 0 tears its connections down last: gloo aborts a process ("terminate called without an active
-    # exception") whose peer closed them while it was still destroying its own group. So every process meets at a
-    # barrier, the others destroy theirs and say so through the store (kept alive for that), and process 0 waits
-    # for them before destroying its own.
+    # Every process meets at a barrier, the others destroy their group and say so through the store (kept alive
+    # for that), and process 0 waits for them before destroying its own, so that no process sees a peer's
+    # connections close while it still uses its own. This does not make the interpreter's exit safe: a gloo worker
+    # thread may still be freeing the last collective's tensors, which takes the GIL, while the main thread
+    # finalises Python; the thread is then ended inside a C++ destructor and the process aborts ("terminate called
+    # without an active exception"). The hf-tsv program therefore ends with os._exit (cli.run_as_program).
     from torch.distributed import distributed_c10d
 
     rank, world = dist.get_rank(), dist.get_world_size()

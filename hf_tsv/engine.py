@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .adapters import Adapter, OutputModel, choose_adapter
 from .core.lora import LowRankDelta, stack_rows
@@ -26,6 +25,7 @@ from .io.lora import LoraAdapterReader
 from .io.resolve import ResolvedModel, resolve_model
 from .io.safetensors_format import TensorInfo
 from .options import check_model_references, resolve_device  # noqa: F401 - resolve_device: used from here too
+from .progress import progress_bar
 
 # What each --embeddings mode does to the keys an adapter calls token embeddings (a plan's note says it)
 EMBEDDING_RULES = {"tsv": "merged as matrices by the method",
@@ -600,7 +600,7 @@ def iter_units(plan: MergePlan, device: torch.device, compute_dtype: torch.dtype
     other keys' task vectors are ΔW formed (zeros where it has no module)."""
     units = plan.units if units is None else units
     readers = plan.readers()
-    for unit in tqdm(units, desc=desc, unit="key", leave=False):
+    for unit in progress_bar(units, desc=desc, unit="key", leave=False):
         start = time.perf_counter()
         base_parts = [_read_input(plan, 0, key, device, compute_dtype) for key in unit.keys]
         base = _rows(base_parts)

@@ -119,21 +119,31 @@ class MergeResult:
         """Publish the merge to the Hub in one commit, with a generated model card (see
         :func:`hf_tsv.push_to_hub`). A result held in memory is saved to a temporary folder first.
 
+        Inside a process group of several processes (a sharded merge), call it on every process, as the merge
+        was: the main process alone pushes, once every process is there (the output complete), and every process
+        returns its :class:`~hf_tsv.hub.PushResult`, or raises when the push failed (the main process its
+        :class:`~hf_tsv.errors.PushError`, the others :class:`~hf_tsv.errors.DistributedMergeError` quoting it).
+
         Example:
             >>> result = hf_tsv.merge("base", ["ft_a", "ft_b"])  # doctest: +SKIP
             >>> url = result.push_to_hub("me/clip-tsv-merged", private=True)  # doctest: +SKIP
         """
         import tempfile
 
+        from .distributed import on_main
         from .hub import push_to_hub
 
         options = dict(private=private, revision=revision, create_pr=create_pr, commit_message=commit_message,
                        token=token, license=license)
-        if self.folder is not None:
-            return push_to_hub(self.folder, repo_id, **options)
-        with tempfile.TemporaryDirectory(prefix="hf-tsv-push-") as tmp:
-            folder = self.save_pretrained(Path(tmp) / repo_id.split("/")[-1], max_shard_size=max_shard_size)
-            return push_to_hub(folder, repo_id, **options)
+
+        def push():
+            if self.folder is not None:
+                return push_to_hub(self.folder, repo_id, **options)
+            with tempfile.TemporaryDirectory(prefix="hf-tsv-push-") as tmp:
+                folder = self.save_pretrained(Path(tmp) / repo_id.split("/")[-1], max_shard_size=max_shard_size)
+                return push_to_hub(folder, repo_id, **options)
+
+        return on_main(current_shards(), "while pushing to the Hub", push)
 
 
 def load_tied(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

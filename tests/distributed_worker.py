@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import socket
+import sys
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -68,13 +69,16 @@ def _run(scenario: dict) -> dict:
     kwargs.update(scenario.get("rank1_kwargs", {}) if os.environ["RANK"] == "1" else {})
     if kind == "alpha_search":
         return _alpha_search(kwargs)
-    if kind == "cli":  # hf_tsv.cli.main stops the process group when it returns: this scenario must come last
+    if kind == "cli":  # hf_tsv.cli.main leaves the group it did not start
         from hf_tsv.cli import main
 
         return {"code": main(scenario["argv"])}
     if kind == "merge":
         result = hf_tsv.merge(**kwargs)
         return {"sti_total": result.report.sti.total if result.report.sti else None}
+    if kind == "merge_push":  # every process pushes, as it merged: the main process alone reaches the Hub
+        url = hf_tsv.merge(**kwargs).push_to_hub(scenario["repo_id"])
+        return {"url": str(url), "files": list(url.files)}
     if kind == "merge_memory":
         result = hf_tsv.merge(**kwargs)
         state = result.state_dict()
@@ -82,16 +86,25 @@ def _run(scenario: dict) -> dict:
     if kind == "sti":
         report = hf_tsv.sti(**kwargs)
         return {"keys": report.keys, "total": report.total}
+    if kind == "compare":
+        hf_tsv.compare(**kwargs)
+        return {}
     if kind == "compress":
         hf_tsv.compress(**kwargs)
         return {}
     raise AssertionError(kind)
 
 
-def worker(rank: int, world_size: int, port: int, scenarios: list[dict], out: str, timeout_s: float = 60.0) -> None:
-    """One process of the group: run every scenario, writing ``{name}.rank{rank}.json`` with its result or error."""
+def worker(rank: int, world_size: int, port: int, scenarios: list[dict], out: str, timeout_s: float = 60.0,
+           env: dict[str, str] | None = None) -> None:
+    """One process of the group: run every scenario, writing ``{name}.rank{rank}.json`` with its result or error,
+    and everything it writes to stderr (file descriptor 2: Python's and C's) to ``stderr.rank{rank}.txt``.
+    ``env``: more environment variables (e.g. the loopback Hub's), set before anything is imported."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+                      HF_HUB_OFFLINE="1")
+    os.environ.update(env or {})
+    with open(Path(out, f"stderr.rank{rank}.txt"), "wb") as captured:
+        os.dup2(captured.fileno(), 2)
     import torch
     import torch.distributed as dist
 
@@ -115,17 +128,22 @@ def worker(rank: int, world_size: int, port: int, scenarios: list[dict], out: st
         from hf_tsv.distributed import shut_down
 
         shut_down()
+    # Every scenario ran and the group is stopped: end here, as `python -m hf_tsv` does under torchrun. Python's
+    # exit could abort the process (a gloo thread freeing the last collective's tensors while the interpreter is
+    # finalised: see hf_tsv.cli.run_as_program), which the test would take for a failure.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_group(scenarios: list[dict], out: Path, world_size: int = 2, timeout_s: float = 60.0,
-              join_s: float = 300.0) -> list[int | None]:
-    """Spawn ``world_size`` processes running :func:`worker`; return their exit codes (None: still running after
-    ``join_s``, then killed)."""
+              join_s: float = 300.0, env: dict[str, str] | None = None) -> list[int | None]:
+    """Spawn ``world_size`` processes running :func:`worker` (with ``env`` added to their environment); return their
+    exit codes (None: still running after ``join_s``, then killed)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     port = free_port()
-    processes = [context.Process(target=worker, args=(rank, world_size, port, scenarios, str(out), timeout_s))
+    processes = [context.Process(target=worker, args=(rank, world_size, port, scenarios, str(out), timeout_s, env))
                  for rank in range(world_size)]
     for p in processes:
         p.start()

@@ -81,9 +81,55 @@ def _search_argv(eval_set: dict, output: Path) -> list[str]:
             SEARCH_GRID, "--eval", eval_set["spec"]]
 
 
+HUB_ENV = ("HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_TOKEN",
+           "NO_PROXY", "no_proxy")
+
+
+def _hub_env() -> dict[str, str]:
+    """What :func:`running_hub` exported, for the spawned processes to reach the same loopback Hub."""
+    import os
+
+    return {name: os.environ[name] for name in HUB_ENV if name in os.environ}
+
+
+def _fail_first_commits(hub, count: int) -> None:
+    """The loopback Hub rejects the next ``count`` commits (500), whoever sends them."""
+    left = [count]
+
+    def take():
+        if left[0] == 0:
+            return None
+        left[0] -= 1
+        return hub.fail_commit_status, hub.fail_commit_message
+
+    hub.take_commit_failure = take
+
+
+def _pushed(hub, repo_id: str) -> dict:
+    """What the Hub saw of ``repo_id``: the commit requests sent, the commits made and every file of the last one
+    (none when the repository is gone)."""
+    requests = sum(1 for r in hub.requests if r.method == "POST" and f"/{repo_id}/commit/" in r.path)
+    repo = hub.repos.get(repo_id)
+    commits = repo.commits if repo is not None else ()
+    files = {name: hub.read_file(repo_id, name) for name in commits[-1].snapshot} if commits else {}
+    return {"commit_requests": requests, "commits": len(commits), "files": files}
+
+
+def _repo_requests(hub) -> dict[str, int]:
+    """How many repositories the clients asked to create and to delete (the paths do not name them)."""
+    return {kind: sum(1 for r in hub.requests if r.path.endswith(f"/repos/{kind}")) for kind in ("create", "delete")}
+
+
+PUSH_REPOS = ("ns/sharded-push", "ns/cli-sharded-push", "ns/cli-search-push", "ns/sharded-push-fails",
+              "ns/cli-sharded-push-fails")
+
+
 @pytest.fixture(scope="module")
 def sharded(tiny, eval_set, tmp_path_factory):
-    """One 2-process gloo group runs every scenario; returns the folders and the per-rank results."""
+    """One 2-process gloo group runs every scenario; returns the folders, the per-rank results and what the loopback
+    Hub received from the pushes."""
+    from hub_server import running_hub
+
     root = tmp_path_factory.mktemp("dist")
     two, fail = root / "two", root / "fail"
     two.mkdir()
@@ -112,11 +158,32 @@ def sharded(tiny, eval_set, tmp_path_factory):
              kwargs=dict(_search_kwargs(eval_set), output_dir=str(fail / "search"))),
         dict(name="search-mismatch", kind="alpha_search", rank1_kwargs=dict(grid="0.1,0.2"),
              kwargs=dict(_search_kwargs(eval_set), output_dir=str(fail / "search-mismatch"))),
-        dict(name="cli-search", kind="cli", argv=_search_argv(eval_set, two / "cli-search")),  # last: it ends the group
+        dict(name="cli-search", kind="cli", argv=_search_argv(eval_set, two / "cli-search")),
+        dict(name="compare", kind="compare", kwargs=dict(common, methods="ta", output_dir=str(fail / "compare"))),
+        # the Hub rejects the first 2 commits: these two pushes fail, the next two succeed
+        dict(name="push-fails", kind="merge_push", repo_id="ns/sharded-push-fails",
+             kwargs=dict(common, method="tsv-m", output_dir=str(two / "push-fails"))),
+        dict(name="cli-push-fails", kind="cli",
+             argv=["merge", *_tiny_argv(tiny), "-o", str(two / "cli-push-fails"), "--push-to-hub",
+                   "ns/cli-sharded-push-fails"]),
+        dict(name="push", kind="merge_push", repo_id="ns/sharded-push",
+             kwargs=dict(common, method="tsv-m", output_dir=str(two / "push"))),
+        dict(name="cli-push", kind="cli",
+             argv=["merge", *_tiny_argv(tiny), "--push-to-hub", "ns/cli-sharded-push"]),  # in memory: no -o
+        dict(name="cli-search-push", kind="cli",
+             argv=[*_search_argv(eval_set, two / "cli-search-push"), "--push-to-hub", "ns/cli-search-push"]),
     ]
     (root / "results").mkdir()
-    assert run_group(scenarios, root / "results", timeout_s=60) == [0, 0]
-    return {"two": two, "fail": fail, "results": root / "results"}
+    with running_hub(root / "hub") as hub:
+        _fail_first_commits(hub, 2)
+        assert run_group(scenarios, root / "results", timeout_s=60, env=_hub_env()) == [0, 0]
+        pushed = {repo_id: _pushed(hub, repo_id) for repo_id in PUSH_REPOS}
+        repo_requests = _repo_requests(hub)
+    return {"two": two, "fail": fail, "results": root / "results", "pushed": pushed, "repo_requests": repo_requests}
+
+
+def _tiny_argv(tiny) -> list[str]:
+    return [str(tiny["base"]), *map(str, tiny["tasks"])]
 
 
 def _search_kwargs(eval_set: dict) -> dict:
@@ -332,3 +399,229 @@ def test_processes_given_different_search_arguments_are_refused(sharded, rank):
     assert not record["ok"] and record["type"] == "MergeInputError"
     assert record["message"].startswith("process 1 of 2 planned a different α search than process 0")
     assert not (sharded["fail"] / "search-mismatch").exists()
+
+
+@pytest.fixture(scope="module")
+def single_push(tiny, tmp_path_factory) -> dict:
+    """The push scenario's merge and push in this one process (one torch thread), to the same repository id of
+    another loopback Hub: what the Hub holds after a 1-process push."""
+    from hub_server import running_hub
+
+    root = tmp_path_factory.mktemp("single_push")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with running_hub(root / "hub") as hub:
+            hf_tsv.merge(tiny["base"], tiny["tasks"], method="tsv-m", output_dir=root / "push").push_to_hub(
+                "ns/sharded-push")
+            return _pushed(hub, "ns/sharded-push")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _without_run_details(files: dict) -> dict:
+    """The pushed files, the report without its timings and device (as :func:`_report`), the card without them
+    either (its device and merge time lines)."""
+    files = dict(files)
+    report = json.loads(files.pop("merge_report.json"))
+    report.pop("timings")
+    report["options"].pop("device")
+    import re
+
+    card = files.pop("README.md").decode().replace(" × 2 processes (gloo) |", " |")
+    card = re.sub(r"\| merge time \| [0-9.]+ s \|", "| merge time | … |", card)
+    return {**files, "merge_report.json": report, "README.md": card}
+
+
+def test_a_sharded_merge_is_pushed_once_by_the_main_process(sharded, single_push):
+    """`result.push_to_hub` on both processes of a sharded merge: one repository creation, one commit, whose files
+    are a 1-process push's (the report but for timings and device); both processes return the same URL."""
+    pushed = sharded["pushed"]["ns/sharded-push"]
+    assert (pushed["commits"], pushed["commit_requests"]) == (1, 1)
+    assert sharded["repo_requests"] == {"create": len(PUSH_REPOS), "delete": 2}  # one per push; the failed removed
+    assert single_push["commits"] == 1
+    assert _without_run_details(pushed["files"]) == _without_run_details(single_push["files"])
+    records = [_result(sharded["results"], "push", rank) for rank in (0, 1)]
+    assert all(r["ok"] for r in records), records
+    assert records[0]["url"] == records[1]["url"]
+    assert records[0]["files"] == sorted(set(pushed["files"]) - {".gitattributes"})  # the Hub made that one
+
+
+def test_cli_push_under_two_processes_is_one_commit(sharded, single_push):
+    """`torchrun --nproc-per-node 2 -m hf_tsv merge … --push-to-hub` (no -o: the merge held in memory): exit 0 on
+    both processes, one commit with the weights of a 1-process push."""
+    assert [_result(sharded["results"], "cli-push", rank)["code"] for rank in (0, 1)] == [0, 0]
+    pushed = sharded["pushed"]["ns/cli-sharded-push"]
+    assert (pushed["commits"], pushed["commit_requests"]) == (1, 1)
+    assert set(pushed["files"]) == set(single_push["files"])
+    assert pushed["files"]["model.safetensors"] == single_push["files"]["model.safetensors"]
+
+
+def test_cli_alpha_search_push_under_two_processes_is_one_commit(sharded):
+    """`torchrun … -m hf_tsv merge … --alpha search --eval SPEC --push-to-hub`: one commit, with the folder's files
+    (weights and evaluation byte for byte)."""
+    assert [_result(sharded["results"], "cli-search-push", rank)["code"] for rank in (0, 1)] == [0, 0]
+    pushed = sharded["pushed"]["ns/cli-search-push"]
+    assert (pushed["commits"], pushed["commit_requests"]) == (1, 1)
+    folder = sharded["two"] / "cli-search-push"
+    for name in ("model.safetensors", "eval_results.json", "eval_alpha_search.json"):
+        assert pushed["files"][name] == (folder / name).read_bytes(), name
+
+
+def test_a_failed_sharded_push_leaves_no_repository_and_fails_every_process(sharded):
+    """The Hub rejects the commit: process 0 raises its PushError (the repository it created is removed), process 1
+    a DistributedMergeError quoting it; the CLI exits 2 on both processes. Nothing is left on the Hub."""
+    first, second = (_result(sharded["results"], "push-fails", rank) for rank in (0, 1))
+    assert not first["ok"] and first["type"] == "PushError"
+    assert first["message"].startswith("push to ns/sharded-push-fails failed: could not commit")
+    assert "created by this push, was removed" in first["message"]
+    assert not second["ok"] and second["type"] == "DistributedMergeError"
+    assert second["message"] == f"process 0 of 2 failed while pushing to the Hub: {first['message']}"
+    assert [_result(sharded["results"], "cli-push-fails", rank)["code"] for rank in (0, 1)] == [2, 2]
+    for repo_id in ("ns/sharded-push-fails", "ns/cli-sharded-push-fails"):
+        assert sharded["pushed"][repo_id] == {"commit_requests": 1, "commits": 0, "files": {}}
+
+
+BENCH = "the benchmark cache and results"
+UNSHARDED_WRITERS = [  # (argv, what it would write): every process would run it whole and write it at once
+    pytest.param(["compare", "BASE", "FT1", "FT2", "-o", "OUT"], "the -o folder", id="DST-07"),
+    pytest.param(["card", "OUT"], "the card files in OUT", id="DST-08"),
+    pytest.param(["push", "OUT", "--repo-id", "ns/x"], "the Hub repository", id="push"),
+    pytest.param(["space", "deploy", "ns/space"], "the Space", id="space-deploy"),
+    pytest.param(["bench", "run", "--quick", "--cache", "OUT/c"], BENCH, id="bench-run"),
+    pytest.param(["bench", "build", "--quick", "--cache", "OUT/c"], BENCH, id="bench-build"),
+    pytest.param(["expand", "TSVC", "--task", "0", "-o", "OUT"], "the -o folder", id="expand"),
+    pytest.param(["example", "-o", "OUT"], "the -o folder", id="example"),
+    pytest.param(["eval", "MODEL", "--tasks", "SPEC", "--json", "OUT/eval.json"], "the --json file", id="eval-json"),
+    pytest.param(["plan", "BASE", "FT1", "FT2", "--json", "OUT/plan.json"], "the --json file", id="plan-json"),
+]
+
+
+@pytest.fixture
+def under_torchrun(monkeypatch):
+    """The environment torchrun gives process ``rank`` of 2 (no process group is started: the commands refused here
+    do not start one); the torch thread count the CLI sets is restored after."""
+    threads = torch.get_num_threads()
+
+    def enter(rank: int) -> None:
+        for name, value in dict(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                                MASTER_PORT="1").items():
+            monkeypatch.setenv(name, value)
+
+    yield enter
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("argv", "target"), UNSHARDED_WRITERS)
+def test_unsharded_commands_that_write_are_refused_under_torchrun(tmp_path, capsys, under_torchrun, argv, target):
+    """`torchrun --nproc-per-node 2 -m hf_tsv compare …` (and card, push, space deploy, bench, expand, example, eval
+    and plan with --json): every process exits 2 before any work (its inputs need not exist), process 0 with one
+    line, the others silent; nothing is written."""
+    from hf_tsv.cli import main
+
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    for rank in (0, 1):
+        under_torchrun(rank)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        if rank == 0:
+            assert err == (f"hf-tsv {argv[0]}: error: {argv[0]} does not shard over processes: each of the 2 "
+                           f"processes torchrun started would run it whole and write {target} at once; run it in "
+                           "one process (without torchrun)\n")
+        else:
+            assert err == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_only_commands_still_run_under_torchrun(tiny, capsys, under_torchrun):
+    """`plan` without --json only reads and prints: each process may run it."""
+    from hf_tsv.cli import main
+
+    under_torchrun(0)
+    assert main(["plan", str(tiny["base"]), *map(str, tiny["tasks"])]) == 0
+    assert "plan: tsv-m over 3 models" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_compare_is_refused_in_a_process_group(sharded, rank):
+    """`hf_tsv.compare(..., output_dir=...)` on both processes of a group: refused on each before any work."""
+    record = _result(sharded["results"], "compare", rank)
+    assert not record["ok"] and record["type"] == "MergeInputError"
+    assert record["message"] == ("compare does not shard over processes: each of the 2 processes of this process "
+                                 "group would run it whole and write output_dir at once; run it in one process "
+                                 "(without torchrun or a process group)")
+    assert not (sharded["fail"] / "compare").exists()
+
+
+BAR_UNITS = ("key/s", "img/s", "α/s", "task/s", "it/s")  # what every tqdm bar of hf_tsv shows as it starts
+
+
+def test_only_the_main_process_draws_progress_bars(sharded):
+    """Every scenario (merges, STI, TSV-C, the α search and the CLI) runs with bars on: process 0's stderr has them,
+    process 1's has none (nor a bar's carriage returns)."""
+    first, second = ((sharded["results"] / f"stderr.rank{rank}.txt").read_text(errors="replace") for rank in (0, 1))
+    assert "merge:" in first and "key/s" in first, "process 0 draws its bars (the capture works)"
+    assert not [unit for unit in BAR_UNITS if unit in second] and "%|" not in second and "\r" not in second, second
+
+
+class _Exited(Exception):
+    """``os._exit`` called (replaced in the test so that pytest's process goes on)."""
+
+
+@pytest.mark.parametrize("world_size", ["2", "1"])
+def test_the_program_ends_with_os_exit_under_torchrun(monkeypatch, capsys, tmp_path, world_size):
+    """`python -m hf_tsv` (and the hf-tsv script) under torchrun ends with os._exit(status) after flushing its
+    streams, so that no C++ static destructor runs after the process group is stopped (one aborted ~1 run in 35:
+    `terminate called without an active exception`); in one process it exits as usual (SystemExit)."""
+    from hf_tsv import cli
+
+    exits: list[int] = []
+
+    def fake_exit(status: int):
+        exits.append(status)
+        raise _Exited
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    monkeypatch.setenv("RANK", "0")
+    threads = torch.get_num_threads()
+    argv = ["compare", "BASE", "FT1", "-o", str(tmp_path / "out")]  # refused under torchrun, a missing input else
+    try:
+        with pytest.raises(_Exited if world_size == "2" else SystemExit) as ended:
+            cli.run_as_program(argv)
+    finally:
+        torch.set_num_threads(threads)
+    assert "error:" in capsys.readouterr().err  # the line was written before the process ended
+    assert exits == ([2] if world_size == "2" else []) and (world_size == "2" or ended.value.code == 2)
+
+
+@pytest.mark.slow
+def test_torchrun_ends_without_the_interpreter_exit(tiny, tmp_path):
+    """A real `torchrun --nproc-per-node 2 -m hf_tsv merge`: exit 0, the bytes of one process, and neither process
+    ran its exit handlers (an atexit probe installed by sitecustomize writes nothing): the processes ended with
+    os._exit, after which no static destructor can abort them."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(
+        "import atexit, os\n"
+        "if os.environ.get('RANK') is not None:\n"
+        "    atexit.register(lambda: open(os.path.join(os.environ['PROBE_DIR'], 'atexit.' + os.environ['RANK']), "
+        "'w').close())\n")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(probe), str(root), os.environ.get("PYTHONPATH", "")]),
+               PROBE_DIR=str(probe), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    argv = ["merge", str(tiny["base"]), *map(str, tiny["tasks"]), "-o"]
+    done = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "hf_tsv", *argv, str(tmp_path / "two")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in probe.iterdir()) == ["sitecustomize.py"], "an exit handler ran"
+    one = subprocess.run([sys.executable, "-m", "hf_tsv", *argv, str(tmp_path / "one"), "--threads", "1"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert _sha(tmp_path / "two" / "model.safetensors") == _sha(tmp_path / "one" / "model.safetensors")

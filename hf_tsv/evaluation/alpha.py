@@ -6,11 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from ..distributed import Shards, gather_in_order, my_share, step
 from ..methods import METHODS, MethodOptions
 from ..options import parse_alpha_grid
+from ..progress import progress_bar
 from .heads import EvalInputError
 from .runner import EvalReport, PreparedTask, evaluate_model, load_metric
 
@@ -118,7 +118,7 @@ def sweep_alpha(linear, score: Callable[[torch.nn.Module], EvalReport], grid: li
     mine = [grid[i] for i in my_share([1.0] * len(grid), shards)]
     scores: dict[float, EvalReport] = {}
     with step(shards, "while searching α"):
-        for alpha in tqdm(mine, desc=f"α search ({linear.method})", unit="α", leave=False, disable=not progress):
+        for alpha in progress_bar(mine, desc=f"α search ({linear.method})", unit="α", leave=False, show=progress):
             linear.load_into(model, alpha)
             scores[alpha] = score(model)
     result.validation = gather_in_order(shards, scores, grid)

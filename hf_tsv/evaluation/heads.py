@@ -117,11 +117,13 @@ class ClipTextEncoder:
         from transformers import AutoTokenizer, CLIPModel
 
         from ..io.resolve import split_revision
+        from ..progress import library_bars_off_main
 
         ref, rev = split_revision(str(reference), revision)
         try:
-            self.model = CLIPModel.from_pretrained(ref, revision=rev).to(device).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(ref, revision=rev)
+            with library_bars_off_main():
+                self.model = CLIPModel.from_pretrained(ref, revision=rev).to(device).eval()
+                self.tokenizer = AutoTokenizer.from_pretrained(ref, revision=rev)
         except Exception as exc:  # noqa: BLE001 - many causes, one message
             raise EvalInputError(f"cannot load a CLIP text tower from {ref!r}: a full CLIPModel checkpoint with "
                                  f"its tokenizer is needed for text heads ({type(exc).__name__}: {exc})") from exc

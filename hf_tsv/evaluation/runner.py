@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from tqdm.auto import tqdm
 
 from ..io.output import write_json
+from ..progress import library_bars_off_main, progress_bar
 from .data import Normalizer, PreparedSplit, check_split, prepare_split
 from .heads import ClipTextEncoder, EvalInputError, TaskHead, _as_tensor, load_heads, save_heads, text_head
 from .tasks import TasksConfig, TaskSpec
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 METRIC_DIR = Path(__file__).parent / "metrics" / "task_accuracy"
 
@@ -65,7 +69,8 @@ def load_vision_model(reference, *, device: str | torch.device = "cpu", revision
                "CLIPVisionModel": CLIPVisionModel}
     if arch not in classes:
         arch = "CLIPModel" if config.model_type == "clip" else "CLIPVisionModel"
-    return classes[arch].from_pretrained(folder).to(device).eval()
+    with library_bars_off_main():
+        return classes[arch].from_pretrained(folder).to(device).eval()
 
 
 class ImageFeatures:
@@ -176,7 +181,7 @@ def evaluate_model(model, tasks: list[PreparedTask], *, split: str = "test", bat
     model.eval()
     total = sum(len(t.splits[split]) for t in tasks if split in t.splits)
     results: dict[str, dict] = {}
-    with tqdm(total=total, desc=f"evaluating ({split})", unit="img", leave=False, disable=not progress) as bar:
+    with progress_bar(total=total, desc=f"evaluating ({split})", unit="img", leave=False, show=progress) as bar:
         for task in tasks:
             if split not in task.splits:
                 raise EvalInputError(f"task {task.name!r} has no prepared split {split!r}")
@@ -281,7 +286,7 @@ def prepare_tasks(config: TasksConfig, model_ref=None, *, splits: tuple[str, ...
     normalizer = Normalizer.from_processor(processor)
     heads = build_heads(config, device=device)
     prepared = []
-    for task in tqdm(config.tasks, desc="loading tasks", unit="task", leave=False, disable=not progress):
+    for task in progress_bar(config.tasks, desc="loading tasks", unit="task", leave=False, show=progress):
         splits_data = {}
         for split in splits:
             data, names = prepare_split(task, source(task, split), processor, checked=checked[task.name, split])

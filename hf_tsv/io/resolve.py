@@ -93,13 +93,16 @@ def _download(repo_id: str, revision: str | None, token: str | bool | None) -> P
     from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
     from huggingface_hub.file_download import repo_folder_name
 
+    from ..progress import library_bars_off_main
+
     if constants.is_offline_mode():
         return Path(snapshot_download(repo_id, revision=revision, token=token, local_files_only=True))
     info = HfApi().model_info(repo_id, revision=revision, token=token)
     commit = info.sha
 
     def fetch(name: str) -> Path:
-        return Path(hf_hub_download(repo_id, name, revision=commit, token=token))
+        with library_bars_off_main():  # every process of a sharded merge resolves its inputs: one bar is enough
+            return Path(hf_hub_download(repo_id, name, revision=commit, token=token))
 
     present = {sibling.rfilename for sibling in info.siblings or ()}
     for name in files_to_read(present.__contains__, lambda index: fetch(index).read_bytes(), f"model {repo_id!r}"):
