@@ -802,7 +802,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true",
                    help="only re-render results.md and the plots from an existing <out>/results.json")
     p.add_argument("--keep-outputs", action="store_true", help="keep the merged weights of every run")
+    p.add_argument("--modes", help=f"side-by-side: only these hf_tsv modes (comma-separated, of {','.join(HF_MODES)})")
+    p.add_argument("--spectra", help="side-by-side: only these spectra (comma-separated, of noise,gapped)")
     args = p.parse_args(argv)
+    for name, allowed in (("modes", HF_MODES), ("spectra", ("noise", "gapped"))):
+        value = getattr(args, name)
+        if value is not None:
+            chosen = tuple(v.strip() for v in value.split(",") if v.strip())
+            if not chosen or any(v not in allowed for v in chosen):
+                p.error(f"--{name} takes a comma-separated subset of {','.join(allowed)}, got {value!r}")
+            setattr(args, name, chosen)
     if args.repeats is None:
         args.repeats = 1 if args.smoke else 2
     if args.repeats < 1:
@@ -825,6 +834,9 @@ def main(argv=None) -> int:
     cache = Path(args.cache).resolve() if args.cache else out / "checkpoints"
     out.mkdir(parents=True, exist_ok=True)
     cfg = suite_config(args.smoke)
+    for name in ("modes", "spectra"):
+        if getattr(args, name, None):
+            cfg["side_by_side"][name] = getattr(args, name)
     notes = []
     with_fb = not args.skip_fusionbench
     if args.skip_fusionbench:

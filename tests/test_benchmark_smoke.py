@@ -57,3 +57,16 @@ def test_benchmark_smoke(tmp_path):
     assert sorted(results["plots"]) == ["scaling_size.png", "scaling_tasks.png", "side_by_side.png"]
     for name in results["plots"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_side_by_side_takes_a_subset_of_modes_and_spectra():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import pytest
+
+    import run
+
+    args = run.parse_args(["--suite", "side-by-side", "--modes", "fast", "--spectra", "noise,gapped"])
+    assert args.modes == ("fast",) and args.spectra == ("noise", "gapped")
+    for bad in (["--modes", "magic"], ["--spectra", ""], ["--modes", "fast,exactly"]):
+        with pytest.raises(SystemExit):
+            run.parse_args(bad)
