@@ -5,6 +5,7 @@ one group (one start-up: importing torch takes seconds)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -191,13 +192,22 @@ def _search_kwargs(eval_set: dict) -> dict:
                 progress=False)
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run the body with one torch thread (as each process of the group has), restoring the count after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def single(tiny, tmp_path_factory):
     """The same merges in this one process, with one torch thread (as each of the 2 processes has)."""
     root = tmp_path_factory.mktemp("single")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         for m in METHODS:
             hf_tsv.merge(tiny["base"], tiny["tasks"], method=m, output_dir=root / m)
         hf_tsv.merge(tiny["base"], tiny["tasks"], method="tsv-m", output_dir=root / "tsv-m-shards",
@@ -205,8 +215,6 @@ def single(tiny, tmp_path_factory):
         hf_tsv.compress(tiny["base"], tiny["tasks"], root / "compress")
         sti = hf_tsv.sti(tiny["base"], tiny["tasks"])
         memory = hf_tsv.merge(tiny["base"], tiny["tasks"], method="tsv-m").state_dict()
-    finally:
-        torch.set_num_threads(threads)
     return {"root": root, "sti": sti, "memory": memory}
 
 
@@ -323,9 +331,7 @@ def single_search(eval_set, tmp_path_factory):
     from hf_tsv.evaluation.select import merge_with_alpha_search
 
     root = tmp_path_factory.mktemp("single_search")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         kwargs = _search_kwargs(eval_set)
         config = load_tasks_spec(kwargs.pop("spec"))
         result, search, test = merge_with_alpha_search(kwargs.pop("base"), kwargs.pop("models"), config,
@@ -333,8 +339,6 @@ def single_search(eval_set, tmp_path_factory):
         fixed = merge_with_alpha_search(eval_set["base"], eval_set["tasks"], config, alpha=0.9, progress=False,
                                         output_dir=root / "fixed-alpha")[2]
         assert main([*_search_argv(eval_set, root / "cli-search"), "--threads", "1"]) == 0
-    finally:
-        torch.set_num_threads(threads)
     return {"root": root, "alpha": result.report.alpha, "search": search.to_dict(), "test": test.to_dict(),
             "fixed": fixed.to_dict()}
 
@@ -408,15 +412,10 @@ def single_push(tiny, tmp_path_factory) -> dict:
     from hub_server import running_hub
 
     root = tmp_path_factory.mktemp("single_push")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with running_hub(root / "hub") as hub:
-            hf_tsv.merge(tiny["base"], tiny["tasks"], method="tsv-m", output_dir=root / "push").push_to_hub(
-                "ns/sharded-push")
-            return _pushed(hub, "ns/sharded-push")
-    finally:
-        torch.set_num_threads(threads)
+    with one_torch_thread(), running_hub(root / "hub") as hub:
+        hf_tsv.merge(tiny["base"], tiny["tasks"], method="tsv-m", output_dir=root / "push").push_to_hub(
+            "ns/sharded-push")
+        return _pushed(hub, "ns/sharded-push")
 
 
 def _without_run_details(files: dict) -> dict:
