@@ -447,6 +447,11 @@ def _print_plan(info: dict) -> None:
 
 
 def _print_warnings(warnings: list[str]) -> None:
+    """Each warning on stderr, once: in a sharded run only the main process prints (every process holds them)."""
+    from .distributed import is_main_process
+
+    if not is_main_process():
+        return
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
@@ -753,8 +758,7 @@ def _bench_seeds(bench: ModuleType, args: argparse.Namespace) -> int:
 
 
 def _print_push(result) -> None:
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    _print_warnings(result.warnings)
     if result.unchanged:
         print(f"{result.repo_id} is up to date, nothing was committed: {result.url}")
         return

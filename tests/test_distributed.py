@@ -624,3 +624,13 @@ def test_torchrun_ends_without_the_interpreter_exit(tiny, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     assert _sha(tmp_path / "two" / "model.safetensors") == _sha(tmp_path / "one" / "model.safetensors")
+
+
+@pytest.mark.parametrize("rank, shown", [(0, True), (1, False)])
+def test_warnings_are_printed_by_the_main_process_only(rank, shown, under_torchrun, capsys):
+    """Every process of a sharded run holds the same report warnings: only process 0 prints them, so they show once."""
+    from hf_tsv import cli
+
+    under_torchrun(rank)
+    cli._print_warnings(["the fine-tunes disagree on a key"])
+    assert ("warning: the fine-tunes disagree on a key" in capsys.readouterr().err) is shown
