@@ -294,13 +294,19 @@ def test_units_are_balanced_by_cost():
     assert Shards(1, 2, "gloo").describe() == "2 processes (gloo)" and not Shards(1, 2, "gloo").is_main
 
 
-@pytest.mark.parametrize("rank", [pytest.param(0, id="DST-01"), 1])
-def test_processes_given_different_options_are_refused(sharded, rank):
-    """Process 1 asks for float16 output, process 0 for the base's dtype: both refuse before any merging."""
-    record = _result(sharded["results"], "mismatch", rank)
+@pytest.mark.parametrize("scenario, what, rank", [
+    pytest.param("mismatch", "merge", 0, id="DST-01"),  # process 1 asks for float16 output, process 0 the base's
+    pytest.param("mismatch", "merge", 1, id="mismatch-1"),
+    pytest.param("search-mismatch", "α search", 0, id="DST-06"),  # process 1 searches another α grid
+    pytest.param("search-mismatch", "α search", 1, id="search-mismatch-1"),
+])
+def test_processes_given_different_arguments_are_refused(sharded, scenario, what, rank):
+    """Processes given other options (or, for an α search, other search arguments: checked after the tasks are
+    prepared) all refuse before any merging, and leave nothing."""
+    record = _result(sharded["results"], scenario, rank)
     assert not record["ok"] and record["type"] == "MergeInputError"
-    assert record["message"].startswith("process 1 of 2 planned a different merge than process 0")
-    assert not (sharded["fail"] / "mismatch").exists()
+    assert record["message"].startswith(f"process 1 of 2 planned a different {what} than process 0")
+    assert not (sharded["fail"] / scenario).exists()
 
 
 @pytest.mark.parametrize("rank", [pytest.param(0, id="DST-05"), 1])
@@ -394,15 +400,6 @@ def test_a_process_failing_in_the_alpha_search_leaves_no_output(sharded):
                                 "failure; no output was written")
     assert not second["ok"] and second["message"] == "injected evaluation failure"
     assert _leftovers(sharded["fail"]) == [] and not (sharded["fail"] / "search").exists()
-
-
-@pytest.mark.parametrize("rank", [pytest.param(0, id="DST-06"), 1])
-def test_processes_given_different_search_arguments_are_refused(sharded, rank):
-    """Process 1 searches another α grid: every process refuses after preparing the tasks, before any merging."""
-    record = _result(sharded["results"], "search-mismatch", rank)
-    assert not record["ok"] and record["type"] == "MergeInputError"
-    assert record["message"].startswith("process 1 of 2 planned a different α search than process 0")
-    assert not (sharded["fail"] / "search-mismatch").exists()
 
 
 @pytest.fixture(scope="module")
