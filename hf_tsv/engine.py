@@ -90,6 +90,12 @@ class MergePlan:
     def num_tasks(self) -> int:
         return len(self.models)
 
+    @property
+    def adapter_rank(self) -> int:
+        """The largest LoRA rank among the fine-tunes that are adapters (1 when none is): what the estimates of a
+        merge from factors assume for every task."""
+        return max((max(m.reader.rank_of.values(), default=1) for m in self.models if is_lora(m)), default=1)
+
     def counts(self) -> dict[str, int]:
         c = Counter("base" if u.from_base else "matrix" if u.is_matrix else "averaged" for u in self.units)
         counts = {"matrix_units": c["matrix"], "averaged_keys": c["averaged"],
@@ -142,8 +148,7 @@ class MergePlan:
         if not unit.is_matrix:
             return read + unit.numel * 4 * (t + 4)
         if factored_tasks and adapters == t and len(unit.shape) == 2:
-            rank = max(max(m.reader.rank_of.values(), default=1) for m in self.models)
-            return factored_matrix_bytes(unit.shape, t, itemsize, rank)
+            return factored_matrix_bytes(unit.shape, t, itemsize, self.adapter_rank)
         return read + unit.numel * 4 * (3 * t + 6 - adapters)
 
 

@@ -78,7 +78,7 @@ def estimate_seconds(plan, method, options) -> float:
     shapes = [tuple(u.shape) for u in matrices]
     probe = max(set(shapes), key=shapes.count)
     if method.factored_tasks and t and all(is_lora(m) for m in plan.models):
-        rank = max(max(m.reader.rank_of.values(), default=1) for m in plan.models)
+        rank = plan.adapter_rank
         per_cost = _probe_seconds(method, options, probe, t, rank) / _factored_cost(probe, t, rank)
         return round(read + per_cost * sum(_factored_cost(u.shape, t, rank) for u in matrices), 1)
     per_cost = _probe_seconds(method, options, probe, t, None) / _cost(probe)
