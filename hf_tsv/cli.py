@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
+from .allocator import tune_for_merging
 from .secrets import REDACTED, SECRET_OPTIONS, known_secrets, redact
 
 
@@ -839,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     """The ``hf-tsv`` command: parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit status
     (0, 2 for bad input with one line on stderr, 130/143 when interrupted, 1 for a bug)."""
     os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+    tune_for_merging()
     parser = build_parser()
     args = parser.parse_args(None if argv is None else [str(a) for a in argv])
     args.recorded_command = recorded_command(parser, args)

@@ -405,3 +405,25 @@ def test_null_directions_do_not_depend_on_the_compute_dtype():
         assert int((single.s > 0).sum()) == int((double.s > 0).sum()) == 4 * 2
         merged = core.tsv_merge_factors(single).to(F64)
         torch.testing.assert_close(merged, core.tsv_merge_factors(double), rtol=0, atol=1e-5 * float(merged.norm()))
+
+
+def test_the_lapack_kernels_run_with_torchs_thread_count():
+    """``--threads`` means one thing: OpenBLAS (NumPy/SciPy) runs with torch's thread count inside the kernels, and
+    gets its own count back afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from hf_tsv.core import cpu_lapack
+
+    def blas_threads():
+        return {info["filepath"]: info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+    torch_count = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with threadpool_limits(2, user_api="blas"):
+            outside = blas_threads()
+            with cpu_lapack.torch_threads():
+                assert set(blas_threads().values()) == {1}
+            assert blas_threads() == outside and set(outside.values()) == {2}
+    finally:
+        torch.set_num_threads(torch_count)
