@@ -427,3 +427,47 @@ def test_the_lapack_kernels_run_with_torchs_thread_count():
             assert blas_threads() == outside and set(outside.values()) == {2}
     finally:
         torch.set_num_threads(torch_count)
+
+
+def _steep_tasks(num_tasks: int, n: int, k: int, ratio: float, seed: int = 0) -> torch.Tensor:
+    """``num_tasks`` random n×n task matrices whose singular values fall geometrically, σ_1/σ_k = ``ratio``."""
+    gen = torch.Generator().manual_seed(seed)
+    tasks = []
+    for _ in range(num_tasks):
+        left = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=F64)).Q
+        right = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=F64)).Q
+        sigma = ratio ** (-torch.arange(n, dtype=F64) / (k - 1))
+        tasks.append((left * sigma) @ right.T * 1e-3)
+    return torch.stack(tasks)
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_gram_modes_keep_a_float32_svds_accuracy_on_steep_spectra(mode):
+    """σ_1/σ_k = 100: the Gram matrix squares the condition, so without the refinement (svd._refine_top_k) the small
+    kept directions carry rounding of the large ones and TSV-M's error against float64 is ~10x a float32 SVD's
+    (FusionBench's); with it the Gram modes are at least as close to float64 as the float32 SVD."""
+    tau = _steep_tasks(num_tasks=4, n=192, k=48, ratio=100.0)
+    reference = core.tsv_merge(tau, compute_dtype=F64, svd="lapack")
+
+    def error(svd: str) -> float:
+        return float((core.tsv_merge(tau.float(), svd=svd).double() - reference).norm() / reference.norm())
+
+    assert error(mode) <= error("lapack")
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_gram_modes_refine_only_steep_spectra(mode, monkeypatch):
+    """Below svd.STEEP_SPECTRUM nothing is refined: the result is bit for bit the Gram step's (so merges of flat
+    spectra, such as the benchmark's, are what they were); above it, it is refined."""
+    from hf_tsv.core import svd
+
+    flat = torch.randn(4, 192, 160, generator=torch.Generator().manual_seed(1)) * 1e-3
+    steep = _steep_tasks(num_tasks=4, n=192, k=48, ratio=100.0).float()
+    results = {}
+    for threshold in (svd.STEEP_SPECTRUM, math.inf):
+        monkeypatch.setattr(svd, "STEEP_SPECTRUM", threshold)
+        results[threshold] = [svd.top_k_svd(t, 48, mode=mode) for t in (flat, steep, steep.mT)]
+    (flat_refined, steep_refined, wide_refined), (flat_gram, steep_gram, wide_gram) = results.values()
+    assert all(torch.equal(a, b) for a, b in zip(flat_refined, flat_gram))
+    assert not torch.equal(steep_refined[2], steep_gram[2])
+    assert not torch.equal(wide_refined[0], wide_gram[0])  # a wide matrix is refined through its transpose

@@ -187,7 +187,8 @@ DEFAULT_SVD_MODE = "fast"
 STEEP_SPECTRUM = 12.0
 
 
-def _refine_top_k(a: torch.Tensor, gram: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _refine_top_k(a: torch.Tensor, gram: torch.Tensor, k: int, upper: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k triplets of one tall matrix ``a`` from its Gram matrix ``gram``, refined by one step of subspace iteration.
 
     The eigenvectors of aᵀa are accurate to ε·σ_1²/gap, so a direction with σ_i ≪ σ_1 picks up rounding of the large
@@ -197,7 +198,7 @@ def _refine_top_k(a: torch.Tensor, gram: torch.Tensor, k: int) -> tuple[torch.Te
     products with ``a`` and two thin QRs; the Gram modes take it only for steep spectra (:data:`STEEP_SPECTRUM`).
     """
     q = min(a.shape[-1], k + max(8, -(-k // 4)))
-    start = cpu_lapack.top_eigenvectors(gram, q).to(a.dtype)
+    start = cpu_lapack.top_eigenvectors(gram, q, upper=upper).to(a.dtype)
     y = torch.linalg.qr(a @ start).Q
     v = torch.linalg.qr(a.mT @ y).Q
     u, s, wh = torch.linalg.svd(a @ v, full_matrices=False)
@@ -216,11 +217,15 @@ def top_k_svd(
     * ``"exact"`` — the r×r Gram matrix (r = min(m, n)) in float32, its top-k eigenvectors in float64, then a
       Rayleigh-Ritz step on the matrix itself (a thin SVD of the m×k product ``A V``), so singular values come
       from the matrix, not squared ones. Measured closer to a float64 SVD than a float32 SVD is, and 2-4x
-      faster on CPU for rectangular matrices. The previous default; its merged weights are bit-identical to before.
+      faster on CPU for rectangular matrices. The previous default.
     * ``"fast"`` (default, :data:`DEFAULT_SVD_MODE`) — as ``"exact"`` with a float32 eigensolver and the Gram
       matrices by BLAS ``syrk`` (:mod:`~hf_tsv.core.cpu_lapack`): faster again; as accurate as ``"exact"`` where
       the spectrum has a gap after k, less so where k falls in a flat part, and there still closer to float64
       than FusionBench's float32 SVDs (docs/benchmark.md).
+
+    Both Gram modes refine a task whose kept spectrum is steep (σ_1/σ_k > :data:`STEEP_SPECTRUM`) by one step of
+    subspace iteration on the matrix itself: a Gram matrix squares the condition, and without the step their error
+    grows with σ_1/σ_k past a float32 SVD's (docs/methods.md, "Steep spectra"). Below that ratio nothing changes.
 
     Example:
         >>> a = torch.randn(2, 30, 12, dtype=torch.float64)
@@ -235,14 +240,15 @@ def top_k_svd(
         return u[..., :k], s[..., :k], v[..., :k]
     a, norms, wide = _unit_norm_tall(matrices, compute_dtype)  # tall: the Gram matrix aᵀa is r×r
     gram = (a.mT @ a).to(torch.float64) if mode == "exact" else cpu_lapack.gram(a)
-    v_top = cpu_lapack.top_eigenvectors(gram, k).to(compute_dtype)
+    upper = mode == "fast"  # the triangle LAPACK reads (cpu_lapack.top_eigenvectors)
+    v_top = cpu_lapack.top_eigenvectors(gram, k, upper=upper).to(compute_dtype)
     u, s, wh = torch.linalg.svd(a @ v_top, full_matrices=False)  # batched: faster than SciPy's loop here
     v = v_top @ wh.mT
     # A steep kept spectrum: the Gram matrix squared its condition, so the small kept directions carry rounding of
     # the large ones; one step of subspace iteration on the matrix itself removes it (:func:`_refine_top_k`).
     for index in (s[..., 0] > STEEP_SPECTRUM * s[..., -1]).nonzero().tolist():
         index = tuple(index)
-        u[index], s[index], v[index] = _refine_top_k(a[index], gram[index], k)
+        u[index], s[index], v[index] = _refine_top_k(a[index], gram[index], k, upper)
     if wide:
         u, v = v, u
     return u, s * norms[..., None], v
