@@ -17,7 +17,6 @@ tunes its own process; importing ``hf_tsv`` changes nothing). A user who set gli
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
@@ -56,8 +55,7 @@ def tune_for_merging(threshold_bytes: int = THRESHOLD_BYTES) -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or user_tuned_malloc():
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: glibc's malloc
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

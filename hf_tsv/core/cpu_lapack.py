@@ -103,13 +103,11 @@ def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return u.reshape(*batch, m, r), s.reshape(*batch, r), vh.reshape(*batch, r, n)
 
 
-def top_eigenvectors(symmetric: torch.Tensor, k: int, *, upper: bool = False) -> torch.Tensor:
+def top_eigenvectors(symmetric: torch.Tensor, k: int) -> torch.Tensor:
     """Eigenvectors of the k largest eigenvalues of symmetric ``(..., n, n)`` matrices, largest first.
 
     On CPU, LAPACK's MRRR driver (``syevr``) computes only those k, about twice as fast as a full
-    eigendecomposition for k = n/T; elsewhere torch's full ``eigh``. ``upper``: LAPACK reads the upper triangle
-    (the fast mode) rather than the lower one (``--svd exact``, kept as it was); in float32 that was 24.1 ms against
-    27.8 ms for the top 96 of 768 here, its tridiagonal reduction being faster that way.
+    eigendecomposition for k = n/T; elsewhere torch's full ``eigh``.
 
     Example:
         >>> g = torch.diag(torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64))
@@ -126,7 +124,7 @@ def top_eigenvectors(symmetric: torch.Tensor, k: int, *, upper: bool = False) ->
         with torch_threads():
             for i, g in enumerate(flat):
                 _, vecs = scipy_linalg.eigh(g, subset_by_index=[n - k, n - 1], driver="evr",
-                                            check_finite=False, lower=not upper)
+                                            check_finite=False)
                 out[i] = torch.from_numpy(vecs[:, ::-1].copy())
         return out.reshape(*symmetric.shape[:-1], k)
     return torch.linalg.eigh(symmetric).eigenvectors[..., -k:].flip(-1)

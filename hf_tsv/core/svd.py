@@ -187,8 +187,7 @@ DEFAULT_SVD_MODE = "fast"
 STEEP_SPECTRUM = 12.0
 
 
-def _refine_top_k(a: torch.Tensor, gram: torch.Tensor, k: int, upper: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _refine_top_k(a: torch.Tensor, gram: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k triplets of one tall matrix ``a`` from its Gram matrix ``gram``, refined by one step of subspace iteration.
 
     The eigenvectors of aᵀa are accurate to ε·σ_1²/gap, so a direction with σ_i ≪ σ_1 picks up rounding of the large
@@ -198,7 +197,7 @@ def _refine_top_k(a: torch.Tensor, gram: torch.Tensor, k: int, upper: bool
     products with ``a`` and two thin QRs; the Gram modes take it only for steep spectra (:data:`STEEP_SPECTRUM`).
     """
     q = min(a.shape[-1], k + max(8, -(-k // 4)))
-    start = cpu_lapack.top_eigenvectors(gram, q, upper=upper).to(a.dtype)
+    start = cpu_lapack.top_eigenvectors(gram, q).to(a.dtype)
     y = torch.linalg.qr(a @ start).Q
     v = torch.linalg.qr(a.mT @ y).Q
     u, s, wh = torch.linalg.svd(a @ v, full_matrices=False)
@@ -240,15 +239,14 @@ def top_k_svd(
         return u[..., :k], s[..., :k], v[..., :k]
     a, norms, wide = _unit_norm_tall(matrices, compute_dtype)  # tall: the Gram matrix aᵀa is r×r
     gram = (a.mT @ a).to(torch.float64) if mode == "exact" else cpu_lapack.gram(a)
-    upper = mode == "fast"  # the triangle LAPACK reads (cpu_lapack.top_eigenvectors)
-    v_top = cpu_lapack.top_eigenvectors(gram, k, upper=upper).to(compute_dtype)
+    v_top = cpu_lapack.top_eigenvectors(gram, k).to(compute_dtype)
     u, s, wh = torch.linalg.svd(a @ v_top, full_matrices=False)  # batched: faster than SciPy's loop here
     v = v_top @ wh.mT
     # A steep kept spectrum: the Gram matrix squared its condition, so the small kept directions carry rounding of
     # the large ones; one step of subspace iteration on the matrix itself removes it (:func:`_refine_top_k`).
     for index in (s[..., 0] > STEEP_SPECTRUM * s[..., -1]).nonzero().tolist():
         index = tuple(index)
-        u[index], s[index], v[index] = _refine_top_k(a[index], gram[index], k, upper)
+        u[index], s[index], v[index] = _refine_top_k(a[index], gram[index], k)
     if wide:
         u, v = v, u
     return u, s * norms[..., None], v
