@@ -4,9 +4,9 @@ A merge allocates and frees the same few large buffers for every key (each input
 vectors, LAPACK's workspaces). By default glibc serves blocks above a threshold that adapts up to 32 MiB with a
 fresh ``mmap`` and returns them to the kernel when they are freed, and it trims the top of its heap once 128 KiB
 or more is free there; so every key touches fresh pages again, and each first touch is a page fault that zeroes
-4 KiB. Measured on a ViT-B/32-shaped merge of 8 models (docs/performance.md, "Memory allocator"): 1.1 million
-page faults and 5.2 s of system time by default, 0.15 million and 2.7 s with both thresholds raised to 256 MiB,
-which took 6–10% off the wall time for about 0.05 GiB more peak memory.
+4 KiB. Measured on a ViT-B/32-shaped merge of 8 models (docs/performance.md, "Memory allocator"): 1.47 million
+page faults and 4.6 s of system time with glibc's defaults, 0.15 million and 2.1 s with both thresholds raised to
+256 MiB; 57.9 s against 59.6 s of wall time, for 0.01 GiB more peak memory.
 
 The ``hf-tsv`` command calls :func:`tune_for_merging` when it starts (like ``OMP_WAIT_POLICY``, the command
 tunes its own process; importing ``hf_tsv`` changes nothing). A user who set glibc's malloc tunables
