@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import NoReturn
 
 from .allocator import tune_for_merging
+from .distributed import is_main_process, launched_world_size
 from .secrets import REDACTED, SECRET_OPTIONS, known_secrets, redact
 
 
@@ -124,17 +125,11 @@ def _configure_threads(threads: int | None) -> None:
     threads would share the cores; OMP_WAIT_POLICY is set by :func:`main` before this loads torch)."""
     import torch
 
-    sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    torch.set_num_threads(threads or (1 if sharded else default_threads()))
+    torch.set_num_threads(threads or (1 if launched_world_size() > 1 else default_threads()))
 
 
 # The commands that shard over the processes torchrun starts (docs/distributed.md).
 SHARDED_COMMANDS = ("merge", "sti", "compress")
-
-
-def _world_size() -> int:
-    """How many processes torchrun started for this command (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _unsharded_output(args: argparse.Namespace) -> str | None:
@@ -154,10 +149,10 @@ def _refuse_unsharded_writer(args: argparse.Namespace) -> None:
     from .errors import MergeInputError
 
     target = _unsharded_output(args)
-    if _world_size() > 1 and target is not None:
-        raise MergeInputError(f"{args.command} does not shard over processes: each of the {_world_size()} processes "
-                              f"torchrun started would run it whole and write {target} at once; run it in one "
-                              "process (without torchrun)")
+    if launched_world_size() > 1 and target is not None:
+        raise MergeInputError(f"{args.command} does not shard over processes: each of the {launched_world_size()} "
+                              f"processes torchrun started would run it whole and write {target} at once; run it in "
+                              "one process (without torchrun)")
 
 
 @contextlib.contextmanager
@@ -166,7 +161,7 @@ def _process_group(args: argparse.Namespace) -> Iterator[bool]:
     becomes this process's own GPU) and yield whether this process is a secondary one, which prints nothing but
     its failure's traceback (the main process prints the result and the one-line error); stop the group after
     when this command started it (``main`` called inside a program's own process group leaves that group be)."""
-    if args.command not in SHARDED_COMMANDS or _world_size() < 2:
+    if args.command not in SHARDED_COMMANDS or launched_world_size() < 2:
         yield False
         return
     from .distributed import DEFAULT_TIMEOUT_S, init_from_environment, shut_down
@@ -449,8 +444,6 @@ def _print_plan(info: dict) -> None:
 
 def _print_warnings(warnings: list[str]) -> None:
     """Each warning on stderr, once: in a sharded run only the main process prints (every process holds them)."""
-    from .distributed import is_main_process
-
     if not is_main_process():
         return
     for warning in warnings:
@@ -561,13 +554,10 @@ def _run(args: argparse.Namespace) -> int:
                                        commit_message=args.commit_message, token=args.token, license=args.license))
         return 0
     if args.command == "sti":
-        from .distributed import current_shards
-
         report = hf_tsv.sti(args.base, args.models, revision=args.revision, token=args.token, **options)
         print(report.table())
         _print_warnings(report.warnings)
-        shards = current_shards()
-        if args.json and (shards is None or shards.is_main):  # every process holds the same report: one writes
+        if args.json and is_main_process():  # every process holds the same report: one writes
             report.to_json(args.json)
         return 0
     if args.command == "compress":
@@ -849,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     from .io.output import Terminated
 
     secrets = known_secrets(getattr(args, "token", None))
-    secondary = _world_size() > 1 and os.environ.get("RANK", "0") != "0"  # the main process says what failed
+    secondary = not is_main_process()  # the main process says what failed
     try:
         _refuse_unsharded_writer(args)
         with _process_group(args) as secondary:
@@ -886,7 +876,7 @@ def run_as_program(argv: list[str] | None = None) -> NoReturn:
         >>> run_as_program(["--version"])  # doctest: +SKIP
     """
     status = main(argv)
-    if _world_size() > 1:
+    if launched_world_size() > 1:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()

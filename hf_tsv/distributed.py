@@ -142,6 +142,12 @@ def current_shards() -> Shards | None:
     return Shards(dist.get_rank(), dist.get_world_size(), str(dist.get_backend()))
 
 
+def launched_world_size() -> int:
+    """How many processes ``torchrun`` started (its ``WORLD_SIZE``; 1 without torchrun), whether or not a process
+    group exists yet."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
     """Whether this process is the one that speaks for a sharded run (draws progress bars): rank 0 of the process
     group, or of the processes torchrun started (``RANK``) before a group exists; True in a single process.
@@ -153,7 +159,7 @@ def is_main_process() -> bool:
     shards = current_shards()
     if shards is not None:
         return shards.is_main
-    return int(os.environ.get("WORLD_SIZE", "1")) < 2 or os.environ.get("RANK", "0") == "0"
+    return launched_world_size() < 2 or os.environ.get("RANK", "0") == "0"
 
 
 @contextlib.contextmanager
@@ -254,7 +260,7 @@ def init_from_environment(device: str = "auto", timeout_s: float = DEFAULT_TIMEO
     import torch
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not dist.is_available() or dist.is_initialized():
+    if launched_world_size() < 2 or not dist.is_available() or dist.is_initialized():
         return None
     wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if wants_cuda:

@@ -32,12 +32,18 @@ def _read_bytes(plan, unit) -> int:
     return total
 
 
+def _kept_columns(shape, num_tasks: int, rank: int) -> int:
+    """Σ_t min(r_t, k): the columns of Û and V̂ that rank-``rank`` adapters leave after their null triplets are
+    dropped (k = ⌊min(m, n)/T⌋)."""
+    return num_tasks * min(int(rank), min(int(d) for d in shape) // max(1, num_tasks))
+
+
 def _factored_cost(shape, num_tasks: int, rank: int) -> float:
     """The cost of a matrix key whose tasks are all rank-``rank`` adapters, merged from their factors: forming Δ
     from the Σ r_t kept columns (m·n·T·r, the bulk), their polar factors and STI's Gram matrices, all on those
     columns ((m + n + T·r)·(T·r)²)."""
     m, n = shape
-    used = num_tasks * min(rank, min(m, n) // max(1, num_tasks))
+    used = _kept_columns(shape, num_tasks, rank)
     return float(m) * n * used + float(m + n + used) * used * used
 
 
@@ -124,7 +130,7 @@ def factored_matrix_bytes(shape, num_tasks: int, itemsize: int, rank: int | None
     """
     m, n = (int(d) for d in shape)
     kept = num_tasks * (min(m, n) // num_tasks)  # T·k columns of Û and V̂
-    used = kept if rank is None else num_tasks * min(int(rank), kept // max(1, num_tasks))
+    used = kept if rank is None else _kept_columns(shape, num_tasks, rank)
     numel = m * n
     return (numel * (itemsize + FLOAT32_BYTES * 3)  # base (as read, float32), Δ, merged
             + 2 * 2 * (m + n) * kept * FLOAT32_BYTES  # U, V and Û, V̂

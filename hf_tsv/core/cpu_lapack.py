@@ -27,19 +27,21 @@ def _scipy_linalg():
     """``(scipy.linalg, the process's threadpoolctl.ThreadpoolController)``, or None when either is missing."""
     try:
         import scipy.linalg
-        from threadpoolctl import ThreadpoolController
+        import threadpoolctl  # noqa: F401 - the controller's; its absence means torch's kernels
     except ImportError:
         return None
-    return scipy.linalg, _controller(ThreadpoolController)
+    return scipy.linalg, _controller()
 
 
 @functools.cache
-def _controller(controller_class):
+def _controller():
     """One controller for the process: it finds the loaded BLAS/OpenMP libraries once (scipy.linalg has loaded its
     OpenBLAS by then). ``threadpool_limits(n)`` searches them on every call (1.6 ms in a small process, more in a
     merge's, which has loaded transformers) against 0.02 ms for the controller's ``limit``; a B/32 merge makes
     ~900 such calls."""
-    return controller_class()
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def on_cpu_lapack(*tensors: torch.Tensor) -> bool:
