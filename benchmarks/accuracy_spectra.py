@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
+    if args.tasks < 1 or args.size // args.tasks < 2 or args.seeds < 1:
+        parser.error(f"need --tasks ≥ 1, --seeds ≥ 1 and at least 2 kept triplets per task (--size ≥ 2·--tasks); "
+                     f"got --size {args.size} --tasks {args.tasks} --seeds {args.seeds}")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     rows = []
     for ratio in RATIOS:

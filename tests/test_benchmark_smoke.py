@@ -85,3 +85,11 @@ def test_accuracy_spectra_reports_every_mode_and_the_refinement(tmp_path):
     assert [row["ratio"] for row in rows] == [4, 8, 12, 16, 32, 64, 256]
     steepest = rows[-1]["error"]
     assert steepest["fast"] <= 2 * steepest["lapack"] < steepest["fast, not refined"]
+
+
+def test_accuracy_spectra_refuses_sizes_without_two_kept_triplets():
+    for bad in (["--size", "4", "--tasks", "4"], ["--tasks", "0"], ["--seeds", "0"]):
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "accuracy_spectra.py"), *bad],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              cwd=str(REPO), timeout=120)
+        assert proc.returncode == 2 and "at least 2 kept triplets" in proc.stderr, proc.stderr

@@ -471,3 +471,13 @@ def test_gram_modes_refine_only_steep_spectra(mode, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(flat_refined, flat_gram))
     assert not torch.equal(steep_refined[2], steep_gram[2])
     assert not torch.equal(wide_refined[0], wide_gram[0])  # a wide matrix is refined through its transpose
+
+
+def test_the_docs_quote_the_steep_spectrum_threshold_in_force():
+    """docs/methods.md names the threshold the code uses (svd.STEEP_SPECTRUM), so the two cannot drift apart."""
+    from pathlib import Path
+
+    from hf_tsv.core import svd
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    assert f"`STEEP_SPECTRUM` = {svd.STEEP_SPECTRUM:g}" in text
